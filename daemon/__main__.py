@@ -1,0 +1,3 @@
+from zbridge_daemon.main import main
+
+main()

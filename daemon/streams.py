@@ -1,0 +1,36 @@
+"""Keeping tool output out of protocol streams, and the lifeline to the hub."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import BinaryIO, Callable
+
+
+def isolate_stdout() -> BinaryIO:
+    """Move the real stdout to a private fd and point fd 1 (and sys.stdout) at stderr.
+
+    After this, nothing a tool prints, from Python or from C, can reach the returned
+    stream; it goes to the daemon's stderr, which the hub logs.
+    """
+    sys.stdout.flush()
+    private = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(private, "wb")
+
+
+def watch_lifeline(on_lost: Callable[[], None]) -> threading.Thread:
+    """Call ``on_lost`` when stdin reaches EOF: the hub that holds its other end is gone."""
+    def watch() -> None:
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        on_lost()
+
+    thread = threading.Thread(target=watch, name="zbridge-lifeline", daemon=True)
+    thread.start()
+    return thread

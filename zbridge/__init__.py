@@ -1,0 +1,26 @@
+"""zbridge: keep Python tools warm in daemon processes and call them fast over ZeroMQ."""
+
+__version__ = "0.1.0"
+
+from .errors import (BridgeError, CallTimeout, Cancelled, InternalError, InvalidParams,  # noqa: E402
+                     InvalidRequest, Overloaded, ParseError, PoolUnavailable, ToolError,
+                     ToolNotFound, WorkerLost)
+from .tools import startup, tool  # noqa: E402
+
+__all__ = [
+    "__version__", "tool", "startup", "Bridge", "Client",
+    "BridgeError", "CallTimeout", "Cancelled", "InternalError", "InvalidParams",
+    "InvalidRequest", "Overloaded", "ParseError", "PoolUnavailable", "ToolError",
+    "ToolNotFound", "WorkerLost",
+]
+
+
+def __getattr__(name: str):
+    # Bridge/Client import zmq; keep `import zbridge` cheap for tool modules and daemons.
+    if name == "Bridge":
+        from .bridge import Bridge
+        return Bridge
+    if name == "Client":
+        from .client import Client
+        return Client
+    raise AttributeError(f"module 'zbridge' has no attribute {name!r}")

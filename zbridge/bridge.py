@@ -1,0 +1,67 @@
+"""``Bridge``: an embedded hub (background thread) plus a client, in one object."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import uuid
+import weakref
+from typing import Any
+
+import zmq
+
+from .client import Client
+from .config import load_settings
+from .hub import Hub
+from .tools import tool_specs
+
+DRAIN_TIMEOUT = 10.0
+
+
+class Bridge(Client):
+    """Warm daemons for ``tools``, owned by this process.
+
+    ``tools`` is a module name, a path to a ``.py`` file, a module object, or a list of
+    them. Daemons start on the first call (or at once with ``prewarm=True``). Use as a
+    context manager or call ``close()``; daemons also exit if this process dies.
+    """
+
+    def __init__(self, tools: Any = None, workers: int | None = None, **overrides: Any) -> None:
+        settings = load_settings(workers=workers, **overrides)
+        specs = tool_specs(tools)
+        context = zmq.Context()
+        self._hub: Hub | None = None
+        self._thread: threading.Thread | None = None
+        endpoint = f"inproc://zbridge-{uuid.uuid4().hex}"
+        if settings.pool_enabled:
+            try:
+                self._hub = Hub(settings, specs, frontend=endpoint, context=context)
+            except BaseException:
+                context.term()
+                raise
+            self._thread = threading.Thread(target=self._hub.run, kwargs={"prewarm": settings.prewarm},
+                                            name="zbridge-hub", daemon=True)
+            self._thread.start()
+        super().__init__(endpoint, tools=specs, settings=settings, context=context)
+        self._own_context = True
+        self._bridge_lock = threading.Lock()
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    def close(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
+        """Refuse new calls, let running ones finish (up to drain_timeout), stop daemons."""
+        with self._bridge_lock:
+            if self._hub is not None and self._thread is not None:
+                self._hub.request_stop(drain_timeout)
+                self._thread.join()
+                self._hub = None
+            super().close()
+
+    @property
+    def private_dir(self) -> str | None:
+        return self._hub.private_dir if self._hub else None
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    bridge = ref()
+    if bridge is not None:
+        bridge.close(drain_timeout=0.0)

@@ -1,0 +1,190 @@
+"""Calling tools through a hub: ``Client(endpoint)``, the base of ``Bridge``.
+
+Each calling thread gets its own DEALER socket, so ``call()`` goes straight from the caller
+to the hub with no thread hop; ``submit()`` runs ``call()`` on a small thread pool and
+returns a ``concurrent.futures.Future``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import zmq
+
+from . import fallback
+from .config import Settings, load_settings
+from .errors import (BridgeError, CallTimeout, Cancelled, InternalError, InvalidParams,
+                     InvalidRequest, PoolUnavailable, error_from_wire)
+from .policy import Step, after_error
+from .protocol import (Kind, MAX_TIMEOUT_MS, decode_reply_body, encode_request,
+                       encode_status_request, read_header)
+from .tools import tool_specs
+
+HUB_GRACE = 1.0       # how long past a deadline to wait for the hub's own CallTimeout
+POLL_SLICE_MS = 250   # how often a waiting call notices close()
+SUBMIT_THREADS = 32
+
+
+class Client:
+    """A connection to a hub at ``endpoint`` (as started by ``zbridge serve``)."""
+
+    def __init__(self, endpoint: str | None = None, *, tools: Any = None,
+                 settings: Settings | None = None, context: zmq.Context | None = None,
+                 connect_timeout: float = 5.0, **overrides: Any) -> None:
+        self.settings = settings or load_settings(**overrides)
+        self.endpoint = endpoint
+        self.tools = tool_specs(tools)
+        self.connect_timeout = connect_timeout
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self._local = threading.local()
+        self._sockets: list[tuple[weakref.ref, zmq.Socket]] = []
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+        if self.settings.pool_enabled and not endpoint:
+            raise ValueError("Client needs an endpoint (or set pool_enabled=False)")
+
+    # --- public API --------------------------------------------------------------------
+
+    def call(self, tool: str, args: Any = None, *, timeout: float | None = None,
+             idempotent: bool = False) -> Any:
+        """Run ``tool`` with ``args`` (a list, a dict or None) and return its result."""
+        if self._closed:
+            raise PoolUnavailable("client is closed", {"closing": True})
+        timeout = self.settings.timeout if timeout is None else float(timeout)
+        if not self.settings.pool_enabled:
+            return fallback.call_once(self.settings, self.tools, tool, args, timeout)
+        attempt = 0
+        while True:
+            try:
+                return self._roundtrip(self._request(tool, args, timeout, idempotent), timeout)
+            except BridgeError as exc:
+                step = after_error(exc, attempt=attempt, idempotent=idempotent,
+                                   retries=self.settings.retries, can_fallback=self._can_fallback())
+                if step is Step.RETRY:
+                    attempt += 1
+                    continue
+                if step is Step.FALLBACK:
+                    return fallback.call_once(self.settings, self.tools, tool, args, timeout)
+                raise
+
+    def submit(self, tool: str, args: Any = None, *, timeout: float | None = None,
+               idempotent: bool = False) -> Future:
+        """Like call(), but returns a Future at once."""
+        if self._closed:
+            raise PoolUnavailable("client is closed", {"closing": True})
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="zbridge-submit")
+        return self._executor.submit(self.call, tool, args, timeout=timeout, idempotent=idempotent)
+
+    def status(self, timeout: float = 5.0) -> dict:
+        """The hub's view: daemons (pid, state, calls, uptime, current call), queue, counters."""
+        if not self.settings.pool_enabled:
+            return {"pool_enabled": False, "daemons": [], "queue_depth": 0}
+        return self._roundtrip(encode_status_request(next(self._ids)), timeout)
+
+    def close(self) -> None:
+        """Close sockets; waiting calls in other threads end with Cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for _, sock in sockets:
+            sock.close(0)
+        if self._own_context:
+            self.context.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _can_fallback(self) -> bool:
+        return self.settings.fallback and not self._closed
+
+    def _request(self, tool: str, args: Any, timeout: float, idempotent: bool) -> bytes:
+        if not isinstance(tool, str) or not tool:
+            raise InvalidRequest("tool name must be a non-empty string")
+        if args is not None and not isinstance(args, (list, tuple, dict)):
+            raise InvalidParams("args must be a list, a tuple, a dict or None")
+        timeout_ms = max(1, min(MAX_TIMEOUT_MS, int(timeout * 1000)))
+        try:
+            frame = encode_request(next(self._ids), tool, args, timeout_ms=timeout_ms,
+                                   idempotent=idempotent)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidParams(f"arguments cannot be encoded: {exc}") from None
+        if len(frame) > self.settings.max_message_size:
+            raise InvalidRequest(f"request is {len(frame)} bytes, over max_message_size="
+                                 f"{self.settings.max_message_size}")
+        return frame
+
+    def _socket(self) -> zmq.Socket:
+        sock = getattr(self._local, "sock", None)
+        if sock is None:
+            sock = self.context.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue a request for a hub we lack
+            sock.setsockopt(zmq.SNDTIMEO, int(self.connect_timeout * 1000))
+            sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_size + 4096)
+            sock.connect(self.endpoint)
+            self._local.sock = sock
+            with self._lock:  # close sockets of threads that have ended
+                alive = [(t, s) for t, s in self._sockets if t() is not None and t().is_alive()]
+                for t, s in self._sockets:
+                    if (t, s) not in alive:
+                        s.close(0)
+                self._sockets = alive + [(weakref.ref(threading.current_thread()), sock)]
+        return sock
+
+    def _roundtrip(self, frame: bytes, timeout: float) -> Any:
+        sock = self._socket()
+        request_id = read_header(frame).id
+        try:
+            sock.send(frame, copy=len(frame) < 65536)
+        except zmq.Again:
+            raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)") from None
+        deadline = time.monotonic() + timeout + HUB_GRACE
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CallTimeout(f"no reply from the hub within {timeout}s")
+            if not sock.poll(min(remaining * 1000.0, POLL_SLICE_MS)):
+                if self._closed:
+                    raise Cancelled("client closed while the call was waiting")
+                continue
+            reply = sock.recv()
+            if _reply_id(reply) != request_id:
+                continue  # a late reply to an earlier call on this socket
+            return _result_of(reply, self.settings.max_message_size)
+
+
+def _reply_id(reply: bytes) -> int | None:
+    try:
+        header = read_header(reply)
+    except BridgeError:
+        return None
+    return header.id if header.kind is Kind.REPLY else None
+
+
+def _result_of(reply: bytes, max_size: int) -> Any:
+    try:
+        body = decode_reply_body(reply, max_size=max_size)
+    except BridgeError as exc:
+        raise InternalError(f"undecodable reply: {exc}") from None
+    if "error" in body:
+        raise error_from_wire(body["error"])
+    return body["result"]

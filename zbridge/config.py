@@ -1,0 +1,77 @@
+"""Every setting, its default and its ZBRIDGE_* variable, in one place.
+
+Explicit arguments win over environment variables, which win over the defaults here.
+The CLI builds its options from the same table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from .protocol import DEFAULT_MAX_MESSAGE
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    workers: int = _setting(1, "Most daemons to run at once.")
+    prewarm: bool = _setting(False, "Start all daemons at once instead of on first call.")
+    timeout: float = _setting(30.0, "Default call deadline in seconds.")
+    max_queue: int = _setting(1000, "Calls waiting for a daemon before new ones get Overloaded.")
+    start_timeout: float = _setting(120.0, "Seconds a daemon may take to load tools and report ready.")
+    start_retries: int = _setting(3, "Consecutive failed starts before calls get PoolUnavailable.")
+    backoff_base: float = _setting(0.1, "First restart delay in seconds (doubles per failure).")
+    backoff_cap: float = _setting(30.0, "Longest restart delay in seconds.")
+    stable_after: float = _setting(10.0, "Seconds of uptime after which a crash no longer counts toward backoff.")
+    kill_grace: float = _setting(5.0, "Seconds after a call's deadline before its daemon is killed.")
+    stop_timeout: float = _setting(5.0, "Seconds a daemon gets to exit before SIGKILL on shutdown.")
+    max_message_size: int = _setting(DEFAULT_MAX_MESSAGE, "Largest request or reply in bytes.")
+    pool_enabled: bool = _setting(True, "Use warm daemons; false runs each call in a fresh --stdio subprocess.")
+    fallback: bool = _setting(True, "Use a one-shot subprocess when the pool cannot serve a call that never ran.")
+    retries: int = _setting(2, "Retries of idempotent calls that met WorkerLost.")
+    python: str = _setting("", "Interpreter for daemons (default: this one).")
+
+
+def env_name(name: str) -> str:
+    return "ZBRIDGE_" + name.upper()
+
+
+def _parse(kind: Any, raw: str, name: str) -> Any:
+    if kind in (bool, "bool"):
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{env_name(name)}={raw!r} is not a boolean")
+    caster = {"int": int, "float": float, "str": str}.get(kind, kind)
+    try:
+        return caster(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(name)}={raw!r} is not a valid {getattr(caster, '__name__', caster)}") from None
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from defaults, then ZBRIDGE_* variables, then non-None ``overrides``."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    known = {f.name: f for f in fields(Settings)}
+    for name, f in known.items():
+        if env_name(name) in env:
+            values[name] = _parse(f.type, env[env_name(name)], name)
+    for name, value in overrides.items():
+        if name not in known:
+            raise TypeError(f"unknown setting {name!r}")
+        if value is not None:
+            values[name] = value
+    return replace(Settings(), **values)
+
+
+def describe() -> list[tuple[str, str, Any, str]]:
+    """(name, variable, default, help) for every setting, for docs and --help."""
+    return [(f.name, env_name(f.name), f.default, f.metadata["help"]) for f in fields(Settings)]

@@ -1,0 +1,93 @@
+"""Private ipc directories: created 0700, marked with the owning hub's pid, removed on close.
+
+A hub that is SIGKILLed cannot clean up, so its daemons do it when their lifeline breaks
+(``remove_if_orphaned``), and every new hub sweeps directories whose owner is dead.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+
+PREFIX = "zbridge-"
+PID_FILE = "hub.pid"
+
+
+def base_dir() -> str:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK):
+        return runtime
+    return tempfile.gettempdir()
+
+
+def create_private_dir() -> str:
+    """A fresh 0700 directory (mkdtemp creates it so) holding our pid."""
+    sweep_stale()
+    path = tempfile.mkdtemp(prefix=PREFIX, dir=base_dir())
+    os.chmod(path, 0o700)
+    with open(os.path.join(path, PID_FILE), "w") as f:
+        f.write(str(os.getpid()))
+    return path
+
+
+def ipc_endpoint(directory: str, name: str) -> str:
+    return f"ipc://{os.path.join(directory, name)}.sock"
+
+
+def ipc_path(endpoint: str) -> str | None:
+    return endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
+
+
+def remove_private_dir(directory: str) -> None:
+    """Remove our own files, then the directory; never anything we did not create."""
+    for path in glob.glob(os.path.join(directory, "*.sock")) + [os.path.join(directory, PID_FILE)]:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(directory)
+    except (FileNotFoundError, OSError):
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (dead, not yet reaped by its parent) still answers kill(0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def owner_alive(directory: str) -> bool:
+    try:
+        with open(os.path.join(directory, PID_FILE)) as f:
+            return _pid_alive(int(f.read().strip()))
+    except (OSError, ValueError):
+        return False
+
+
+def remove_if_orphaned(endpoint: str) -> None:
+    """Called by a daemon whose hub vanished: remove the hub's private dir if it is dead."""
+    path = ipc_path(endpoint)
+    if path is None:
+        return
+    directory = os.path.dirname(path)
+    if os.path.basename(directory).startswith(PREFIX) and os.path.exists(os.path.join(directory, PID_FILE)) \
+            and not owner_alive(directory):
+        remove_private_dir(directory)
+
+
+def sweep_stale() -> None:
+    """Remove private dirs left by hubs that died without cleaning up."""
+    for directory in glob.glob(os.path.join(base_dir(), PREFIX + "*")):
+        if os.path.isdir(directory) and os.stat(directory).st_uid == os.getuid() \
+                and os.path.exists(os.path.join(directory, PID_FILE)) and not owner_alive(directory):
+            remove_private_dir(directory)

@@ -1,0 +1,140 @@
+"""Every error zbridge raises, as one tree with JSON-RPC codes.
+
+    BridgeError (-32603)                 root; catch this to catch everything
+    ├── ParseError (-32700)              bytes / JSON that could not be decoded
+    ├── InvalidRequest (-32600)          well-formed but not a valid request
+    ├── ToolNotFound (-32601)            no tool by that name in the daemon
+    ├── InvalidParams (-32602)           arguments do not fit the tool's signature
+    ├── InternalError (-32603)           zbridge itself failed (e.g. unencodable result)
+    ├── ToolError (-32000)               the tool raised; .data has type, message, traceback
+    ├── CallTimeout (-32001)             the deadline passed before a reply
+    ├── WorkerLost (-32002)              the daemon died or was killed while holding the call
+    ├── Overloaded (-32003)              the hub's queue is full
+    ├── PoolUnavailable (-32004)         no daemon can serve (start failed, hub gone, closing)
+    └── Cancelled (-32005)               the call was cancelled
+
+Errors convert both ways: ``err.to_wire()`` gives the JSON-RPC error object and
+``error_from_wire(obj)`` rebuilds the matching class (unknown codes give ``BridgeError``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BridgeError", "ParseError", "InvalidRequest", "ToolNotFound", "InvalidParams",
+    "InternalError", "ToolError", "CallTimeout", "WorkerLost", "Overloaded",
+    "PoolUnavailable", "Cancelled", "error_from_wire", "error_class_for",
+]
+
+
+class BridgeError(Exception):
+    """Root of every zbridge error; ``code`` is its JSON-RPC error code."""
+
+    code: int = -32603
+
+    def __init__(self, message: str = "", data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-RPC 2.0 error object for this error."""
+        wire: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            wire["data"] = self.data
+        return wire
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class ParseError(BridgeError):
+    """The message could not be decoded."""
+    code = -32700
+
+
+class InvalidRequest(BridgeError):
+    """The message decoded but is not a valid request."""
+    code = -32600
+
+
+class ToolNotFound(BridgeError):
+    """No tool with the requested name is loaded."""
+    code = -32601
+
+
+class InvalidParams(BridgeError):
+    """The arguments do not match the tool's signature."""
+    code = -32602
+
+
+class InternalError(BridgeError):
+    """zbridge failed to carry out an otherwise valid call."""
+    code = -32603
+
+
+class ToolError(BridgeError):
+    """The tool raised. ``data`` holds ``type``, ``message`` and ``traceback``."""
+    code = -32000
+
+    @property
+    def type(self) -> str | None:
+        return self.data.get("type") if isinstance(self.data, dict) else None
+
+    @property
+    def traceback(self) -> str | None:
+        return self.data.get("traceback") if isinstance(self.data, dict) else None
+
+
+class CallTimeout(BridgeError):
+    """The call's deadline passed before a reply arrived."""
+    code = -32001
+
+
+class WorkerLost(BridgeError):
+    """The daemon running the call died or was killed; the call may have run."""
+    code = -32002
+
+
+class Overloaded(BridgeError):
+    """The hub's queue is full; the call was not accepted and did not run."""
+    code = -32003
+
+
+class PoolUnavailable(BridgeError):
+    """No daemon can serve the call; the call did not run."""
+    code = -32004
+
+
+class Cancelled(BridgeError):
+    """The call was cancelled."""
+    code = -32005
+
+
+_BY_CODE: dict[int, type[BridgeError]] = {
+    cls.code: cls
+    for cls in (ParseError, InvalidRequest, ToolNotFound, InvalidParams, InternalError,
+                ToolError, CallTimeout, WorkerLost, Overloaded, PoolUnavailable, Cancelled)
+}
+
+
+def error_class_for(code: int) -> type[BridgeError]:
+    """The error class for a JSON-RPC code; unknown codes map to the root."""
+    return _BY_CODE.get(code, BridgeError)
+
+
+def error_from_wire(obj: Any) -> BridgeError:
+    """Rebuild an error from a JSON-RPC error object, tolerating malformed ones."""
+    if not isinstance(obj, dict):
+        return InternalError(f"malformed error object: {obj!r}"[:500])
+    code = obj.get("code")
+    message = obj.get("message")
+    cls = error_class_for(code) if isinstance(code, int) else BridgeError
+    err = cls(message if isinstance(message, str) else repr(message), obj.get("data"))
+    if cls is BridgeError and isinstance(code, int):
+        err.code = code
+    return err

@@ -1,0 +1,255 @@
+"""The hub: the broker's sockets and poll loop, and the supervisor's processes.
+
+Runs in a background thread of the caller (``Bridge``) or as the main thread of
+``zbridge serve``. Only this thread touches the hub's sockets; other threads talk to it
+through the inproc ``events`` socket (daemon exits, stop requests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+
+import zmq
+
+from .broker import Action, Broker
+from .config import Settings
+from .endpoints import create_private_dir, ipc_endpoint, remove_private_dir
+from .errors import BridgeError, InvalidRequest
+from .protocol import (Kind, decode_ready, encode_error, encode_result, read_header)
+from .supervisor import Supervisor
+
+log = logging.getLogger("zbridge.hub")
+REAP_INTERVAL = 0.5
+
+
+def daemon_command(settings: Settings, endpoint: str, tools: list[str]) -> list[str]:
+    cmd = [settings.python or sys.executable, "-m", "zbridge_daemon", "--connect", endpoint,
+           "--max-message-size", str(settings.max_message_size)]
+    for spec in tools:
+        cmd += ["--tools", spec]
+    return cmd
+
+
+class Hub:
+    def __init__(self, settings: Settings, tools: list[str], *, frontend: str,
+                 context: zmq.Context | None = None) -> None:
+        self.settings = settings
+        self.context = context or zmq.Context()
+        self._own_context = context is None
+        self.private_dir = create_private_dir()
+        self.backend_endpoint = ipc_endpoint(self.private_dir, "backend")
+        self.events_endpoint = f"inproc://zbridge-events-{uuid.uuid4().hex}"
+        self.frontend_endpoint = frontend
+        self.broker = Broker(settings)
+        self.supervisor = Supervisor(daemon_command(settings, self.backend_endpoint, tools),
+                                     self._notify_exit, stop_timeout=settings.stop_timeout)
+        self._stop_at: float | None = None   # drain deadline once stopping
+        self._stopped = threading.Event()
+        try:
+            self._bind()
+        except BaseException:
+            self._close_sockets()
+            remove_private_dir(self.private_dir)
+            raise
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.linger = 0
+        return sock
+
+    def _bind(self) -> None:
+        max_size = self.settings.max_message_size + 4096
+        self.frontend = self._socket(zmq.ROUTER)
+        self.backend = self._socket(zmq.ROUTER)
+        self.events = self._socket(zmq.PULL)
+        for sock in (self.frontend, self.backend):
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.MAXMSGSIZE, max_size)
+        old = os.umask(0o077)  # ipc socket files readable by us only
+        try:
+            self.backend.bind(self.backend_endpoint)
+            self.frontend.bind(self.frontend_endpoint)
+        finally:
+            os.umask(old)
+        self.events.bind(self.events_endpoint)
+
+    # --- cross-thread entry points -----------------------------------------------------
+
+    def _post(self, *frames: bytes) -> None:
+        sock = self.context.socket(zmq.PUSH)
+        sock.linger = 1000
+        try:
+            sock.connect(self.events_endpoint)
+            sock.send_multipart(list(frames))
+        finally:
+            sock.close()
+
+    def _notify_exit(self, ident: bytes, cause: str) -> None:
+        if not self._stopped.is_set():
+            self._post(b"exit", ident, cause.encode(errors="replace"))
+
+    def request_stop(self, drain_timeout: float = 10.0) -> None:
+        """Ask the loop to drain (running calls may finish for drain_timeout) and stop."""
+        if not self._stopped.is_set():
+            self._post(b"stop", str(drain_timeout).encode())
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def run(self, prewarm: bool = False, wake_fd: int | None = None, on_wake=None) -> None:
+        """Serve until stopped; always leaves no daemon, socket or ipc file behind."""
+        poller = zmq.Poller()
+        for sock in (self.backend, self.frontend, self.events):
+            poller.register(sock, zmq.POLLIN)
+        if wake_fd is not None:
+            poller.register(wake_fd, zmq.POLLIN)
+        next_reap = 0.0
+        try:
+            if prewarm:
+                self._apply(self.broker.start(time.monotonic()))
+            while not self._done(time.monotonic()):
+                now = time.monotonic()
+                wait = self.broker.next_wakeup(now)
+                wait = REAP_INTERVAL if wait is None else min(wait, REAP_INTERVAL)
+                ready = dict(poller.poll(wait * 1000.0))
+                now = time.monotonic()
+                if self.backend in ready:
+                    self._on_backend(now)
+                if self.frontend in ready:
+                    self._on_frontend(now)
+                if self.events in ready:
+                    self._on_event(now)
+                if wake_fd is not None and wake_fd in ready and on_wake is not None:
+                    on_wake(self)
+                self._apply(self.broker.tick(now))
+                if now >= next_reap:
+                    self.supervisor.reap()
+                    next_reap = now + REAP_INTERVAL
+        finally:
+            self._shutdown()
+
+    def _done(self, now: float) -> bool:
+        if self._stop_at is None:
+            return False
+        if self.broker.running() and now < self._stop_at:
+            return False
+        self._apply(self.broker.abandon_running("bridge stopped before the call finished"))
+        return True
+
+    def _on_frontend(self, now: float) -> None:
+        frames = self.frontend.recv_multipart()
+        if len(frames) != 2:
+            if len(frames) >= 1:
+                self._send_client(frames[0], encode_error(0, InvalidRequest(
+                    f"expected exactly one frame per message, got {len(frames) - 1}")))
+            return
+        client, frame = frames
+        try:
+            header = read_header(frame)
+        except BridgeError as exc:
+            self._send_client(client, encode_error(0, exc))
+            return
+        if header.kind is Kind.REQUEST:
+            self._apply(self.broker.submit(client, header, frame, now))
+        elif header.kind is Kind.STATUS:
+            self._send_client(client, encode_result(header.id, self.status(now)))
+        else:
+            self._send_client(client, encode_error(header.id, InvalidRequest(
+                f"clients may send REQUEST or STATUS, not {header.kind.name}")))
+
+    def _on_backend(self, now: float) -> None:
+        frames = self.backend.recv_multipart()
+        if len(frames) != 2:
+            log.warning("dropping a %d-frame message on the daemon socket", len(frames))
+            return
+        ident, frame = frames
+        try:
+            header = read_header(frame)
+            if header.kind is Kind.REPLY:
+                self._apply(self.broker.daemon_reply(ident, header, frame, now))
+            elif header.kind is Kind.READY:
+                self._apply(self.broker.daemon_ready(ident, decode_ready(frame), now))
+            elif header.kind is Kind.DISCONNECT:
+                self._apply(self.broker.daemon_exited(ident, now, "daemon disconnected"))
+        except BridgeError as exc:
+            log.warning("dropping a malformed message from daemon %r: %s", ident, exc)
+
+    def _on_event(self, now: float) -> None:
+        frames = self.events.recv_multipart()
+        if frames[0] == b"exit":
+            self._apply(self.broker.daemon_exited(frames[1], now, frames[2].decode()))
+        elif frames[0] == b"stop":
+            self.begin_stop(float(frames[1]), now)
+
+    def begin_stop(self, drain_timeout: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self._stop_at is None:
+            self._apply(self.broker.close())
+            self._stop_at = now + drain_timeout
+        else:  # a second stop request means now
+            self._stop_at = now
+
+    # --- actions -----------------------------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            kind = action[0]
+            if kind == "client":
+                self._send_client(action[1], action[2])
+            elif kind == "daemon":
+                self._send_daemon(action[1], action[2])
+            elif kind == "spawn":
+                self._spawn(action[1])
+            elif kind == "kill":
+                self.broker.kill_requested(action[1], action[2])
+                log.warning("killing daemon %s: %s", action[1].decode(), action[2])
+                self.supervisor.kill(action[1])
+
+    def _send_client(self, client: bytes, frame: bytes) -> None:
+        try:
+            self.frontend.send_multipart([client, frame], copy=False)
+        except zmq.ZMQError as exc:  # the client went away; nobody is left to tell
+            log.debug("dropping reply for vanished client %r: %s", client, exc)
+
+    def _send_daemon(self, ident: bytes, frame: bytes) -> None:
+        try:
+            self.backend.send_multipart([ident, frame], copy=False)
+        except zmq.ZMQError:
+            self._apply(self.broker.daemon_unreachable(ident, frame, time.monotonic()))
+
+    def _spawn(self, ident: bytes) -> None:
+        try:
+            self.broker.daemon_spawned(ident, self.supervisor.spawn(ident))
+        except OSError as exc:
+            self._apply(self.broker.daemon_exited(ident, time.monotonic(), f"cannot start daemon: {exc}"))
+
+    def status(self, now: float | None = None) -> dict:
+        status = self.broker.status(time.monotonic() if now is None else now)
+        status["endpoint"] = self.frontend_endpoint
+        status["hub_pid"] = os.getpid()
+        return status
+
+    # --- teardown ----------------------------------------------------------------------
+
+    def _close_sockets(self) -> None:
+        for name in ("frontend", "backend", "events"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(0)
+
+    def _shutdown(self) -> None:
+        self._stopped.set()
+        try:
+            self.supervisor.stop_all()
+        finally:
+            self._close_sockets()
+            remove_private_dir(self.private_dir)
+            if self._own_context:
+                self.context.term()

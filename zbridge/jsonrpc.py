@@ -1,0 +1,106 @@
+"""JSON-RPC 2.0 objects and the line-delimited stdio protocol. Pure, no I/O.
+
+One line in is one JSON value: a request object or a batch (array) of them. One line out is
+the reply: an object, an array for a batch, or nothing for notifications. Ids come back
+exactly as sent. Seed compatibility: method ``execute_tool`` with
+``{"tool_name": ..., "args": ...}`` is the same as calling the tool by its own name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BridgeError, InvalidParams, InvalidRequest, ParseError
+
+_MISSING = object()
+SEED_METHOD = "execute_tool"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One valid request object from a line."""
+    id: Any
+    method: str
+    params: list | dict | None
+    notification: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A request object that failed validation; it gets this error as its reply."""
+    id: Any
+    error: BridgeError
+
+
+def result_object(id: Any, result: Any) -> dict:
+    return {"jsonrpc": "2.0", "id": id, "result": result}
+
+
+def error_object(id: Any, error: BridgeError) -> dict:
+    return {"jsonrpc": "2.0", "id": id, "error": error.to_wire()}
+
+
+def request_object(id: Any, method: str, params: Any = None) -> dict:
+    obj: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
+    if params is not None:
+        obj["params"] = params
+    return obj
+
+
+def encode_line(obj: Any) -> bytes:
+    """JSON text on one line; raises TypeError/ValueError if obj is not JSON-encodable."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+
+
+def parse_object(obj: Any) -> Call | Invalid:
+    """Validate one request object."""
+    if not isinstance(obj, dict):
+        return Invalid(None, InvalidRequest("a request must be a JSON object"))
+    raw_id = obj.get("id", _MISSING)
+    id = None if raw_id is _MISSING or not _valid_id(raw_id) else raw_id
+    if raw_id is not _MISSING and not _valid_id(raw_id):
+        return Invalid(None, InvalidRequest("'id' must be a string, a number or null"))
+    if obj.get("jsonrpc") != "2.0":
+        return Invalid(id, InvalidRequest("'jsonrpc' must be exactly \"2.0\""))
+    method = obj.get("method")
+    if not isinstance(method, str):
+        return Invalid(id, InvalidRequest("'method' must be a string"))
+    params = obj.get("params")
+    if params is not None and not isinstance(params, (list, dict)):
+        return Invalid(id, InvalidRequest("'params' must be an array or an object"))
+    return Call(id, method, params, raw_id is _MISSING)
+
+
+def parse_line(line: bytes | str) -> tuple[list[Call | Invalid], bool]:
+    """Decode one line into request objects; returns (items, is_batch).
+
+    Undecodable JSON yields a single Invalid with ParseError; an empty batch a single
+    Invalid with InvalidRequest, answered as a lone object as the spec requires.
+    """
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        return [Invalid(None, ParseError(f"invalid JSON: {exc}"[:300]))], False
+    if isinstance(value, list):
+        if not value:
+            return [Invalid(None, InvalidRequest("empty batch"))], False
+        return [parse_object(item) for item in value], True
+    return [parse_object(value)], False
+
+
+def resolve_tool_call(method: str, params: Any) -> tuple[str, Any]:
+    """Map the seed's ``execute_tool`` envelope to (tool name, arguments)."""
+    if method != SEED_METHOD:
+        return method, params
+    if not isinstance(params, dict) or not isinstance(params.get("tool_name"), str):
+        raise InvalidParams("execute_tool needs params {\"tool_name\": str, \"args\": object|array}")
+    args = params.get("args")
+    if args is not None and not isinstance(args, (list, dict)):
+        raise InvalidParams("execute_tool 'args' must be an object, an array or null")
+    return params["tool_name"], args

@@ -1,0 +1,31 @@
+"""What a client does after an error: raise it, retry the call, or use the pipe fallback.
+
+Pure, and shared by every client path so the rules live in one place:
+- PoolUnavailable means the call never ran, so the one-shot subprocess may serve it
+  (not when the bridge is shutting down: then new calls are refused);
+- WorkerLost means it may have run: retried only when the caller marked it idempotent;
+- everything else is the answer.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from .errors import BridgeError, PoolUnavailable, WorkerLost
+
+
+class Step(str, Enum):
+    RAISE = "raise"
+    RETRY = "retry"
+    FALLBACK = "fallback"
+
+
+def after_error(error: BridgeError, *, attempt: int, idempotent: bool, retries: int,
+                can_fallback: bool) -> Step:
+    """``attempt`` counts retries already made (0 for the first try)."""
+    if isinstance(error, PoolUnavailable):
+        closing = isinstance(error.data, dict) and error.data.get("closing")
+        return Step.FALLBACK if can_fallback and not closing else Step.RAISE
+    if isinstance(error, WorkerLost) and idempotent and attempt < retries:
+        return Step.RETRY
+    return Step.RAISE

@@ -1,0 +1,176 @@
+"""The zmq wire format: one frame per message, a fixed binary header, then msgpack.
+
+Pure and socket-free. Layout (network byte order), 20 bytes::
+
+    0  2s magic     b"ZB"
+    2  B  version   1
+    3  B  kind      Kind
+    4  B  flags     bit 0: idempotent
+    5  3x reserved  zero
+    8  I  timeout   milliseconds, requests only (0 = hub default)
+    12 Q  id        request id chosen by the client, echoed in the reply
+
+The body after the header is msgpack: a request is ``{"method": str, "params": list|map|nil}``,
+a reply ``{"result": any}`` or ``{"error": {"code", "message", "data"?}}``, ready
+``{"pid", "tools", "version"}``, a status reply carries the status map as ``result``.
+The hub reads only the header, so tool arguments are never decoded on the way.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from .errors import BridgeError, InvalidRequest, ParseError
+
+MAGIC = b"ZB"
+VERSION = 1
+HEADER = struct.Struct("!2sBBB3xIQ")
+HEADER_SIZE = HEADER.size
+FLAG_IDEMPOTENT = 0x01
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+MAX_ID = 2**64 - 1
+MAX_TIMEOUT_MS = 2**32 - 1
+
+
+class Kind(IntEnum):
+    REQUEST = 1     # client -> hub -> daemon
+    REPLY = 2       # daemon -> hub -> client (also hub -> client for hub-made errors)
+    READY = 3       # daemon -> hub, once, after tools loaded and start-up hooks ran
+    HEARTBEAT = 4   # reserved for the heartbeat socket
+    DISCONNECT = 5  # hub -> daemon: exit now; daemon -> hub: I am leaving
+    STATUS = 6      # client -> hub; answered with a REPLY whose result is the status map
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    kind: Kind
+    id: int
+    timeout_ms: int = 0
+    flags: int = 0
+
+    @property
+    def idempotent(self) -> bool:
+        return bool(self.flags & FLAG_IDEMPOTENT)
+
+
+def pack_header(kind: Kind, id: int, timeout_ms: int = 0, flags: int = 0) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, kind, flags, timeout_ms, id)
+
+
+def read_header(frame: bytes | memoryview) -> Header:
+    """Parse the fixed header; raises ParseError/InvalidRequest on anything else."""
+    if len(frame) < HEADER_SIZE:
+        raise ParseError(f"frame of {len(frame)} bytes is shorter than the {HEADER_SIZE}-byte header")
+    magic, version, kind, flags, timeout_ms, id = HEADER.unpack_from(frame)
+    if magic != MAGIC:
+        raise ParseError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise InvalidRequest(f"unsupported protocol version {version}, this side speaks {VERSION}")
+    try:
+        kind = Kind(kind)
+    except ValueError:
+        raise InvalidRequest(f"unknown message kind {kind}") from None
+    return Header(kind, id, timeout_ms, flags)
+
+
+def packb(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpackb(data: bytes | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE,
+            strict_map_key: bool = True) -> Any:
+    """Decode msgpack with size limits; any failure is a ParseError.
+
+    unpackb already bounds every declared length by the size of the input, so a lying
+    length prefix cannot make it allocate more than the frame it was given.
+    """
+    if len(data) > max_size:
+        raise ParseError(f"body of {len(data)} bytes exceeds the {max_size}-byte limit")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=strict_map_key)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+            TypeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ParseError(f"undecodable msgpack body: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def body_of(frame: bytes | memoryview) -> memoryview:
+    return memoryview(frame)[HEADER_SIZE:]
+
+
+# --- requests ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: int
+    method: str
+    params: list | dict | None = None
+    timeout_ms: int = 0
+    flags: int = 0
+
+
+def encode_request(id: int, method: str, params: Any = None, *, timeout_ms: int = 0,
+                   idempotent: bool = False) -> bytes:
+    flags = FLAG_IDEMPOTENT if idempotent else 0
+    return pack_header(Kind.REQUEST, id, timeout_ms, flags) + packb(
+        {"method": method, "params": params})
+
+
+def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> Request:
+    header = read_header(frame)
+    if header.kind is not Kind.REQUEST:
+        raise InvalidRequest(f"expected a request, got {header.kind.name}")
+    body = unpackb(body_of(frame), max_size=max_size)
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a map")
+    method = body.get("method")
+    params = body.get("params")
+    if not isinstance(method, str):
+        raise InvalidRequest("request 'method' must be a string")
+    if params is not None and not isinstance(params, (list, dict)):
+        raise InvalidRequest("request 'params' must be an array, a map or nil")
+    return Request(header.id, method, params, header.timeout_ms, header.flags)
+
+
+# --- replies -----------------------------------------------------------------------------
+
+def encode_result(id: int, result: Any) -> bytes:
+    """Raises TypeError/ValueError/OverflowError if the result cannot be encoded."""
+    return pack_header(Kind.REPLY, id) + packb({"result": result})
+
+
+def encode_error(id: int, error: BridgeError) -> bytes:
+    return pack_header(Kind.REPLY, id) + packb({"error": error.to_wire()})
+
+
+def decode_reply_body(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> dict:
+    """Body of a REPLY frame; the caller already checked the header."""
+    body = unpackb(body_of(frame), max_size=max_size, strict_map_key=False)
+    if not isinstance(body, dict) or ("result" not in body and "error" not in body):
+        raise ParseError("reply body must be a map with 'result' or 'error'")
+    return body
+
+
+# --- control messages --------------------------------------------------------------------
+
+def encode_ready(pid: int, tools: list[str], version: str) -> bytes:
+    return pack_header(Kind.READY, 0) + packb({"pid": pid, "tools": tools, "version": version})
+
+
+def decode_ready(frame: bytes) -> dict:
+    body = unpackb(body_of(frame), max_size=1024 * 1024)
+    if not isinstance(body, dict) or not isinstance(body.get("pid"), int):
+        raise InvalidRequest("ready body must be a map with an integer 'pid'")
+    return body
+
+
+def encode_disconnect(reason: str = "") -> bytes:
+    return pack_header(Kind.DISCONNECT, 0) + packb({"reason": reason})
+
+
+def encode_status_request(id: int) -> bytes:
+    return pack_header(Kind.STATUS, id) + packb(None)

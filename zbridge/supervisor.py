@@ -1,0 +1,148 @@
+"""Daemon processes: spawn, watch, kill, stop. The broker decides; this carries it out.
+
+Each daemon runs in its own session (so signals reach its whole process group and a
+terminal's Ctrl-C does not), holds a stdin pipe whose EOF tells it the hub is gone, and
+writes its stderr (and its tools' stdout) to a pipe that a thread forwards line by line to
+the ``zbridge.daemon`` logger, keeping the last lines to explain a failed start.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger("zbridge.daemon")
+TAIL_LINES = 40
+
+Notify = Callable[[bytes, str], None]
+
+
+@dataclass
+class Process:
+    ident: bytes
+    popen: subprocess.Popen
+    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+    reported: bool = False
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+def _emit(ident: bytes, pid: int, line: str) -> None:
+    if log.hasHandlers():
+        log.info("[%s pid %d] %s", ident.decode(), pid, line)
+    else:  # no logging configured: never swallow a daemon's output
+        sys.stderr.write(f"[zbridge {ident.decode()} pid {pid}] {line}\n")
+
+
+class Supervisor:
+    def __init__(self, command: list[str], notify: Notify, *, stop_timeout: float = 5.0,
+                 env: dict[str, str] | None = None) -> None:
+        self.command = command
+        self.notify = notify
+        self.stop_timeout = stop_timeout
+        self.env = env
+        self.procs: dict[bytes, Process] = {}
+        self._lock = threading.Lock()
+
+    def spawn(self, ident: bytes) -> int:
+        env = dict(os.environ if self.env is None else self.env, PYTHONUNBUFFERED="1")
+        popen = subprocess.Popen(
+            self.command + ["--identity", ident.decode(), "--lifeline"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True, env=env)
+        proc = Process(ident, popen)
+        with self._lock:
+            self.procs[ident] = proc
+        threading.Thread(target=self._watch, args=(proc,), daemon=True,
+                         name=f"zbridge-watch-{ident.decode()}").start()
+        return popen.pid
+
+    def _watch(self, proc: Process) -> None:
+        """Forward stderr; at EOF the process is exiting: wait for it and report."""
+        pid = proc.popen.pid
+        for raw in proc.popen.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            proc.tail.append(line)
+            _emit(proc.ident, pid, line)
+        proc.popen.wait()
+        self._report(proc)
+
+    def _report(self, proc: Process) -> None:
+        with self._lock:
+            if proc.reported:
+                return
+            proc.reported = True
+            self.procs.pop(proc.ident, None)
+        how = describe_exit(proc.popen.returncode)
+        tail = "\n".join(proc.tail)
+        last = next((line for line in reversed(proc.tail) if line.strip()), "")
+        summary = f"{last.strip()} ({how})" if last else how
+        self.notify(proc.ident, f"{summary}\n{tail}" if tail else summary)
+
+    def reap(self) -> None:
+        """Backstop for exits the stderr thread cannot see (a grandchild holds the pipe)."""
+        with self._lock:
+            procs = list(self.procs.values())
+        for proc in procs:
+            if proc.popen.poll() is not None:
+                self._report(proc)
+
+    def kill(self, ident: bytes) -> None:
+        """TERM the daemon's process group, KILL it after stop_timeout; never blocks."""
+        proc = self.procs.get(ident)
+        if proc is not None:
+            threading.Thread(target=self._terminate, args=(proc,), daemon=True).start()
+
+    def _terminate(self, proc: Process, grace: float | None = None) -> None:
+        _signal_group(proc.popen, signal.SIGTERM)
+        try:
+            proc.popen.wait(self.stop_timeout if grace is None else grace)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(proc.popen, signal.SIGKILL)  # also reaps grandchildren left in the group
+        proc.popen.wait()
+
+    def stop_all(self) -> None:
+        """Close every lifeline (daemons exit by themselves), then TERM/KILL stragglers."""
+        with self._lock:
+            procs = list(self.procs.values())
+        for proc in procs:
+            try:
+                proc.popen.stdin.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + self.stop_timeout
+        for proc in procs:
+            try:
+                proc.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._terminate(proc, grace=1.0)
+            _signal_group(proc.popen, signal.SIGKILL)  # grandchildren that outlived the daemon
+
+    def pids(self) -> dict[bytes, int]:
+        with self._lock:
+            return {ident: p.popen.pid for ident, p in self.procs.items()}
+
+
+def _signal_group(popen: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(popen.pid, sig)  # start_new_session made pid the group id
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,121 @@
+"""Registering and loading tools: ``@tool``, ``@startup`` and ``load_tools``.
+
+A tool is a plain function. Decorate it with ``@zbridge.tool`` (optionally ``name=``) in a
+module; the daemon imports that module (by module name or by a path to a ``.py`` file) and
+serves every tool it registered. A module that registers nothing exposes its public
+top-level functions instead. ``@zbridge.startup`` marks a hook that runs once in each
+daemon after loading and before it reports ready: the place to load a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable, Iterable
+
+__all__ = ["Tool", "Registry", "tool", "startup", "load_tools", "REGISTRY"]
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    fn: Callable[..., Any]
+    signature: inspect.Signature | None
+
+
+@dataclass
+class Registry:
+    tools: dict[str, Tool] = field(default_factory=dict)
+    startup_hooks: list[Callable[[], Any]] = field(default_factory=list)
+
+    def add(self, fn: Callable[..., Any], name: str | None = None) -> Tool:
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins have none; accept any arguments
+            signature = None
+        entry = Tool(name or fn.__name__, fn, signature)
+        self.tools[entry.name] = entry
+        return entry
+
+    def names(self) -> list[str]:
+        return sorted(self.tools)
+
+
+REGISTRY = Registry()
+
+
+def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None):
+    """Register ``fn`` as a tool, under ``name`` or its own name. Returns ``fn`` unchanged."""
+    def register(f: Callable[..., Any]) -> Callable[..., Any]:
+        REGISTRY.add(f, name)
+        return f
+    return register(fn) if fn is not None else register
+
+
+def startup(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """Run ``fn()`` once in every daemon before it reports ready (e.g. to load a model)."""
+    if fn not in REGISTRY.startup_hooks:
+        REGISTRY.startup_hooks.append(fn)
+    return fn
+
+
+def _is_path(spec: str) -> bool:
+    return spec.endswith(".py") or os.sep in spec
+
+
+def _import_path(path: str) -> ModuleType:
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise ImportError(f"tools file not found: {path}")
+    name = "zbridge_tools_" + os.path.splitext(os.path.basename(path))[0]
+    directory = os.path.dirname(path)
+    if directory not in sys.path:  # so the file can import its neighbours
+        sys.path.insert(0, directory)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load tools from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _public_functions(module: ModuleType) -> list[Callable[..., Any]]:
+    return [obj for attr, obj in vars(module).items()
+            if not attr.startswith("_") and inspect.isfunction(obj)
+            and obj.__module__ == module.__name__]
+
+
+def load_tools(specs: Iterable[str], registry: Registry = REGISTRY) -> Registry:
+    """Import each module name or ``.py`` path; errors propagate with their traceback."""
+    for spec in specs:
+        before = len(registry.tools)
+        module = _import_path(spec) if _is_path(spec) else importlib.import_module(spec)
+        registered = any(t.fn.__module__ == module.__name__ for t in registry.tools.values())
+        if len(registry.tools) == before and not registered:
+            for fn in _public_functions(module):
+                registry.add(fn)
+    return registry
+
+
+def tool_specs(tools: Any) -> list[str]:
+    """Normalise what users pass as ``tools=``: a name, a path, a module, or a list of them."""
+    if tools is None:
+        return []
+    if isinstance(tools, (str, os.PathLike, ModuleType)):
+        tools = [tools]
+    specs = []
+    for item in tools:
+        if isinstance(item, ModuleType):
+            if item.__name__ == "__main__" or item.__name__.startswith("zbridge_tools_"):
+                specs.append(os.path.abspath(item.__file__))
+            else:
+                specs.append(item.__name__)
+        else:
+            specs.append(os.fspath(item))
+    return specs
