@@ -11,7 +11,7 @@ from typing import Any
 import zmq
 
 from .client import Client
-from .config import load_settings
+from .config import Settings, load_settings
 from .hub import Hub
 from .tools import tool_specs
 
@@ -26,8 +26,9 @@ class Bridge(Client):
     context manager or call ``close()``; daemons also exit if this process dies.
     """
 
-    def __init__(self, tools: Any = None, workers: int | None = None, **overrides: Any) -> None:
-        settings = load_settings(workers=workers, **overrides)
+    def __init__(self, tools: Any = None, workers: int | None = None, *,
+                 settings: Settings | None = None, **overrides: Any) -> None:
+        settings = settings or load_settings(workers=workers, **overrides)
         specs = tool_specs(tools)
         context = zmq.Context()
         self._hub: Hub | None = None

@@ -7,6 +7,7 @@ A hub that is SIGKILLed cannot clean up, so its daemons do it when their lifelin
 from __future__ import annotations
 
 import glob
+import ipaddress
 import os
 import tempfile
 
@@ -91,3 +92,24 @@ def sweep_stale() -> None:
         if os.path.isdir(directory) and os.stat(directory).st_uid == os.getuid() \
                 and os.path.exists(os.path.join(directory, PID_FILE)) and not owner_alive(directory):
             remove_private_dir(directory)
+
+
+def _loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bindable(endpoint: str) -> None:
+    """Refuse endpoints that would expose the hub to other hosts without authentication."""
+    if endpoint.startswith("tcp://"):
+        host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+        if not _loopback(host):
+            raise ValueError(f"refusing to bind {endpoint}: tcp endpoints must be loopback "
+                             "(127.0.0.1, ::1, localhost); anything else would let any host run tools")
+    elif not endpoint.startswith(("ipc://", "inproc://")):
+        raise ValueError(f"unsupported endpoint {endpoint!r}: use ipc://PATH or tcp://127.0.0.1:PORT")

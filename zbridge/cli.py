@@ -1,0 +1,163 @@
+"""The ``zbridge`` command: ``serve``, ``call``, ``status``.
+
+Every option can also come from a ``ZBRIDGE_*`` variable (click's envvar support); the
+pool settings are generated from ``zbridge.config.Settings`` so the table has one source.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import fields
+from typing import Any, Callable
+
+import click
+
+from .config import Settings, env_name, load_settings
+from .errors import BridgeError
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def settings_options(fn: Callable) -> Callable:
+    """Add one option per Settings field (--kebab-name, envvar ZBRIDGE_NAME, default unset)."""
+    for f in reversed(fields(Settings)):
+        flag = f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [default: {f.default!r}; env {env_name(f.name)}]"
+        if f.type == "bool":
+            option = click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=help_text)
+        else:
+            option = click.option(f"--{flag}", f.name, type=_TYPES[f.type], default=None,
+                                  help=help_text)
+        fn = option(fn)
+    return fn
+
+
+def _settings(values: dict[str, Any]) -> Settings:
+    names = {f.name for f in fields(Settings)}
+    try:
+        return load_settings(**{k: v for k, v in values.items() if k in names})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+tools_option = click.option("--tools", "tools", multiple=True, envvar="ZBRIDGE_TOOLS",
+                            metavar="MODULE|PATH", help="Tools module or .py file (repeatable). [env ZBRIDGE_TOOLS]")
+endpoint_option = click.option("--endpoint", envvar="ZBRIDGE_ENDPOINT", default=None,
+                               help=f"Hub endpoint of `zbridge serve` [default: {DEFAULT_ENDPOINT}; env ZBRIDGE_ENDPOINT].")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "ZBRIDGE"})
+@click.option("--log-level", default="WARNING", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
+def main(log_level: str) -> None:
+    """zbridge: keep Python tools warm in daemons and call them fast."""
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="zbridge %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@tools_option
+@click.option("--bind", envvar="ZBRIDGE_BIND", default=DEFAULT_ENDPOINT, show_default=True,
+              help="Endpoint clients connect to (tcp binds loopback only). [env ZBRIDGE_BIND]")
+@click.option("--drain-timeout", type=float, default=10.0, envvar="ZBRIDGE_DRAIN_TIMEOUT",
+              show_default=True, help="Seconds running calls get to finish on SIGTERM/SIGINT.")
+@settings_options
+def serve(tools: tuple[str, ...], bind: str, drain_timeout: float, **values: Any) -> None:
+    """Run a hub and its daemons in this process until SIGTERM/SIGINT (twice: at once)."""
+    from .endpoints import check_bindable
+    from .hub import Hub
+    settings = _settings(values)
+    try:
+        check_bindable(bind)
+        hub = Hub(settings, list(tools), frontend=bind)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # zmq.ZMQError: address in use, bad endpoint
+        raise click.ClickException(f"cannot bind {bind}: {exc}") from None
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)  # the wakeup fd carries the signal to the loop
+
+    def on_signal(h: Hub) -> None:
+        reader.recv(64)
+        h.begin_stop(drain_timeout)
+
+    click.echo(f"zbridge hub {os.getpid()} serving {bind} (tools: {', '.join(tools) or 'none'}, "
+               f"workers: {settings.workers})", err=True)
+    try:
+        hub.run(prewarm=settings.prewarm, wake_fd=reader.fileno(), on_wake=on_signal)
+    finally:
+        signal.set_wakeup_fd(-1)
+        reader.close()
+        writer.close()
+    click.echo("zbridge hub stopped", err=True)
+
+
+@main.command()
+@click.argument("tool")
+@click.option("--args", "args_json", default=None, help="Arguments as JSON: an object or an array.")
+@tools_option
+@endpoint_option
+@click.option("--idempotent", is_flag=True, help="Allow a retry if the daemon dies mid-call.")
+@settings_options
+def call(tool: str, args_json: str | None, tools: tuple[str, ...], endpoint: str | None,
+         idempotent: bool, **values: Any) -> None:
+    """Call TOOL once and print its JSON result (errors go to stderr, exit status 1).
+
+    With --tools and no --endpoint, runs an embedded bridge for this one call.
+    """
+    try:
+        args = json.loads(args_json) if args_json is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--args") from None
+    settings = _settings(values)
+    try:
+        with _open(settings, tools, endpoint) as client:
+            result = client.call(tool, args, idempotent=idempotent)
+    except BridgeError as exc:
+        click.echo(json.dumps(exc.to_wire(), default=repr), err=True)
+        sys.exit(1)
+    click.echo(json.dumps(result, default=repr))
+
+
+def _open(settings: Settings, tools: tuple[str, ...], endpoint: str | None):
+    from .bridge import Bridge
+    from .client import Client
+    if endpoint or not tools:
+        return Client(endpoint or DEFAULT_ENDPOINT, tools=list(tools), settings=settings)
+    return Bridge(list(tools), settings=settings)
+
+
+@main.command()
+@endpoint_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+def status(endpoint: str | None, as_json: bool) -> None:
+    """Show the daemons and queue of a running `zbridge serve`."""
+    from .client import Client
+    try:
+        with Client(endpoint or DEFAULT_ENDPOINT, fallback=False) as client:
+            info = client.status()
+    except BridgeError as exc:
+        raise click.ClickException(f"no hub at {endpoint or DEFAULT_ENDPOINT}: {exc}") from None
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"hub pid {info['hub_pid']} at {info['endpoint']}: queue depth {info['queue_depth']}, "
+               f"workers {info['workers']}")
+    click.echo(f"{'id':<6} {'pid':>8} {'state':<9} {'calls':>8} {'uptime_s':>10} current_call")
+    for d in info["daemons"]:
+        click.echo(f"{d['id']:<6} {str(d['pid']):>8} {d['state']:<9} {d['calls']:>8} "
+                   f"{str(d['uptime_s']):>10} {d['current_call'] if d['current_call'] is not None else '-'}")
+    if info.get("last_start_error"):
+        click.echo(f"last start error: {info['last_start_error'].splitlines()[0]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Example tools and a demo: ``python -m zbridge.examples``."""
