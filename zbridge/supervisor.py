@@ -45,9 +45,9 @@ def describe_exit(returncode: int | None) -> str:
 
 
 def _emit(ident: bytes, pid: int, line: str) -> None:
-    if log.hasHandlers():
+    if log.isEnabledFor(logging.INFO) and log.hasHandlers():
         log.info("[%s pid %d] %s", ident.decode(), pid, line)
-    else:  # no logging configured: never swallow a daemon's output
+    else:  # logging would drop it: a daemon's output must never vanish
         sys.stderr.write(f"[zbridge {ident.decode()} pid {pid}] {line}\n")
 
 

@@ -1,0 +1,84 @@
+"""Shared fixtures: tool modules, and a guard that no test leaves a daemon running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+TOOLSETS = Path(__file__).parent / "toolsets"
+
+
+def daemon_pids() -> set[int]:
+    """Pids of every zbridge daemon process on the machine (ours or leaked)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"zbridge_daemon" in cmdline and state != "Z":
+            pids.add(int(entry))
+    return pids
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_daemons():
+    before = daemon_pids()
+    yield
+    if not wait_until(lambda: not (daemon_pids() - before), timeout=10.0):
+        leaked = daemon_pids() - before
+        for pid in leaked:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pytest.fail(f"test left daemon processes running: {sorted(leaked)}")
+
+
+@pytest.fixture
+def basic_tools() -> str:
+    return str(TOOLSETS / "basic.py")
+
+
+@pytest.fixture
+def broken_tools() -> str:
+    return str(TOOLSETS / "broken.py")
+
+
+@pytest.fixture
+def plain_tools() -> str:
+    return str(TOOLSETS / "plain.py")
+
+
+@pytest.fixture
+def bridge_factory():
+    """Make bridges that are closed at the end of the test, whatever happens."""
+    import zbridge
+    made = []
+
+    def make(*args, **kwargs):
+        bridge = zbridge.Bridge(*args, **kwargs)
+        made.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in made:
+        bridge.close(drain_timeout=1.0)

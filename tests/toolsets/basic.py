@@ -1,0 +1,88 @@
+"""Tools used by the tests (loaded by path, as users do)."""
+
+import os
+import sys
+import time
+
+import zbridge
+
+CACHE: dict = {}
+
+
+@zbridge.tool
+def echo(value=None):
+    return value
+
+
+@zbridge.tool
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+@zbridge.tool
+def cached(key: str) -> dict:
+    """Counts hits per key in a module global: proves calls reach the same warm process."""
+    CACHE[key] = CACHE.get(key, 0) + 1
+    return {"pid": os.getpid(), "hits": CACHE[key]}
+
+
+@zbridge.tool
+def span(seconds: float, nonce=None) -> dict:
+    start = time.time()
+    time.sleep(seconds)
+    return {"pid": os.getpid(), "start": start, "end": time.time(), "nonce": nonce}
+
+
+@zbridge.tool
+def pid() -> int:
+    return os.getpid()
+
+
+@zbridge.tool
+def boom(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+@zbridge.tool
+def chatty(text: str = "hello") -> str:
+    print("tool says", text)                       # Python-level stdout
+    os.write(1, b"raw fd 1 write from the tool\n")  # C-level stdout
+    print("to stderr", file=sys.stderr)
+    return text
+
+
+@zbridge.tool
+def big(size: int) -> str:
+    return "x" * size
+
+
+@zbridge.tool
+def unencodable() -> object:
+    return object()
+
+
+@zbridge.tool
+def exit_hard(code: int = 7) -> None:
+    os._exit(code)
+
+
+@zbridge.tool(name="renamed")
+def _hidden_name() -> str:
+    return "renamed ok"
+
+
+@zbridge.tool
+def die_once(marker: str) -> str:
+    """Dies the first time (no marker yet), succeeds after: for idempotent retries."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(9)
+    return "survived"
+
+
+@zbridge.tool
+def record(path: str, nonce: str) -> str:
+    """Appends the nonce to a file: lets tests count how often a call really ran."""
+    with open(path, "a") as f:
+        f.write(nonce + "\n")
+    return nonce
