@@ -17,9 +17,8 @@ from zbridge.tools import Registry
 log = logging.getLogger("zbridge.daemon")
 
 
-def handle_request(executor: Executor, frame: bytes, max_message: int) -> bytes:
+def handle_request(executor: Executor, frame: bytes, request_id: int, max_message: int) -> bytes:
     """Turn one request frame into exactly one reply frame, whatever happens."""
-    request_id = read_header(frame).id
     try:
         request = decode_request(frame, max_size=max_message)
         result = executor.run(request.method, request.params)
@@ -51,14 +50,14 @@ def serve(endpoint: str, registry: Registry, *, identity: bytes | None = None,
         while True:
             frame = sock.recv()
             try:
-                kind = read_header(frame).kind
+                header = read_header(frame)
             except BridgeError as exc:
                 log.warning("dropping malformed frame from hub: %s", exc)
                 continue
-            if kind is Kind.DISCONNECT:
+            if header.kind is Kind.DISCONNECT:
                 break
-            if kind is Kind.REQUEST:
-                sock.send(handle_request(executor, frame, max_message))
+            if header.kind is Kind.REQUEST:
+                sock.send(handle_request(executor, frame, header.id, max_message))
     finally:
         sock.close(0)
         context.term()

@@ -178,3 +178,12 @@ def test_status_lists_daemons(bridge_factory, basic_tools):
     status = bridge.status()
     assert {d["pid"] for d in status["daemons"]} <= daemon_pids()
     assert status["queue_depth"] == 0 and status["workers"] == 2
+
+
+def test_type_error_inside_a_tool_is_a_tool_error(bridge_factory, basic_tools):
+    bridge = bridge_factory(basic_tools)
+    with pytest.raises(zbridge.ToolError) as info:
+        bridge.call("inner_type_error")
+    assert info.value.data["type"] == "TypeError"
+    with pytest.raises(zbridge.InvalidParams):
+        bridge.call("inner_type_error", [1, 2])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -121,6 +122,10 @@ class Broker:
         self.queue.append(job)
         self.queued += 1
         heapq.heappush(self.deadlines, (job.deadline, next(self._seq), job))
+        if len(self.deadlines) > 1024 + 4 * (self.queued + len(self.daemons)):
+            # finished jobs stay in the heap until their deadline; drop them in bulk
+            self.deadlines = [e for e in self.deadlines if e[2].state is not JobState.DONE]
+            heapq.heapify(self.deadlines)
         actions = self._dispatch(now)
         if self.queued:  # nobody idle took it: maybe start another daemon
             self.wanted = max(self.wanted, min(self.s.workers, self._live() + self._demand()))
@@ -322,13 +327,15 @@ class Broker:
 
     def next_wakeup(self, now: float) -> float | None:
         """Seconds until tick() has something to do, or None."""
-        times = [self.deadlines[0][0]] if self.deadlines else []
-        times += [d.kill_at for d in self.daemons.values() if d.kill_at is not None]
-        times += [d.spawned + self.s.start_timeout for d in self.daemons.values()
-                  if d.state is DaemonState.STARTING]
-        if self._live() < self.wanted:
-            times.append(self.spawn_allowed_at)
-        return max(0.0, min(times) - now) if times else None
+        soonest = self.deadlines[0][0] if self.deadlines else math.inf
+        for d in self.daemons.values():
+            if d.kill_at is not None:
+                soonest = min(soonest, d.kill_at)
+            elif d.state is DaemonState.STARTING:
+                soonest = min(soonest, d.spawned + self.s.start_timeout)
+        if self.wanted and self._live() < self.wanted:
+            soonest = min(soonest, self.spawn_allowed_at)
+        return None if soonest == math.inf else max(0.0, soonest - now)
 
     # --- shutdown and status -----------------------------------------------------------
 

@@ -139,6 +139,7 @@ class Client:
             sock.linger = 0
             sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue a request for a hub we lack
             sock.setsockopt(zmq.SNDTIMEO, int(self.connect_timeout * 1000))
+            sock.setsockopt(zmq.RCVTIMEO, POLL_SLICE_MS)  # lets a waiting call notice close()
             sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_size + 4096)
             sock.connect(self.endpoint)
             self._local.sock = sock
@@ -159,14 +160,14 @@ class Client:
             raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)") from None
         deadline = time.monotonic() + timeout + HUB_GRACE
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise CallTimeout(f"no reply from the hub within {timeout}s")
-            if not sock.poll(min(remaining * 1000.0, POLL_SLICE_MS)):
+            try:
+                reply = sock.recv()
+            except zmq.Again:
                 if self._closed:
-                    raise Cancelled("client closed while the call was waiting")
+                    raise Cancelled("client closed while the call was waiting") from None
+                if time.monotonic() >= deadline:
+                    raise CallTimeout(f"no reply from the hub within {timeout}s") from None
                 continue
-            reply = sock.recv()
             if _reply_id(reply) != request_id:
                 continue  # a late reply to an earlier call on this socket
             return _result_of(reply, self.settings.max_message_size)

@@ -39,12 +39,19 @@ class Executor:
             if name == HEALTH:
                 return self.health()
             raise ToolNotFound(f"unknown tool {name!r}; loaded: {', '.join(self.registry.names()) or 'none'}")
-        bound_args, bound_kwargs = _bind(entry.signature, name, args)
+        positional = args if isinstance(args, list) else ()
+        named = args if isinstance(args, dict) else {}
         try:
-            result = entry.fn(*bound_args, **bound_kwargs)
+            result = entry.fn(*positional, **named)
             if inspect.isawaitable(result):
                 result = self._await(result)
             return result
+        except TypeError as exc:
+            # Binding is checked only when a call fails, keeping it off the hot path: a
+            # TypeError raised before the tool's first line ran means the arguments were wrong.
+            if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+                _check_arguments(entry.signature, name, positional, named)
+            raise tool_error(exc) from None
         except (Exception, SystemExit) as exc:
             raise tool_error(exc) from None
 
@@ -65,15 +72,15 @@ class Executor:
         return self._loop.run_until_complete(awaitable)
 
 
-def _bind(signature: inspect.Signature | None, name: str, args: Any) -> tuple[tuple, dict]:
-    positional: tuple = tuple(args) if isinstance(args, list) else ()
-    named: dict = args if isinstance(args, dict) else {}
-    if signature is not None:
-        try:
-            signature.bind(*positional, **named)
-        except TypeError as exc:
-            raise InvalidParams(f"bad arguments for tool {name!r}: {exc}") from None
-    return positional, named
+def _check_arguments(signature: inspect.Signature | None, name: str, positional: Any,
+                     named: dict) -> None:
+    """Raise InvalidParams, with the reason, if the arguments do not fit the signature."""
+    if signature is None:
+        return
+    try:
+        signature.bind(*positional, **named)
+    except TypeError as exc:
+        raise InvalidParams(f"bad arguments for tool {name!r}: {exc}") from None
 
 
 def tool_error(exc: BaseException) -> ToolError:

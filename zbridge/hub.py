@@ -25,6 +25,7 @@ from .supervisor import Supervisor
 
 log = logging.getLogger("zbridge.hub")
 REAP_INTERVAL = 0.5
+COPY_THRESHOLD = 65536  # below this, copying is cheaper than zero-copy bookkeeping
 
 
 def daemon_command(settings: Settings, endpoint: str, tools: list[str]) -> list[str]:
@@ -114,10 +115,12 @@ class Hub:
         try:
             if prewarm:
                 self._apply(self.broker.start(time.monotonic()))
-            while not self._done(time.monotonic()):
-                now = time.monotonic()
+            now = time.monotonic()
+            while not self._done(now):
+                # timers are checked only when one may be due: the hot path stays lean
                 wait = self.broker.next_wakeup(now)
                 wait = REAP_INTERVAL if wait is None else min(wait, REAP_INTERVAL)
+                due = now + wait
                 ready = dict(poller.poll(wait * 1000.0))
                 now = time.monotonic()
                 if self.backend in ready:
@@ -128,7 +131,8 @@ class Hub:
                     self._on_event(now)
                 if wake_fd is not None and wake_fd in ready and on_wake is not None:
                     on_wake(self)
-                self._apply(self.broker.tick(now))
+                if now >= due or not ready:
+                    self._apply(self.broker.tick(now))
                 if now >= next_reap:
                     self.supervisor.reap()
                     next_reap = now + REAP_INTERVAL
@@ -214,13 +218,13 @@ class Hub:
 
     def _send_client(self, client: bytes, frame: bytes) -> None:
         try:
-            self.frontend.send_multipart([client, frame], copy=False)
+            self.frontend.send_multipart([client, frame], copy=len(frame) < COPY_THRESHOLD)
         except zmq.ZMQError as exc:  # the client went away; nobody is left to tell
             log.debug("dropping reply for vanished client %r: %s", client, exc)
 
     def _send_daemon(self, ident: bytes, frame: bytes) -> None:
         try:
-            self.backend.send_multipart([ident, frame], copy=False)
+            self.backend.send_multipart([ident, frame], copy=len(frame) < COPY_THRESHOLD)
         except zmq.ZMQError:
             self._apply(self.broker.daemon_unreachable(ident, frame, time.monotonic()))
 

@@ -46,6 +46,9 @@ class Kind(IntEnum):
     STATUS = 6      # client -> hub; answered with a REPLY whose result is the status map
 
 
+_KINDS = {k.value: k for k in Kind}  # a dict lookup is ~10x cheaper than Kind(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     kind: Kind
@@ -71,11 +74,10 @@ def read_header(frame: bytes | memoryview) -> Header:
         raise ParseError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
     if version != VERSION:
         raise InvalidRequest(f"unsupported protocol version {version}, this side speaks {VERSION}")
-    try:
-        kind = Kind(kind)
-    except ValueError:
-        raise InvalidRequest(f"unknown message kind {kind}") from None
-    return Header(kind, id, timeout_ms, flags)
+    known = _KINDS.get(kind)
+    if known is None:
+        raise InvalidRequest(f"unknown message kind {kind}")
+    return Header(known, id, timeout_ms, flags)
 
 
 def packb(obj: Any) -> bytes:

@@ -86,3 +86,9 @@ def record(path: str, nonce: str) -> str:
     with open(path, "a") as f:
         f.write(nonce + "\n")
     return nonce
+
+
+@zbridge.tool
+def inner_type_error(x=None) -> None:
+    """A TypeError raised inside the tool is the tool's error, not bad params."""
+    return len(5)
