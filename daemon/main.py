@@ -45,9 +45,18 @@ def load_failure(exc: BaseException) -> PoolUnavailable:
               help="Exit when stdin reaches EOF (set by the hub that spawned us).")
 @click.option("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE,
               envvar="ZBRIDGE_MAX_MESSAGE_SIZE", show_default=True, help="Largest frame in bytes.")
+@click.option("--heartbeat", envvar="ZBRIDGE_HEARTBEAT", metavar="ENDPOINT",
+              help="Hub heartbeat endpoint; without it the daemon does not beat.")
+@click.option("--heartbeat-interval", type=float, default=1.0, envvar="ZBRIDGE_HEARTBEAT_INTERVAL",
+              show_default=True, help="Seconds between beats.")
+@click.option("--heartbeat-misses", type=int, default=3, envvar="ZBRIDGE_HEARTBEAT_MISSES",
+              show_default=True, help="Silent intervals after which the hub counts as gone.")
+@click.option("--max-rss-mb", type=int, default=0, envvar="ZBRIDGE_MAX_RSS_MB", show_default=True,
+              help="Ask to be replaced when RSS exceeds this after a call (0: never).")
 @click.option("--log-level", default="INFO", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
 def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: str | None,
-         lifeline: bool, max_message_size: int, log_level: str) -> None:
+         lifeline: bool, max_message_size: int, heartbeat: str | None, heartbeat_interval: float,
+         heartbeat_misses: int, max_rss_mb: int, log_level: str) -> None:
     """Keep tools warm and serve calls to them."""
     if bool(endpoint) == stdio:
         raise click.UsageError("give exactly one of --connect ENDPOINT or --stdio")
@@ -56,8 +65,11 @@ def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: st
     protocol_out = isolate_stdout()  # before tools load: imports may print too
     if stdio:
         run_stdio(tools, protocol_out)
-    else:
-        run_worker(endpoint, tools, identity, lifeline, max_message_size)
+        return
+    from .worker import WorkerOptions
+    run_worker(tools, lifeline, WorkerOptions(
+        endpoint, identity.encode() if identity else None, max_message_size, heartbeat,
+        heartbeat_interval, heartbeat_misses, max_rss_mb))
 
 
 def run_stdio(tools: tuple[str, ...], out) -> None:
@@ -70,19 +82,24 @@ def run_stdio(tools: tuple[str, ...], out) -> None:
     stdio.serve(executor, out)
 
 
-def run_worker(endpoint: str, tools: tuple[str, ...], identity: str | None, lifeline: bool,
-               max_message_size: int) -> None:
+def run_worker(tools: tuple[str, ...], lifeline: bool, options) -> None:
     from . import worker
+
+    def hub_lost(why: str = "") -> None:
+        if why:
+            logging.getLogger("zbridge.daemon").warning("%s; exiting", why)
+        remove_if_orphaned(options.endpoint)
+        os._exit(0)
+
     if lifeline:
-        watch_lifeline(lambda: (remove_if_orphaned(endpoint), os._exit(0)))
+        watch_lifeline(hub_lost)  # EOF is also how a hub stops us: exit quietly
     try:
         registry = load(tools)
     except BaseException:  # noqa: BLE001 - the hub reads this from our stderr
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(EXIT_LOAD_FAILED)
-    worker.serve(endpoint, registry, identity=identity.encode() if identity else None,
-                 max_message=max_message_size)
+    worker.serve(registry, options, hub_lost)
 
 
 if __name__ == "__main__":

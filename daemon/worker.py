@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 import zmq
 
 from zbridge import __version__
 from zbridge.errors import BridgeError, InternalError
 from zbridge.execution import Executor
-from zbridge.protocol import (DEFAULT_MAX_MESSAGE, Kind, decode_request, encode_error,
-                              encode_ready, encode_result, read_header)
+from zbridge.procinfo import rss_bytes
+from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_RETIRE, Kind, add_flags, decode_request,
+                              encode_error, encode_ready, encode_result, read_header)
 from zbridge.tools import Registry
 
+from .heartbeat import Activity, start_heartbeat
+
 log = logging.getLogger("zbridge.daemon")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    endpoint: str
+    identity: bytes | None = None
+    max_message: int = DEFAULT_MAX_MESSAGE
+    heartbeat: str | None = None
+    heartbeat_interval: float = 1.0
+    heartbeat_misses: int = 3
+    max_rss_mb: int = 0
 
 
 def handle_request(executor: Executor, frame: bytes, request_id: int, max_message: int) -> bytes:
@@ -35,17 +51,26 @@ def handle_request(executor: Executor, frame: bytes, request_id: int, max_messag
     return reply
 
 
-def serve(endpoint: str, registry: Registry, *, identity: bytes | None = None,
-          max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+def _over_rss(limit_mb: int) -> bool:
+    rss = rss_bytes() if limit_mb else None
+    return bool(rss and rss > limit_mb * 1024 * 1024)
+
+
+def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str], None]) -> None:
+    """Start, announce, serve until told to go; the lifecycle reads top to bottom."""
     executor = Executor(registry)
+    activity = Activity()
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.linger = 0
-    sock.setsockopt(zmq.MAXMSGSIZE, max_message + 4096)
-    if identity:
-        sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.MAXMSGSIZE, options.max_message + 4096)
+    if options.identity:
+        sock.setsockopt(zmq.IDENTITY, options.identity)
     try:
-        sock.connect(endpoint)
+        sock.connect(options.endpoint)
+        if options.heartbeat:
+            start_heartbeat(context, options.heartbeat, options.identity, activity,
+                            options.heartbeat_interval, options.heartbeat_misses, on_hub_lost)
         sock.send(encode_ready(os.getpid(), registry.names(), __version__))
         while True:
             frame = sock.recv()
@@ -56,8 +81,14 @@ def serve(endpoint: str, registry: Registry, *, identity: bytes | None = None,
                 continue
             if header.kind is Kind.DISCONNECT:
                 break
-            if header.kind is Kind.REQUEST:
-                sock.send(handle_request(executor, frame, header.id, max_message))
+            if header.kind is not Kind.REQUEST:
+                continue
+            activity.begin(header.id)
+            reply = handle_request(executor, frame, header.id, options.max_message)
+            if _over_rss(options.max_rss_mb):  # ask to be replaced, after answering
+                reply = add_flags(reply, FLAG_RETIRE)
+            activity.end()
+            sock.send(reply)
     finally:
         sock.close(0)
-        context.term()
+        context.term()  # the heartbeat thread closes its socket on ETERM

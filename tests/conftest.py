@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,14 @@ import pytest
 TOOLSETS = Path(__file__).parent / "toolsets"
 
 
+# Every process this test session starts inherits this tag, so the leak check sees our
+# daemons (even orphaned ones) and never another program's.
+SESSION_TAG = f"ZBRIDGE_TEST_SESSION={uuid.uuid4().hex}".encode()
+os.environ["ZBRIDGE_TEST_SESSION"] = SESSION_TAG.split(b"=", 1)[1].decode()
+
+
 def daemon_pids() -> set[int]:
-    """Pids of every zbridge daemon process on the machine (ours or leaked)."""
+    """Pids of live zbridge daemon processes started by this test session."""
     pids = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -21,11 +28,15 @@ def daemon_pids() -> set[int]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmdline = f.read()
+            if b"zbridge_daemon" not in cmdline:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
             with open(f"/proc/{entry}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"zbridge_daemon" in cmdline and state != "Z":
+        if SESSION_TAG in environ and state != "Z":
             pids.add(int(entry))
     return pids
 

@@ -6,7 +6,7 @@ that returns the actions the hub must carry out:
     ("client", client_id, frame)   send a frame to a client
     ("daemon", daemon_id, frame)   send a frame to a daemon
     ("spawn", daemon_id)           start a daemon that will present this routing id
-    ("kill", daemon_id, reason)    terminate a daemon's whole process group
+    ("kill", daemon_id, reason, hard)  terminate a daemon's process group (hard: SIGKILL at once)
 
 Guarantees kept here: a request goes only to an idle daemon (least recently used first);
 every accepted request is answered exactly once (result, or a hub-made error); a reply is
@@ -28,9 +28,11 @@ from typing import Any
 from .backoff import restart_delay
 from .config import Settings
 from .errors import (BridgeError, CallTimeout, Overloaded, PoolUnavailable, WorkerLost)
-from .protocol import Header, encode_disconnect, encode_error
+from . import health
+from .protocol import FLAG_RETIRE, Header, encode_disconnect, encode_error
 
 Action = tuple
+HISTORY = 50  # exits remembered for status()
 
 
 class JobState(str, Enum):
@@ -72,6 +74,11 @@ class Daemon:
     tools: list = field(default_factory=list)
     kill_reason: str | None = None   # set when the hub kills it on purpose (not a failure)
     note: str | None = None          # why the hub gave up on a start
+    last_beat: float | None = None
+    idle_since: float | None = None
+    rss: int | None = None
+    call_limit: int | None = None
+    retiring: str | None = None      # to be replaced: leaves once capacity allows
 
 
 def SHUTTING_DOWN() -> PoolUnavailable:
@@ -103,7 +110,8 @@ class Broker:
         self.remote_ok = remote_ok
         self.counters = dict.fromkeys(
             ("accepted", "completed", "timeouts", "lost", "overloaded", "unavailable",
-             "spawns", "start_failures", "crashes", "kills"), 0)
+             "spawns", "start_failures", "crashes", "kills", "recycled"), 0)
+        self.history: deque[dict] = deque(maxlen=HISTORY)
 
     # --- requests ----------------------------------------------------------------------
 
@@ -153,6 +161,10 @@ class Broker:
     def _live(self) -> int:
         return sum(1 for d in self.daemons.values() if d.state is not DaemonState.STOPPING)
 
+    def _retiring(self) -> int:
+        return sum(1 for d in self.daemons.values()
+                   if d.retiring and d.state is not DaemonState.STOPPING)
+
     def start(self, now: float) -> list[Action]:
         """Spawn what prewarm asks for."""
         return self._scale(now)
@@ -174,7 +186,7 @@ class Broker:
         if self.closing or now < self.spawn_allowed_at:
             return []
         actions: list[Action] = []
-        while self._live() < self.wanted:
+        while self._live() - self._retiring() < self.wanted:
             ident = b"w%d" % next(self._names)
             self.daemons[ident] = Daemon(ident, now)
             self.counters["spawns"] += 1
@@ -192,11 +204,20 @@ class Broker:
         if daemon.state is not DaemonState.STARTING:
             return []  # a second ready from the same daemon changes nothing
         daemon.state, daemon.ready_at = DaemonState.IDLE, now
+        daemon.last_beat, daemon.idle_since = now, now
+        daemon.call_limit = health.call_limit(self.s, self.rng)
         daemon.pid, daemon.tools = info.get("pid"), list(info.get("tools") or [])
         self.start_failures = 0
         self.last_start_error = None
         self.ready.append(ident)
-        return self._dispatch(now)
+        return self._finish_retirements() + self._dispatch(now)
+
+    def daemon_beat(self, ident: bytes, info: dict, now: float) -> None:
+        daemon = self.daemons.get(ident)
+        if daemon is not None and daemon.ready_at is not None:
+            daemon.last_beat = now
+            rss = info.get("rss")
+            daemon.rss = rss if isinstance(rss, int) else daemon.rss
 
     def daemon_reply(self, ident: bytes, header: Header, frame: bytes, now: float) -> list[Action]:
         daemon = self.daemons.get(ident)
@@ -209,17 +230,63 @@ class Broker:
             daemon.calls += 1
             self.counters["completed"] += 1
             actions: list[Action] = [("client", job.client, frame)]
-            self._make_idle(daemon)
-            return actions + self._dispatch(now)
+            return actions + self._after_call(daemon, header, now)
         if daemon.state is DaemonState.STALE and daemon.stale_id == header.id:
-            daemon.calls += 1
-            self._make_idle(daemon)  # late reply: dropped, the daemon is free again
-            return self._dispatch(now)
+            daemon.calls += 1  # late reply: dropped, the daemon is free again
+            return self._after_call(daemon, header, now)
         return []  # a reply for nothing this daemon holds: never delivered
 
-    def _make_idle(self, daemon: Daemon) -> None:
+    def _after_call(self, daemon: Daemon, header: Header, now: float) -> list[Action]:
+        reason = health.recycle_reason(daemon, self.s, bool(header.flags & FLAG_RETIRE))
+        self._make_idle(daemon, now)
+        actions = self._retire(daemon, reason, now) if reason else []
+        if daemon.retiring:  # it may have been waiting for this call to end
+            actions += self._finish_retirements()
+        return actions + self._dispatch(now)
+
+    def _make_idle(self, daemon: Daemon, now: float) -> None:
         daemon.state, daemon.stale_id, daemon.kill_at = DaemonState.IDLE, None, None
+        daemon.idle_since = now
         self.ready.append(daemon.ident)
+
+    # --- replacing daemons -------------------------------------------------------------
+
+    def _retire(self, daemon: Daemon, reason: str, now: float) -> list[Action]:
+        """Replace a healthy daemon: it keeps serving until its replacement is ready."""
+        if daemon.retiring or self.closing:
+            return []
+        daemon.retiring = reason
+        self.counters["recycled"] += 1
+        return self._finish_retirements() + self._scale(now)
+
+    def _finish_retirements(self) -> list[Action]:
+        """Let idle retiring daemons go once the others cover what is wanted."""
+        active = sum(1 for d in self.daemons.values()
+                     if d.state in (DaemonState.IDLE, DaemonState.BUSY) and not d.retiring)
+        actions: list[Action] = []
+        for daemon in list(self.daemons.values()):
+            if daemon.retiring and daemon.state is DaemonState.IDLE and active >= self.wanted:
+                actions += self._let_go(daemon, daemon.retiring)
+        return actions
+
+    def _let_go(self, daemon: Daemon, reason: str) -> list[Action]:
+        """Ask an idle daemon to exit cleanly; its exit is not a failure."""
+        if daemon.ident in self.ready:
+            self.ready.remove(daemon.ident)
+        daemon.state, daemon.kill_reason = DaemonState.STOPPING, reason
+        return [("daemon", daemon.ident, encode_disconnect(reason))]
+
+    def _lose(self, daemon: Daemon, reason: str) -> list[Action]:
+        """Give up on a daemon now (silent or frozen): answer its call, kill it hard."""
+        actions: list[Action] = []
+        if daemon.job is not None and daemon.job.state is JobState.RUNNING:
+            daemon.job.state = JobState.DONE
+            self.counters["lost"] += 1
+            actions.append(("client", daemon.job.client, encode_error(daemon.job.id, WorkerLost(
+                f"daemon {daemon.ident.decode()} (pid {daemon.pid}) was lost during the call: {reason}"))))
+        daemon.job = None
+        self.kill_requested(daemon.ident, reason)
+        return actions + [("kill", daemon.ident, reason, True)]
 
     def daemon_spawned(self, ident: bytes, pid: int) -> None:
         if ident in self.daemons:
@@ -239,6 +306,8 @@ class Broker:
             reason = daemon.kill_reason or _first_line(cause) or "exited"
             actions.append(("client", daemon.job.client, encode_error(daemon.job.id, WorkerLost(
                 f"daemon {ident.decode()} (pid {daemon.pid}) was lost during the call: {reason}"))))
+        self.history.append({"id": ident.decode(errors="replace"), "pid": daemon.pid, "at": now,
+                             "reason": daemon.kill_reason or _first_line(cause) or "exited"})
         if daemon.kill_reason is None and not self.closing:
             self._count_failure(daemon, now, cause)
         return actions + self._fail_queue_if_hopeless(now) + self._dispatch(now) + self._scale(now)
@@ -297,15 +366,29 @@ class Broker:
             _, _, job = heapq.heappop(self.deadlines)
             actions += self._expire(job, now)
         for daemon in list(self.daemons.values()):
-            if daemon.kill_at is not None and now >= daemon.kill_at and daemon.state is DaemonState.STALE:
+            silent = health.beat_overdue(daemon, now, self.s)
+            if silent and daemon.state is not DaemonState.STOPPING:
+                actions += self._lose(daemon, silent)
+            elif daemon.kill_at is not None and now >= daemon.kill_at and daemon.state is DaemonState.STALE:
                 reason = f"call {daemon.stale_id} ran past its deadline + {self.s.kill_grace}s grace"
                 self.kill_requested(daemon.ident, reason)
-                actions.append(("kill", daemon.ident, reason))
+                actions.append(("kill", daemon.ident, reason, False))
+            elif daemon.state is DaemonState.IDLE and health.idle_expired(daemon, now, self.s):
+                actions += self._on_idle(daemon, now)
             elif daemon.state is DaemonState.STARTING and now - daemon.spawned > self.s.start_timeout:
                 daemon.note = f"not ready after start_timeout={self.s.start_timeout}s"
                 daemon.state = DaemonState.STOPPING
-                actions.append(("kill", daemon.ident, daemon.note))
-        return actions + self._scale(now)
+                actions.append(("kill", daemon.ident, daemon.note, False))
+        return actions + self._finish_retirements() + self._scale(now)
+
+    def _on_idle(self, daemon: Daemon, now: float) -> list[Action]:
+        daemon.idle_since = None  # act once per idle stretch
+        if health.IdleAction(self.s.idle_action) is health.IdleAction.RESTART:
+            return self._retire(daemon, f"idle for {self.s.idle_timeout}s (idle_action=restart)", now)
+        if self._live() > self.s.min_workers:
+            self.wanted = max(self.s.min_workers, min(self.wanted, self._live() - 1))
+            return self._let_go(daemon, f"idle for {self.s.idle_timeout}s (idle_action=stop)")
+        return []
 
     def _expire(self, job: Job, now: float) -> list[Action]:
         if job.state is JobState.DONE:
@@ -333,6 +416,10 @@ class Broker:
                 soonest = min(soonest, d.kill_at)
             elif d.state is DaemonState.STARTING:
                 soonest = min(soonest, d.spawned + self.s.start_timeout)
+            if d.last_beat is not None and d.state is not DaemonState.STOPPING:
+                soonest = min(soonest, d.last_beat + health.silence_limit(self.s) + 0.001)
+            if d.idle_since is not None and d.state is DaemonState.IDLE and self.s.idle_timeout > 0:
+                soonest = min(soonest, d.idle_since + self.s.idle_timeout)
         if self.wanted and self._live() < self.wanted:
             soonest = min(soonest, self.spawn_allowed_at)
         return None if soonest == math.inf else max(0.0, soonest - now)
@@ -374,6 +461,7 @@ class Broker:
             "last_start_error": self.last_start_error,
             "counters": dict(self.counters),
             "daemons": [self._daemon_status(d, now) for d in self.daemons.values()],
+            "restarts": [dict(h, ago_s=round(now - h["at"], 3)) for h in self.history],
         }
 
     @staticmethod
@@ -387,4 +475,7 @@ class Broker:
             "current_call": d.job.id if d.job else d.stale_id,
             "call_age_s": round(now - d.job.started, 3) if d.job and d.job.started else None,
             "tools": d.tools,
+            "rss": d.rss,
+            "last_beat_age_s": round(now - d.last_beat, 3) if d.last_beat is not None else None,
+            "retiring": d.retiring,
         }

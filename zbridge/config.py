@@ -30,11 +30,28 @@ class Settings:
     stable_after: float = _setting(10.0, "Seconds of uptime after which a crash no longer counts toward backoff.")
     kill_grace: float = _setting(5.0, "Seconds after a call's deadline before its daemon is killed.")
     stop_timeout: float = _setting(5.0, "Seconds a daemon gets to exit before SIGKILL on shutdown.")
+    heartbeat_interval: float = _setting(1.0, "Seconds between heartbeats, hub to daemon and back.")
+    heartbeat_misses: int = _setting(3, "Missed heartbeats before a daemon (or the hub) counts as dead.")
+    idle_timeout: float = _setting(300.0, "Seconds idle before idle_action applies (0: never).")
+    idle_action: str = _setting("restart", "restart (fresh warm daemon), stop (down to min_workers) or none.")
+    min_workers: int = _setting(0, "Daemons idle_action=stop keeps running.")
+    max_calls: int = _setting(0, "Replace a daemon after this many calls, plus up to 10% jitter (0: never).")
+    max_rss_mb: int = _setting(0, "Replace a daemon whose RSS exceeds this after a call (0: never).")
     max_message_size: int = _setting(DEFAULT_MAX_MESSAGE, "Largest request or reply in bytes.")
     pool_enabled: bool = _setting(True, "Use warm daemons; false runs each call in a fresh --stdio subprocess.")
     fallback: bool = _setting(True, "Use a one-shot subprocess when the pool cannot serve a call that never ran.")
     retries: int = _setting(2, "Retries of idempotent calls that met WorkerLost.")
     python: str = _setting("", "Interpreter for daemons (default: this one).")
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, not {self.workers}")
+        if self.idle_action not in ("restart", "stop", "none"):
+            raise ValueError(f"idle_action must be restart, stop or none, not {self.idle_action!r}")
+        if self.heartbeat_interval <= 0 or self.heartbeat_misses < 1:
+            raise ValueError("heartbeat_interval must be > 0 and heartbeat_misses >= 1")
+        if self.timeout <= 0 or self.max_queue < 0:
+            raise ValueError("timeout must be > 0 and max_queue >= 0")
 
 
 def env_name(name: str) -> str:

@@ -27,8 +27,10 @@ def create_private_dir() -> str:
     sweep_stale()
     path = tempfile.mkdtemp(prefix=PREFIX, dir=base_dir())
     os.chmod(path, 0o700)
-    with open(os.path.join(path, PID_FILE), "w") as f:
+    tmp = os.path.join(path, PID_FILE + ".tmp")
+    with open(tmp, "w") as f:
         f.write(str(os.getpid()))
+    os.replace(tmp, os.path.join(path, PID_FILE))  # readers never see a half-written pid
     return path
 
 
@@ -68,11 +70,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def owner_alive(directory: str) -> bool:
+    """False only when the recorded owner is known to be dead."""
     try:
         with open(os.path.join(directory, PID_FILE)) as f:
             return _pid_alive(int(f.read().strip()))
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return False
+    except (OSError, ValueError):
+        return True
 
 
 def remove_if_orphaned(endpoint: str) -> None:

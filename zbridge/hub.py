@@ -20,7 +20,8 @@ from .broker import Action, Broker
 from .config import Settings
 from .endpoints import create_private_dir, ipc_endpoint, remove_private_dir
 from .errors import BridgeError, InvalidRequest
-from .protocol import (Kind, decode_ready, encode_error, encode_result, read_header)
+from .protocol import (Kind, decode_heartbeat, decode_ready, encode_error, encode_heartbeat,
+                       encode_result, read_header)
 from .supervisor import Supervisor
 
 log = logging.getLogger("zbridge.hub")
@@ -28,9 +29,12 @@ REAP_INTERVAL = 0.5
 COPY_THRESHOLD = 65536  # below this, copying is cheaper than zero-copy bookkeeping
 
 
-def daemon_command(settings: Settings, endpoint: str, tools: list[str]) -> list[str]:
+def daemon_command(settings: Settings, endpoint: str, heartbeat: str, tools: list[str]) -> list[str]:
     cmd = [settings.python or sys.executable, "-m", "zbridge_daemon", "--connect", endpoint,
-           "--max-message-size", str(settings.max_message_size)]
+           "--max-message-size", str(settings.max_message_size), "--heartbeat", heartbeat,
+           "--heartbeat-interval", str(settings.heartbeat_interval),
+           "--heartbeat-misses", str(settings.heartbeat_misses),
+           "--max-rss-mb", str(settings.max_rss_mb)]
     for spec in tools:
         cmd += ["--tools", spec]
     return cmd
@@ -44,10 +48,12 @@ class Hub:
         self._own_context = context is None
         self.private_dir = create_private_dir()
         self.backend_endpoint = ipc_endpoint(self.private_dir, "backend")
+        self.heartbeat_endpoint = ipc_endpoint(self.private_dir, "heartbeat")
         self.events_endpoint = f"inproc://zbridge-events-{uuid.uuid4().hex}"
         self.frontend_endpoint = frontend
         self.broker = Broker(settings)
-        self.supervisor = Supervisor(daemon_command(settings, self.backend_endpoint, tools),
+        self.supervisor = Supervisor(daemon_command(settings, self.backend_endpoint,
+                                                    self.heartbeat_endpoint, tools),
                                      self._notify_exit, stop_timeout=settings.stop_timeout)
         self._stop_at: float | None = None   # drain deadline once stopping
         self._stopped = threading.Event()
@@ -68,12 +74,15 @@ class Hub:
         self.frontend = self._socket(zmq.ROUTER)
         self.backend = self._socket(zmq.ROUTER)
         self.events = self._socket(zmq.PULL)
+        self.heartbeat = self._socket(zmq.ROUTER)
+        self.heartbeat.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
         for sock in (self.frontend, self.backend):
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.MAXMSGSIZE, max_size)
         old = os.umask(0o077)  # ipc socket files readable by us only
         try:
             self.backend.bind(self.backend_endpoint)
+            self.heartbeat.bind(self.heartbeat_endpoint)
             self.frontend.bind(self.frontend_endpoint)
         finally:
             os.umask(old)
@@ -107,11 +116,11 @@ class Hub:
     def run(self, prewarm: bool = False, wake_fd: int | None = None, on_wake=None) -> None:
         """Serve until stopped; always leaves no daemon, socket or ipc file behind."""
         poller = zmq.Poller()
-        for sock in (self.backend, self.frontend, self.events):
+        for sock in (self.backend, self.frontend, self.events, self.heartbeat):
             poller.register(sock, zmq.POLLIN)
         if wake_fd is not None:
             poller.register(wake_fd, zmq.POLLIN)
-        next_reap = 0.0
+        next_reap = next_beat = 0.0
         try:
             if prewarm:
                 self._apply(self.broker.start(time.monotonic()))
@@ -120,6 +129,7 @@ class Hub:
                 # timers are checked only when one may be due: the hot path stays lean
                 wait = self.broker.next_wakeup(now)
                 wait = REAP_INTERVAL if wait is None else min(wait, REAP_INTERVAL)
+                wait = max(0.0, min(wait, next_beat - now))
                 due = now + wait
                 ready = dict(poller.poll(wait * 1000.0))
                 now = time.monotonic()
@@ -129,6 +139,8 @@ class Hub:
                     self._on_frontend(now)
                 if self.events in ready:
                     self._on_event(now)
+                if self.heartbeat in ready:
+                    self._on_heartbeat(now)
                 if wake_fd is not None and wake_fd in ready and on_wake is not None:
                     on_wake(self)
                 if now >= due or not ready:
@@ -136,6 +148,9 @@ class Hub:
                 if now >= next_reap:
                     self.supervisor.reap()
                     next_reap = now + REAP_INTERVAL
+                if now >= next_beat:
+                    self._beat()
+                    next_beat = now + self.settings.heartbeat_interval
         finally:
             self._shutdown()
 
@@ -185,6 +200,24 @@ class Hub:
         except BridgeError as exc:
             log.warning("dropping a malformed message from daemon %r: %s", ident, exc)
 
+    def _on_heartbeat(self, now: float) -> None:
+        frames = self.heartbeat.recv_multipart()
+        if len(frames) != 2:
+            return
+        try:
+            if read_header(frames[1]).kind is Kind.HEARTBEAT:
+                self.broker.daemon_beat(frames[0], decode_heartbeat(frames[1]), now)
+        except BridgeError as exc:
+            log.warning("dropping a malformed heartbeat from %r: %s", frames[0], exc)
+
+    def _beat(self) -> None:
+        beat = encode_heartbeat()
+        for ident in list(self.broker.daemons):
+            try:
+                self.heartbeat.send_multipart([ident, beat], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # not connected yet, or gone: its own silence will tell
+
     def _on_event(self, now: float) -> None:
         frames = self.events.recv_multipart()
         if frames[0] == b"exit":
@@ -212,9 +245,13 @@ class Hub:
             elif kind == "spawn":
                 self._spawn(action[1])
             elif kind == "kill":
-                self.broker.kill_requested(action[1], action[2])
-                log.warning("killing daemon %s: %s", action[1].decode(), action[2])
-                self.supervisor.kill(action[1])
+                self._kill(action[1], action[2], action[3])
+
+    def _kill(self, ident: bytes, reason: str, hard: bool) -> None:
+        self.broker.kill_requested(ident, reason)
+        log.warning("killing daemon %s: %s", ident.decode(errors="replace"), reason)
+        if not self.supervisor.kill(ident, hard):  # not our process: forget it now
+            self._apply(self.broker.daemon_exited(ident, time.monotonic(), reason))
 
     def _send_client(self, client: bytes, frame: bytes) -> None:
         try:
@@ -243,7 +280,7 @@ class Hub:
     # --- teardown ----------------------------------------------------------------------
 
     def _close_sockets(self) -> None:
-        for name in ("frontend", "backend", "events"):
+        for name in ("frontend", "backend", "events", "heartbeat"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(0)

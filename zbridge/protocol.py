@@ -5,7 +5,7 @@ Pure and socket-free. Layout (network byte order), 20 bytes::
     0  2s magic     b"ZB"
     2  B  version   1
     3  B  kind      Kind
-    4  B  flags     bit 0: idempotent
+    4  B  flags     bit 0: idempotent (request); bit 1: retire me (reply)
     5  3x reserved  zero
     8  I  timeout   milliseconds, requests only (0 = hub default)
     12 Q  id        request id chosen by the client, echoed in the reply
@@ -31,7 +31,8 @@ MAGIC = b"ZB"
 VERSION = 1
 HEADER = struct.Struct("!2sBBB3xIQ")
 HEADER_SIZE = HEADER.size
-FLAG_IDEMPOTENT = 0x01
+FLAG_IDEMPOTENT = 0x01  # requests: the caller allows a retry
+FLAG_RETIRE = 0x02      # replies: the daemon asks to be replaced (e.g. over max_rss_mb)
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 MAX_ID = 2**64 - 1
 MAX_TIMEOUT_MS = 2**32 - 1
@@ -41,7 +42,7 @@ class Kind(IntEnum):
     REQUEST = 1     # client -> hub -> daemon
     REPLY = 2       # daemon -> hub -> client (also hub -> client for hub-made errors)
     READY = 3       # daemon -> hub, once, after tools loaded and start-up hooks ran
-    HEARTBEAT = 4   # reserved for the heartbeat socket
+    HEARTBEAT = 4   # hub <-> daemon on the separate heartbeat socket
     DISCONNECT = 5  # hub -> daemon: exit now; daemon -> hub: I am leaving
     STATUS = 6      # client -> hub; answered with a REPLY whose result is the status map
 
@@ -59,6 +60,11 @@ class Header:
     @property
     def idempotent(self) -> bool:
         return bool(self.flags & FLAG_IDEMPOTENT)
+
+
+def add_flags(frame: bytes, flags: int) -> bytes:
+    """The same frame with more header flags set."""
+    return frame[:4] + bytes([frame[4] | flags]) + frame[5:]
 
 
 def pack_header(kind: Kind, id: int, timeout_ms: int = 0, flags: int = 0) -> bytes:
@@ -140,9 +146,9 @@ def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> Requ
 
 # --- replies -----------------------------------------------------------------------------
 
-def encode_result(id: int, result: Any) -> bytes:
+def encode_result(id: int, result: Any, flags: int = 0) -> bytes:
     """Raises TypeError/ValueError/OverflowError if the result cannot be encoded."""
-    return pack_header(Kind.REPLY, id) + packb({"result": result})
+    return pack_header(Kind.REPLY, id, 0, flags) + packb({"result": result})
 
 
 def encode_error(id: int, error: BridgeError) -> bytes:
@@ -167,6 +173,17 @@ def decode_ready(frame: bytes) -> dict:
     body = unpackb(body_of(frame), max_size=1024 * 1024)
     if not isinstance(body, dict) or not isinstance(body.get("pid"), int):
         raise InvalidRequest("ready body must be a map with an integer 'pid'")
+    return body
+
+
+def encode_heartbeat(info: dict | None = None) -> bytes:
+    return pack_header(Kind.HEARTBEAT, 0) + packb(info or {})
+
+
+def decode_heartbeat(frame: bytes) -> dict:
+    body = unpackb(body_of(frame), max_size=64 * 1024)
+    if not isinstance(body, dict):
+        raise InvalidRequest("heartbeat body must be a map")
     return body
 
 

@@ -104,18 +104,23 @@ class Supervisor:
             if proc.popen.poll() is not None:
                 self._report(proc)
 
-    def kill(self, ident: bytes) -> None:
-        """TERM the daemon's process group, KILL it after stop_timeout; never blocks."""
+    def kill(self, ident: bytes, hard: bool = False) -> bool:
+        """TERM the daemon's process group, KILL it after stop_timeout (at once if hard:
+        a frozen process never handles TERM); never blocks. False if it is not ours."""
         proc = self.procs.get(ident)
-        if proc is not None:
-            threading.Thread(target=self._terminate, args=(proc,), daemon=True).start()
+        if proc is None:
+            return False
+        threading.Thread(target=self._terminate, args=(proc, 0.0 if hard else None),
+                         daemon=True).start()
+        return True
 
     def _terminate(self, proc: Process, grace: float | None = None) -> None:
-        _signal_group(proc.popen, signal.SIGTERM)
-        try:
-            proc.popen.wait(self.stop_timeout if grace is None else grace)
-        except subprocess.TimeoutExpired:
-            pass
+        if grace != 0.0:
+            _signal_group(proc.popen, signal.SIGTERM)
+            try:
+                proc.popen.wait(self.stop_timeout if grace is None else grace)
+            except subprocess.TimeoutExpired:
+                pass
         _signal_group(proc.popen, signal.SIGKILL)  # also reaps grandchildren left in the group
         proc.popen.wait()
 

@@ -1,0 +1,77 @@
+"""The daemon's heartbeat thread: proves the process is alive even mid-call, and notices
+when the hub is gone.
+
+It owns its own DEALER on the hub's heartbeat socket. Every interval it sends what the
+daemon is doing; if the hub has been silent for interval x misses, the hub is gone and the
+daemon exits (this is how daemons on other hosts avoid becoming orphans).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import zmq
+
+from zbridge.procinfo import rss_bytes
+from zbridge.protocol import encode_heartbeat
+
+
+@dataclass
+class Activity:
+    """What the serving loop is doing; written by it, read by the heartbeat thread."""
+    request_id: int | None = None
+    busy_since: float | None = None
+    calls: int = 0
+
+    def begin(self, request_id: int) -> None:
+        self.request_id, self.busy_since = request_id, time.time()
+
+    def end(self) -> None:
+        self.request_id, self.busy_since = None, None
+        self.calls += 1
+
+    def snapshot(self) -> dict:
+        busy = self.request_id is not None
+        return {"pid": os.getpid(), "state": "busy" if busy else "idle", "request": self.request_id,
+                "busy_since": self.busy_since, "calls": self.calls, "rss": rss_bytes()}
+
+
+def start_heartbeat(context: zmq.Context, endpoint: str, identity: bytes | None,
+                    activity: Activity, interval: float, misses: int,
+                    on_hub_lost: Callable[[str], None]) -> threading.Thread:
+    def run() -> None:
+        sock = context.socket(zmq.DEALER)
+        sock.linger = 0
+        if identity:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        sock.connect(endpoint)
+        last_heard = time.monotonic()
+        next_beat = 0.0
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_beat:
+                    try:
+                        sock.send(encode_heartbeat(activity.snapshot()), zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass  # not connected (yet): silence is what the hub judges
+                    next_beat = now + interval
+                if sock.poll(max(0.0, next_beat - now) * 1000):
+                    sock.recv()
+                    last_heard = time.monotonic()
+                silent = time.monotonic() - last_heard
+                if silent > interval * misses:
+                    on_hub_lost(f"no heartbeat from the hub for {silent:.1f}s")
+                    return
+        except zmq.ZMQError:
+            return  # context terminated: the daemon is shutting down
+        finally:
+            sock.close(0)
+
+    thread = threading.Thread(target=run, name="zbridge-heartbeat", daemon=True)
+    thread.start()
+    return thread
