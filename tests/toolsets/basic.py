@@ -81,10 +81,14 @@ def die_once(marker: str) -> str:
 
 
 @zbridge.tool
-def record(path: str, nonce: str) -> str:
+def record(path: str, nonce: str, delay: float = 0.0) -> str:
     """Appends the nonce to a file: lets tests count how often a call really ran."""
-    with open(path, "a") as f:
-        f.write(nonce + "\n")
+    time.sleep(delay)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, (nonce + "\n").encode())  # one small O_APPEND write: never torn
+    finally:
+        os.close(fd)
     return nonce
 
 
@@ -92,3 +96,21 @@ def record(path: str, nonce: str) -> str:
 def inner_type_error(x=None) -> None:
     """A TypeError raised inside the tool is the tool's error, not bad params."""
     return len(5)
+
+
+@zbridge.tool
+def spin(seconds: float = 3600.0) -> None:
+    """A busy loop that never sleeps: only a kill stops it."""
+    end = time.time() + seconds
+    while time.time() < end:
+        pass
+
+
+BALLAST: list = []
+
+
+@zbridge.tool
+def grow(megabytes: int) -> int:
+    """Keeps memory alive in the daemon, to trip max_rss_mb."""
+    BALLAST.append(bytearray(megabytes * 1024 * 1024))
+    return os.getpid()
