@@ -11,7 +11,7 @@ from zbridge.protocol import Header, Kind, decode_reply_body, encode_request, en
 
 
 def make(**kw) -> Broker:
-    return Broker(Settings(**kw), rng=random.Random(0))
+    return Broker(Settings(**kw), rng=random.Random(0), new_ident=lambda n: b"w%d" % n)
 
 
 def request(broker, client=b"c", id=1, now=0.0, timeout_ms=0):
@@ -145,3 +145,12 @@ def test_unreachable_daemon_requeues_the_job_it_never_received():
     actions = b.daemon_unreachable(b"w1", send[2], 0.0)
     assert not [a for a in actions if a[0] == "client"]
     assert b.queued == 1
+
+
+def test_spawned_daemon_ids_are_unguessable_and_unknown_ready_is_refused():
+    b = Broker(Settings())
+    ((_, ident),) = request(b)
+    assert ident.startswith(b"w1-") and len(ident) > 8
+    (out,) = b.daemon_ready(b"w1", {"pid": 1}, 0.0)  # a peer guessing the plain name
+    assert out[:2] == ("daemon", b"w1") and read_header(out[2]).kind is Kind.DISCONNECT
+    assert b"w1" not in b.daemons

@@ -98,3 +98,17 @@ def test_serve_refuses_non_loopback_tcp(basic_tools):
 def test_status_without_a_hub_fails_clearly():
     out = zb("status", "--endpoint", f"tcp://127.0.0.1:{free_port()}", timeout=30)
     assert out.returncode == 1 and "no hub" in out.stderr
+
+
+def test_serve_refuses_to_steal_a_live_ipc_endpoint(basic_tools, tmp_path):
+    endpoint = f"ipc://{tmp_path}/hub.sock"
+    first = subprocess.Popen(ZBRIDGE + ["serve", "--tools", basic_tools, "--bind", endpoint],
+                             stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: zb("status", "--endpoint", endpoint).returncode == 0, timeout=20)
+        second = zb("serve", "--tools", basic_tools, "--bind", endpoint, timeout=30)
+        assert second.returncode != 0 and "already serves it" in second.stderr
+        assert zb("status", "--endpoint", endpoint).returncode == 0  # the first still owns it
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=20)

@@ -20,10 +20,11 @@ import heapq
 import itertools
 import math
 import random
+import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 from .backoff import restart_delay
 from .config import Settings
@@ -81,6 +82,11 @@ class Daemon:
     retiring: str | None = None      # to be replaced: leaves once capacity allows
 
 
+def _secret_ident(n: int) -> bytes:
+    # unguessable, so no other local peer can claim a daemon's routing id before it connects
+    return b"w%d-%s" % (n, secrets.token_hex(4).encode())
+
+
 def SHUTTING_DOWN() -> PoolUnavailable:
     return PoolUnavailable("bridge is shutting down", {"closing": True})
 
@@ -90,10 +96,12 @@ def _first_line(text: str) -> str:
 
 
 class Broker:
-    def __init__(self, settings: Settings, *, remote_ok: bool = True,
-                 rng: random.Random | None = None) -> None:
+    def __init__(self, settings: Settings, *, remote_ok: bool = False,
+                 rng: random.Random | None = None,
+                 new_ident: Callable[[int], bytes] | None = None) -> None:
         self.s = settings
         self.rng = rng or random.Random()
+        self._new_ident = new_ident or _secret_ident
         self.daemons: dict[bytes, Daemon] = {}
         self.ready: deque[bytes] = deque()
         self.queue: deque[Job] = deque()
@@ -187,7 +195,7 @@ class Broker:
             return []
         actions: list[Action] = []
         while self._live() - self._retiring() < self.wanted:
-            ident = b"w%d" % next(self._names)
+            ident = self._new_ident(next(self._names))
             self.daemons[ident] = Daemon(ident, now)
             self.counters["spawns"] += 1
             actions.append(("spawn", ident))

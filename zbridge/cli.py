@@ -69,11 +69,9 @@ def main(log_level: str) -> None:
 @settings_options
 def serve(tools: tuple[str, ...], bind: str, drain_timeout: float, **values: Any) -> None:
     """Run a hub and its daemons in this process until SIGTERM/SIGINT (twice: at once)."""
-    from .endpoints import check_bindable
     from .hub import Hub
     settings = _settings(values)
     try:
-        check_bindable(bind)
         hub = Hub(settings, list(tools), frontend=bind)
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -149,14 +147,36 @@ def status(endpoint: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"hub pid {info['hub_pid']} at {info['endpoint']}: queue depth {info['queue_depth']}, "
-               f"workers {info['workers']}")
-    click.echo(f"{'id':<6} {'pid':>8} {'state':<9} {'calls':>8} {'uptime_s':>10} current_call")
+    click.echo(format_status(info))
+
+
+def _cell(value: Any, fmt: str = "") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def format_status(info: dict) -> str:
+    """The status map as a table a person can read."""
+    lines = [f"hub pid {info['hub_pid']} at {info['endpoint']}: {len(info['daemons'])} daemon(s) of "
+             f"{info['workers']}, queue depth {info['queue_depth']}"
+             + (" (shutting down)" if info.get("closing") else "")]
+    lines.append(f"{'id':<6} {'pid':>8} {'state':<9} {'calls':>7} {'uptime_s':>9} {'rss_mb':>7} "
+                 f"{'beat_age_s':>10} {'call':>8} {'call_age_s':>10}")
     for d in info["daemons"]:
-        click.echo(f"{d['id']:<6} {str(d['pid']):>8} {d['state']:<9} {d['calls']:>8} "
-                   f"{str(d['uptime_s']):>10} {d['current_call'] if d['current_call'] is not None else '-'}")
+        rss = d["rss"] / 1048576 if d.get("rss") else None
+        lines.append(f"{d['id']:<6} {_cell(d['pid']):>8} {d['state']:<9} {d['calls']:>7} "
+                     f"{_cell(d['uptime_s'], '.1f'):>9} {_cell(rss, '.1f'):>7} "
+                     f"{_cell(d.get('last_beat_age_s'), '.2f'):>10} {_cell(d['current_call']):>8} "
+                     f"{_cell(d['call_age_s'], '.2f'):>10}"
+                     + (f"  retiring: {d['retiring']}" if d.get("retiring") else ""))
+    restarts = info.get("restarts") or []
+    if restarts:
+        lines.append(f"recent exits ({len(restarts)}):")
+        lines += [f"  {r['ago_s']:8.1f}s ago  {r['id']} pid {r['pid']}: {r['reason']}" for r in restarts[-10:]]
     if info.get("last_start_error"):
-        click.echo(f"last start error: {info['last_start_error'].splitlines()[0]}")
+        lines.append(f"last start error: {info['last_start_error'].splitlines()[0]}")
+    c = info.get("counters", {})
+    lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

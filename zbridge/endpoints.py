@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import ipaddress
 import os
+import socket
 import tempfile
 
 PREFIX = "zbridge-"
@@ -109,12 +110,29 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def check_bindable(endpoint: str) -> None:
-    """Refuse endpoints that would expose the hub to other hosts without authentication."""
+def ipc_in_use(path: str) -> bool:
+    """True if something accepts connections on this unix socket path right now."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+        return True
+    except OSError:
+        return False  # missing, stale (ECONNREFUSED) or not a socket
+    finally:
+        probe.close()
+
+
+def check_bindable(endpoint: str, *, authenticated: bool = False) -> None:
+    """Refuse to expose the hub to other hosts without CURVE, or to steal a live ipc path."""
     if endpoint.startswith("tcp://"):
         host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
-        if not _loopback(host):
-            raise ValueError(f"refusing to bind {endpoint}: tcp endpoints must be loopback "
-                             "(127.0.0.1, ::1, localhost); anything else would let any host run tools")
-    elif not endpoint.startswith(("ipc://", "inproc://")):
+        if not _loopback(host) and not authenticated:
+            raise ValueError(f"refusing to bind {endpoint} without CURVE keys: a non-loopback tcp "
+                             "endpoint would let any host that reaches it run tools "
+                             "(bind 127.0.0.1, or give --curve-secret and --curve-clients)")
+    elif endpoint.startswith("ipc://"):
+        if ipc_in_use(ipc_path(endpoint)):
+            raise ValueError(f"refusing to bind {endpoint}: a live process already serves it")
+    elif not endpoint.startswith("inproc://"):
         raise ValueError(f"unsupported endpoint {endpoint!r}: use ipc://PATH or tcp://127.0.0.1:PORT")

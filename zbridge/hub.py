@@ -18,7 +18,7 @@ import zmq
 
 from .broker import Action, Broker
 from .config import Settings
-from .endpoints import create_private_dir, ipc_endpoint, remove_private_dir
+from .endpoints import check_bindable, create_private_dir, ipc_endpoint, remove_private_dir
 from .errors import BridgeError, InvalidRequest
 from .protocol import (Kind, decode_heartbeat, decode_ready, encode_error, encode_heartbeat,
                        encode_result, read_header)
@@ -79,6 +79,7 @@ class Hub:
         for sock in (self.frontend, self.backend):
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.MAXMSGSIZE, max_size)
+        check_bindable(self.frontend_endpoint)
         old = os.umask(0o077)  # ipc socket files readable by us only
         try:
             self.backend.bind(self.backend_endpoint)
