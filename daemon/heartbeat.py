@@ -40,14 +40,10 @@ class Activity:
                 "busy_since": self.busy_since, "calls": self.calls, "rss": rss_bytes()}
 
 
-def start_heartbeat(context: zmq.Context, endpoint: str, identity: bytes | None,
-                    activity: Activity, interval: float, misses: int,
-                    on_hub_lost: Callable[[str], None]) -> threading.Thread:
+def start_heartbeat(sock: zmq.Socket, endpoint: str, activity: Activity, interval: float,
+                    misses: int, on_hub_lost: Callable[[str], None]) -> threading.Thread:
+    """Run the heartbeat on ``sock`` (a DEALER handed over to the new thread)."""
     def run() -> None:
-        sock = context.socket(zmq.DEALER)
-        sock.linger = 0
-        if identity:
-            sock.setsockopt(zmq.IDENTITY, identity)
         sock.connect(endpoint)
         last_heard = time.monotonic()
         next_beat = 0.0

@@ -53,10 +53,17 @@ def load_failure(exc: BaseException) -> PoolUnavailable:
               show_default=True, help="Silent intervals after which the hub counts as gone.")
 @click.option("--max-rss-mb", type=int, default=0, envvar="ZBRIDGE_MAX_RSS_MB", show_default=True,
               help="Ask to be replaced when RSS exceeds this after a call (0: never).")
+@click.option("--curve-secret", envvar="ZBRIDGE_CURVE_SECRET", default="",
+              help="Our CURVE secret key file, for a hub that requires CURVE.")
+@click.option("--curve-server-key", envvar="ZBRIDGE_CURVE_SERVER_KEY", default="",
+              help="The hub's CURVE public key file.")
+@click.option("--expose-tracebacks/--no-expose-tracebacks", default=True, show_default=True,
+              envvar="ZBRIDGE_EXPOSE_TRACEBACKS", help="Put tool tracebacks in error replies.")
 @click.option("--log-level", default="INFO", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
 def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: str | None,
          lifeline: bool, max_message_size: int, heartbeat: str | None, heartbeat_interval: float,
-         heartbeat_misses: int, max_rss_mb: int, log_level: str) -> None:
+         heartbeat_misses: int, max_rss_mb: int, curve_secret: str, curve_server_key: str,
+         expose_tracebacks: bool, log_level: str) -> None:
     """Keep tools warm and serve calls to them."""
     if bool(endpoint) == stdio:
         raise click.UsageError("give exactly one of --connect ENDPOINT or --stdio")
@@ -64,18 +71,24 @@ def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: st
                         format=f"zbridge-daemon[{os.getpid()}] %(levelname)s %(message)s")
     protocol_out = isolate_stdout()  # before tools load: imports may print too
     if stdio:
-        run_stdio(tools, protocol_out)
+        run_stdio(tools, protocol_out, expose_tracebacks)
         return
+    from zbridge.security import client_keys
+
     from .worker import WorkerOptions
+    try:
+        curve = client_keys(curve_server_key, curve_secret)
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(f"CURVE keys: {exc}") from None
     run_worker(tools, lifeline, WorkerOptions(
         endpoint, identity.encode() if identity else None, max_message_size, heartbeat,
-        heartbeat_interval, heartbeat_misses, max_rss_mb))
+        heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks))
 
 
-def run_stdio(tools: tuple[str, ...], out) -> None:
+def run_stdio(tools: tuple[str, ...], out, expose_tracebacks: bool) -> None:
     from . import stdio
     try:
-        executor: Executor | PoolUnavailable = Executor(load(tools))
+        executor: Executor | PoolUnavailable = Executor(load(tools), expose_tracebacks)
     except BaseException as exc:  # noqa: BLE001 - reported on every call instead
         traceback.print_exc()
         executor = load_failure(exc)

@@ -15,6 +15,7 @@ from zbridge.execution import Executor
 from zbridge.procinfo import rss_bytes
 from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_RETIRE, Kind, add_flags, decode_request,
                               encode_error, encode_ready, encode_result, read_header)
+from zbridge.security import make_client
 from zbridge.tools import Registry
 
 from .heartbeat import Activity, start_heartbeat
@@ -31,6 +32,18 @@ class WorkerOptions:
     heartbeat_interval: float = 1.0
     heartbeat_misses: int = 3
     max_rss_mb: int = 0
+    curve: tuple | None = None  # (hub public key, (our public, our secret))
+    expose_tracebacks: bool = True
+
+
+def _dealer(context: zmq.Context, options: WorkerOptions) -> zmq.Socket:
+    sock = context.socket(zmq.DEALER)
+    sock.linger = 0
+    if options.identity:
+        sock.setsockopt(zmq.IDENTITY, options.identity)
+    if options.curve:
+        make_client(sock, *options.curve)
+    return sock
 
 
 def handle_request(executor: Executor, frame: bytes, request_id: int, max_message: int) -> bytes:
@@ -58,18 +71,15 @@ def _over_rss(limit_mb: int) -> bool:
 
 def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str], None]) -> None:
     """Start, announce, serve until told to go; the lifecycle reads top to bottom."""
-    executor = Executor(registry)
+    executor = Executor(registry, options.expose_tracebacks)
     activity = Activity()
     context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.linger = 0
+    sock = _dealer(context, options)
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_message + 4096)
-    if options.identity:
-        sock.setsockopt(zmq.IDENTITY, options.identity)
     try:
         sock.connect(options.endpoint)
         if options.heartbeat:
-            start_heartbeat(context, options.heartbeat, options.identity, activity,
+            start_heartbeat(_dealer(context, options), options.heartbeat, activity,
                             options.heartbeat_interval, options.heartbeat_misses, on_hub_lost)
         sock.send(encode_ready(os.getpid(), registry.names(), __version__))
         while True:

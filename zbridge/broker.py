@@ -315,6 +315,7 @@ class Broker:
             actions.append(("client", daemon.job.client, encode_error(daemon.job.id, WorkerLost(
                 f"daemon {ident.decode()} (pid {daemon.pid}) was lost during the call: {reason}"))))
         self.history.append({"id": ident.decode(errors="replace"), "pid": daemon.pid, "at": now,
+                             "spawned": daemon.spawned,
                              "reason": daemon.kill_reason or _first_line(cause) or "exited"})
         if daemon.kill_reason is None and not self.closing:
             self._count_failure(daemon, now, cause)
@@ -469,7 +470,9 @@ class Broker:
             "last_start_error": self.last_start_error,
             "counters": dict(self.counters),
             "daemons": [self._daemon_status(d, now) for d in self.daemons.values()],
-            "restarts": [dict(h, ago_s=round(now - h["at"], 3)) for h in self.history],
+            "restarts": [{"id": h["id"], "pid": h["pid"], "reason": h["reason"],
+                          "ago_s": round(now - h["at"], 3),
+                          "spawned_ago_s": round(now - h["spawned"], 3)} for h in self.history],
         }
 
     @staticmethod

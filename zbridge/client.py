@@ -23,6 +23,7 @@ from .errors import (BridgeError, CallTimeout, Cancelled, InternalError, Invalid
 from .policy import Step, after_error
 from .protocol import (Kind, MAX_TIMEOUT_MS, decode_reply_body, encode_request,
                        encode_status_request, read_header)
+from .security import client_keys, make_client
 from .tools import tool_specs
 
 HUB_GRACE = 1.0       # how long past a deadline to wait for the hub's own CallTimeout
@@ -48,6 +49,8 @@ class Client:
         self._ids = itertools.count(1)
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
+        self._curve = client_keys(self.settings.curve_server_key, self.settings.curve_secret) \
+            if self.settings.curve_server_key else None
         if self.settings.pool_enabled and not endpoint:
             raise ValueError("Client needs an endpoint (or set pool_enabled=False)")
 
@@ -141,6 +144,8 @@ class Client:
             sock.setsockopt(zmq.SNDTIMEO, int(self.connect_timeout * 1000))
             sock.setsockopt(zmq.RCVTIMEO, POLL_SLICE_MS)  # lets a waiting call notice close()
             sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_size + 4096)
+            if self._curve:
+                make_client(sock, *self._curve)
             sock.connect(self.endpoint)
             self._local.sock = sock
             with self._lock:  # close sockets of threads that have ended

@@ -19,7 +19,7 @@ def _setting(default: Any, help: str) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    workers: int = _setting(1, "Most daemons to run at once.")
+    workers: int = _setting(1, "Most local daemons to run at once (0: only daemons from other hosts).")
     prewarm: bool = _setting(False, "Start all daemons at once instead of on first call.")
     timeout: float = _setting(30.0, "Default call deadline in seconds.")
     max_queue: int = _setting(1000, "Calls waiting for a daemon before new ones get Overloaded.")
@@ -42,10 +42,21 @@ class Settings:
     fallback: bool = _setting(True, "Use a one-shot subprocess when the pool cannot serve a call that never ran.")
     retries: int = _setting(2, "Retries of idempotent calls that met WorkerLost.")
     python: str = _setting("", "Interpreter for daemons (default: this one).")
+    expose_tracebacks: str = _setting("auto", "Tool tracebacks in error replies: auto (on for ipc/inproc, off for tcp), true or false.")
+    curve_secret: str = _setting("", "This side's CURVE secret key file (.key_secret); on a hub, turns CURVE on for tcp.")
+    curve_server_key: str = _setting("", "The hub's CURVE public key file (.key), for clients and daemons.")
+    curve_clients: str = _setting("", "Hub: directory of client public keys allowed to call.")
+    curve_daemons: str = _setting("", "Hub: directory of daemon public keys allowed to serve.")
+    daemon_bind: str = _setting("", "Hub: extra endpoint for daemons on other hosts, e.g. tcp://0.0.0.0:5556.")
+    heartbeat_bind: str = _setting("", "Hub: heartbeat endpoint for daemons on other hosts (with daemon_bind).")
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, not {self.workers}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be at least 0, not {self.workers}")
+        if self.expose_tracebacks not in ("auto", "true", "false"):
+            raise ValueError(f"expose_tracebacks must be auto, true or false, not {self.expose_tracebacks!r}")
+        if bool(self.daemon_bind) != bool(self.heartbeat_bind):
+            raise ValueError("daemon_bind and heartbeat_bind go together")
         if self.idle_action not in ("restart", "stop", "none"):
             raise ValueError(f"idle_action must be restart, stop or none, not {self.idle_action!r}")
         if self.heartbeat_interval <= 0 or self.heartbeat_misses < 1:

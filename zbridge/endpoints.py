@@ -45,7 +45,8 @@ def ipc_path(endpoint: str) -> str | None:
 
 def remove_private_dir(directory: str) -> None:
     """Remove our own files, then the directory; never anything we did not create."""
-    for path in glob.glob(os.path.join(directory, "*.sock")) + [os.path.join(directory, PID_FILE)]:
+    ours = [os.path.join(directory, pattern) for pattern in ("*.sock", "*.key", "*.key_secret")]
+    for path in [p for pattern in ours for p in glob.glob(pattern)] + [os.path.join(directory, PID_FILE)]:
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -24,8 +24,9 @@ HEALTH = "health"
 class Executor:
     """Runs calls against a registry and keeps the daemon's counters."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, expose_tracebacks: bool = True) -> None:
         self.registry = registry
+        self.expose_tracebacks = expose_tracebacks
         self.started = time.time()
         self.calls = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -51,9 +52,9 @@ class Executor:
             # TypeError raised before the tool's first line ran means the arguments were wrong.
             if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
                 _check_arguments(entry.signature, name, positional, named)
-            raise tool_error(exc) from None
+            raise tool_error(exc, self.expose_tracebacks) from None
         except (Exception, SystemExit) as exc:
-            raise tool_error(exc) from None
+            raise tool_error(exc, self.expose_tracebacks) from None
 
     def health(self, **_ignored: Any) -> dict:
         return {
@@ -83,16 +84,18 @@ def _check_arguments(signature: inspect.Signature | None, name: str, positional:
         raise InvalidParams(f"bad arguments for tool {name!r}: {exc}") from None
 
 
-def tool_error(exc: BaseException) -> ToolError:
-    """A ToolError carrying the exception's type, message and traceback."""
+def tool_error(exc: BaseException, with_traceback: bool = True) -> ToolError:
+    """A ToolError carrying the exception's type, message and (optionally) traceback."""
     tb = traceback.TracebackException.from_exception(exc)
     # drop the executor's own frame so the trace starts in the tool
     if tb.stack and tb.stack[0].filename == __file__:
         tb.stack = traceback.StackSummary.from_list(tb.stack[1:])
     type_name = type(exc).__qualname__
     message = str(exc)
-    return ToolError(f"{type_name}: {message}" if message else type_name,
-                     {"type": type_name, "message": message, "traceback": "".join(tb.format())})
+    data = {"type": type_name, "message": message}
+    if with_traceback:
+        data["traceback"] = "".join(tb.format())
+    return ToolError(f"{type_name}: {message}" if message else type_name, data)
 
 
 def error_for(exc: BaseException) -> BridgeError:

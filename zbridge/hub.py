@@ -22,6 +22,7 @@ from .endpoints import check_bindable, create_private_dir, ipc_endpoint, remove_
 from .errors import BridgeError, InvalidRequest
 from .protocol import (Kind, decode_heartbeat, decode_ready, encode_error, encode_heartbeat,
                        encode_result, read_header)
+from .security import HubSecurity
 from .supervisor import Supervisor
 
 log = logging.getLogger("zbridge.hub")
@@ -29,12 +30,19 @@ REAP_INTERVAL = 0.5
 COPY_THRESHOLD = 65536  # below this, copying is cheaper than zero-copy bookkeeping
 
 
-def daemon_command(settings: Settings, endpoint: str, heartbeat: str, tools: list[str]) -> list[str]:
+def expose_tracebacks(settings: Settings, frontend: str) -> bool:
+    if settings.expose_tracebacks == "auto":
+        return not frontend.startswith("tcp://")  # local callers see tracebacks, remote ones not
+    return settings.expose_tracebacks == "true"
+
+
+def daemon_command(settings: Settings, endpoint: str, heartbeat: str, tools: list[str],
+                   extra: list[str]) -> list[str]:
     cmd = [settings.python or sys.executable, "-m", "zbridge_daemon", "--connect", endpoint,
            "--max-message-size", str(settings.max_message_size), "--heartbeat", heartbeat,
            "--heartbeat-interval", str(settings.heartbeat_interval),
            "--heartbeat-misses", str(settings.heartbeat_misses),
-           "--max-rss-mb", str(settings.max_rss_mb)]
+           "--max-rss-mb", str(settings.max_rss_mb)] + extra
     for spec in tools:
         cmd += ["--tools", spec]
     return cmd
@@ -51,16 +59,24 @@ class Hub:
         self.heartbeat_endpoint = ipc_endpoint(self.private_dir, "heartbeat")
         self.events_endpoint = f"inproc://zbridge-events-{uuid.uuid4().hex}"
         self.frontend_endpoint = frontend
-        self.broker = Broker(settings)
-        self.supervisor = Supervisor(daemon_command(settings, self.backend_endpoint,
-                                                    self.heartbeat_endpoint, tools),
-                                     self._notify_exit, stop_timeout=settings.stop_timeout)
         self._stop_at: float | None = None   # drain deadline once stopping
         self._stopped = threading.Event()
+        self.security: HubSecurity | None = None
         try:
+            self.security = HubSecurity(settings, self.context, self.private_dir, frontend)
+            traceback_flag = ("--expose-tracebacks" if expose_tracebacks(settings, frontend)
+                              else "--no-expose-tracebacks")
+            self.supervisor = Supervisor(
+                daemon_command(settings, self.backend_endpoint, self.heartbeat_endpoint, tools,
+                               self.security.local_daemon_args + [traceback_flag]),
+                self._notify_exit, stop_timeout=settings.stop_timeout)
+            # daemons not spawned by us are admitted only where they can connect at all
+            self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind))
             self._bind()
         except BaseException:
             self._close_sockets()
+            if self.security is not None:
+                self.security.stop()
             remove_private_dir(self.private_dir)
             raise
 
@@ -79,11 +95,15 @@ class Hub:
         for sock in (self.frontend, self.backend):
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.MAXMSGSIZE, max_size)
-        check_bindable(self.frontend_endpoint)
+        check_bindable(self.frontend_endpoint, authenticated=self.security.frontend_curve)
+        self.security.secure(self.frontend, [self.backend, self.heartbeat])
         old = os.umask(0o077)  # ipc socket files readable by us only
         try:
             self.backend.bind(self.backend_endpoint)
             self.heartbeat.bind(self.heartbeat_endpoint)
+            if self.settings.daemon_bind:
+                self.backend.bind(self.settings.daemon_bind)
+                self.heartbeat.bind(self.settings.heartbeat_bind)
             self.frontend.bind(self.frontend_endpoint)
         finally:
             os.umask(old)
@@ -292,6 +312,7 @@ class Hub:
             self.supervisor.stop_all()
         finally:
             self._close_sockets()
+            self.security.stop()
             remove_private_dir(self.private_dir)
             if self._own_context:
                 self.context.term()

@@ -1,0 +1,90 @@
+"""What a benchmark case is, and the builders every target shares.
+
+A *target* is something to set up once per repeat (a Bridge, a served hub, a proxy and its
+workers, a process pool). Setting it up yields a ``Handle``; each of the target's *cases*
+then measures through that handle. Cases of one target run back to back; targets are
+interleaved across repeats by the runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager
+
+from .profiles import CALLERS, SMALL, SWEEP, Profile, size_label
+
+LATENCY, THROUGHPUT, COLD_START, MEMORY = "latency", "throughput", "cold_start", "memory"
+
+
+def no_pids() -> dict[str, list[int]]:
+    return {}
+
+
+@dataclass
+class Handle:
+    """A ready target. ``make_caller(payload)`` is called in the thread that will make the
+    calls and returns a zero-argument function doing one round trip with that payload."""
+    make_caller: Callable[[Any], Callable[[], Any]]
+    pids: Callable[[], dict[str, list[int]]] = no_pids   # role ("hub", "daemon") -> pids
+
+
+@dataclass
+class Sample:
+    """One repeat of one case."""
+    latencies_ns: list[int]
+    elapsed_ns: int = 0
+    rss_kib: float | None = None
+
+    @property
+    def calls(self) -> int:
+        return len(self.latencies_ns)
+
+
+Measure = Callable[[Handle, "Case"], Sample]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str
+    measure: Measure
+    workers: int | None = None
+    callers: int = 1
+    payload_bytes: int = SMALL
+    calls: int = 0          # latency: timed calls; cold start: constructions
+    warmup: int = 0
+    seconds: float = 0.0    # throughput duration
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    open: Callable[[], ContextManager[Handle]]
+    cases: tuple[Case, ...]
+    requires: tuple[str, ...] = ()   # importable modules; if one is missing, all cases skip
+
+
+def latency_case(name: str, profile: Profile, *, workers: int | None = None,
+                 payload: int = SMALL, calls: int | None = None, warmup: int | None = None) -> Case:
+    from .timing import measure_latency
+    return Case(name, LATENCY, measure_latency, workers=workers, payload_bytes=payload,
+                calls=profile.calls if calls is None else calls,
+                warmup=profile.warmup if warmup is None else warmup)
+
+
+def sweep_cases(base: str, profile: Profile, *, workers: int | None = None) -> list[Case]:
+    """The payload sweep beyond the headline size: ``base/10KiB``, ``base/1MiB``."""
+    big = max(SWEEP)
+    return [latency_case(f"{base}/{size_label(size)}", profile, workers=workers, payload=size,
+                         calls=profile.big_calls if size == big else profile.calls,
+                         warmup=min(profile.warmup, 20) if size == big else profile.warmup)
+            for size in SWEEP if size != SMALL]
+
+
+def throughput_cases(base: str, profile: Profile, *, workers: int) -> list[Case]:
+    """``base/cN``: N threads calling in a loop for ``profile.seconds``."""
+    from .timing import measure_throughput
+    return [Case(f"{base}/c{n}", THROUGHPUT, measure_throughput, workers=workers, callers=n,
+                 warmup=max(10, profile.warmup // 10), seconds=profile.seconds)
+            for n in CALLERS]
+

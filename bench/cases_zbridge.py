@@ -1,0 +1,166 @@
+"""zbridge's own cases: embedded Bridge, ``zbridge serve``, the stdio daemon, the per-call
+subprocess fallback, cold start and memory."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import os
+import subprocess
+from typing import Any, Iterator
+
+import zbridge
+
+from . import procs
+from .cases import (COLD_START, MEMORY, Case, Handle, Sample, Target, latency_case, sweep_cases,
+                    throughput_cases)
+from .profiles import Profile
+from .timing import BenchError, clock, make_payload
+
+TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools.py")
+# No fallback: a failing pool must fail the case, not silently measure a subprocess per call.
+# (Other ZBRIDGE_* variables still apply; meta["zbridge_env"] records them.)
+POOL = {"fallback": False, "timeout": 30.0}
+
+
+def client_handle(client: zbridge.Client, hub_pid: int | None = None) -> Handle:
+    def pids() -> dict[str, list[int]]:
+        found = {"daemon": [d["pid"] for d in client.status()["daemons"] if d.get("pid")]}
+        if hub_pid is not None:
+            found["hub"] = [hub_pid]
+        return found
+    return Handle(lambda payload: functools.partial(client.call, "noop", [payload]), pids)
+
+
+def wait_ready(client: zbridge.Client, workers: int, proc: subprocess.Popen | None = None) -> None:
+    """Until ``workers`` daemons have loaded the tools and are idle."""
+    def probe() -> bool | None:
+        daemons = client.status(timeout=2.0)["daemons"]
+        return True if sum(d["state"] == "idle" for d in daemons) >= workers else None
+    procs.wait_until(probe, f"zbridge hub with {workers} daemon(s)", proc=proc)
+
+
+@contextlib.contextmanager
+def embedded(workers: int) -> Iterator[Handle]:
+    with zbridge.Bridge(tools=TOOLS, workers=workers, prewarm=True, **POOL) as bridge:
+        wait_ready(bridge, workers)
+        yield client_handle(bridge)
+
+
+@contextlib.contextmanager
+def served(workers: int) -> Iterator[Handle]:
+    """``zbridge serve`` in its own process, on an ipc endpoint in a private directory."""
+    with procs.private_dir() as directory:
+        endpoint = procs.ipc(directory, "hub.sock")
+        argv = procs.python_module("zbridge.cli", "serve", "--tools", TOOLS, "--workers",
+                                   str(workers), "--prewarm", "--bind", endpoint)
+        with procs.child(argv) as proc, zbridge.Client(endpoint, **POOL) as client:
+            wait_ready(client, workers, proc)
+            yield client_handle(client, hub_pid=proc.pid)
+
+
+@contextlib.contextmanager
+def stdio_daemon() -> Iterator[Handle]:
+    """One persistent ``zbridge-daemon --stdio``: a JSON-RPC line in, a line out."""
+    argv = procs.python_module("zbridge_daemon", "--stdio", "--tools", TOOLS)
+    with procs.child(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
+        ids = itertools.count(1)
+
+        def call(payload: Any) -> Any:
+            request = {"jsonrpc": "2.0", "id": next(ids), "method": "noop", "params": [payload]}
+            proc.stdin.write(json.dumps(request).encode() + b"\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            if not line:
+                procs.check_alive(proc, "zbridge-daemon --stdio")
+                raise BenchError("zbridge-daemon --stdio closed its stdout")
+            reply = json.loads(line)
+            if "result" not in reply:
+                raise BenchError(f"stdio daemon answered {line[:200]!r}")
+            return reply["result"]
+
+        yield Handle(lambda payload: functools.partial(call, payload), lambda: {"daemon": [proc.pid]})
+
+
+@contextlib.contextmanager
+def per_call_subprocess() -> Iterator[Handle]:
+    """The fallback path: every call starts ``zbridge-daemon --stdio`` for that one call."""
+    with zbridge.Bridge(tools=TOOLS, pool_enabled=False) as bridge:
+        yield Handle(lambda payload: functools.partial(bridge.call, "noop", [payload]))
+
+
+@contextlib.contextmanager
+def nothing() -> Iterator[Handle]:
+    yield Handle(lambda payload: (lambda: payload))
+
+
+def cold_start(handle: Handle, case: Case, *, prewarm: bool) -> Sample:
+    """From ``Bridge()`` to the first result (closing is not timed)."""
+    payload = make_payload(case.payload_bytes)
+    durations = []
+    for _ in range(case.calls):
+        start = clock()
+        bridge = zbridge.Bridge(tools=TOOLS, workers=1, prewarm=prewarm, **POOL)
+        try:
+            bridge.call("noop", [payload])
+            durations.append(clock() - start)
+        finally:
+            bridge.close()
+    return Sample(durations)  # no calls/s: each sample is a separate start
+
+
+def first_call_prewarmed(handle: Handle, case: Case) -> Sample:
+    """The first call once prewarmed daemons are ready: what prewarm buys a caller."""
+    payload = make_payload(case.payload_bytes)
+    durations = []
+    for _ in range(case.calls):
+        with zbridge.Bridge(tools=TOOLS, workers=1, prewarm=True, **POOL) as bridge:
+            wait_ready(bridge, 1)
+            start = clock()
+            bridge.call("noop", [payload])
+            durations.append(clock() - start)
+    return Sample(durations)  # no calls/s: each sample is a separate start
+
+
+def rss(handle: Handle, case: Case, *, role: str) -> Sample:
+    """Median RSS of the target's processes in ``role`` ("hub" or "daemon"), after its calls."""
+    values = [procs.rss_kib(pid) for pid in handle.pids().get(role, [])]
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        raise BenchError(f"no RSS for the {role} (is /proc available?)")
+    return Sample([], rss_kib=float(values[len(values) // 2]))
+
+
+def memory_cases(workers: int) -> list[Case]:
+    return [Case(f"zbridge.memory.{role}", MEMORY, functools.partial(rss, role=role), workers=workers)
+            for role in ("hub", "daemon")]
+
+
+def cold_start_cases(profile: Profile) -> list[Case]:
+    def case(name: str, measure) -> Case:
+        return Case(name, COLD_START, measure, workers=1, calls=profile.cold_starts)
+    return [case("zbridge.cold_start", functools.partial(cold_start, prewarm=False)),
+            case("zbridge.cold_start.prewarm", functools.partial(cold_start, prewarm=True)),
+            case("zbridge.first_call.prewarmed", first_call_prewarmed)]
+
+
+def targets(profile: Profile) -> list[Target]:
+    w1, w2 = "zbridge.embedded.w1", "zbridge.embedded.w2"
+    return [
+        Target(w1, lambda: embedded(1),
+               (latency_case(w1, profile, workers=1), *sweep_cases(w1, profile, workers=1),
+                *throughput_cases(w1, profile, workers=1))),
+        Target(w2, lambda: embedded(2),
+               (latency_case(w2, profile, workers=2), *throughput_cases(w2, profile, workers=2))),
+        Target("zbridge.serve", lambda: served(1),
+               (latency_case("zbridge.serve", profile, workers=1), *memory_cases(1))),
+        Target("zbridge.stdio", stdio_daemon,
+               (latency_case("zbridge.stdio", profile, workers=1),
+                *sweep_cases("zbridge.stdio", profile, workers=1))),
+        Target("zbridge.subprocess", per_call_subprocess,
+               (latency_case("zbridge.subprocess", profile, calls=profile.subprocess_calls,
+                             warmup=1),)),
+        Target("zbridge.cold_start", nothing, tuple(cold_start_cases(profile))),
+    ]

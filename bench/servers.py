@@ -1,0 +1,82 @@
+"""The far side of the floor and zerorpc cases, run as ``python -m bench.servers MODE ...``.
+
+    zmq_worker ENDPOINT   DEALER connected to a zmq.proxy backend; msgpack dict in and out
+    pipe RFD WFD          length-prefixed echo over two os.pipe file descriptors
+    zerorpc ENDPOINT      a zerorpc server exposing noop
+
+Each runs until killed (the benchmark TERMs its process group) or its input ends.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+
+from bench.tools import noop
+
+LENGTH = struct.Struct("!I")
+
+
+def zmq_worker(endpoint: str) -> None:
+    import msgpack
+    import zmq
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(endpoint)
+    pid = os.getpid()
+    while True:
+        client, body = sock.recv_multipart()
+        request = msgpack.unpackb(body, raw=False)
+        # "pid" lets the benchmark see that every worker is connected before it measures
+        result = pid if request["method"] == "pid" else noop(*request["params"])
+        sock.send_multipart([client, msgpack.packb({"result": result}, use_bin_type=True)])
+
+
+def read_exact(fd: int, size: int) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = os.read(fd, remaining)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def read_message(fd: int) -> bytes:
+    (size,) = LENGTH.unpack(read_exact(fd, LENGTH.size))
+    return read_exact(fd, size)
+
+
+def write_message(fd: int, body: bytes) -> None:
+    data = memoryview(LENGTH.pack(len(body)) + body)
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def pipe(rfd: str, wfd: str) -> None:
+    read, write = int(rfd), int(wfd)
+    try:
+        while True:
+            write_message(write, noop(read_message(read)))
+    except EOFError:
+        pass
+
+
+def zerorpc_server(endpoint: str) -> None:
+    import zerorpc
+
+    class Tools:
+        def noop(self, payload=None):
+            return noop(payload)
+
+    server = zerorpc.Server(Tools())
+    server.bind(endpoint)
+    server.run()
+
+
+MODES = {"zmq_worker": zmq_worker, "pipe": pipe, "zerorpc": zerorpc_server}
+
+if __name__ == "__main__":
+    MODES[sys.argv[1]](*sys.argv[2:])

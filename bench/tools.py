@@ -1,0 +1,12 @@
+"""The one tool every case calls: a no-op that returns its argument.
+
+Loaded by zbridge daemons (by file path), by the floor and zerorpc servers, and pickled by
+reference (``bench.tools.noop``) for the process-pool peers, so every case runs the same code.
+"""
+
+import zbridge
+
+
+@zbridge.tool
+def noop(payload=None):
+    return payload
