@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import socket
 import sys
 import traceback
 
@@ -80,8 +82,10 @@ def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: st
         curve = client_keys(curve_server_key, curve_secret)
     except (OSError, ValueError) as exc:
         raise click.UsageError(f"CURVE keys: {exc}") from None
+    # one routing id for the data and heartbeat sockets, so the hub can pair them
+    identity = identity or f"r-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     run_worker(tools, lifeline, WorkerOptions(
-        endpoint, identity.encode() if identity else None, max_message_size, heartbeat,
+        endpoint, identity.encode(), max_message_size, heartbeat,
         heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks))
 
 

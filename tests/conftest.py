@@ -9,6 +9,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# `--hypothesis-profile=fuzz` turns the property tests into a long fuzz run (outside CI).
+settings.register_profile("ci", max_examples=300, deadline=None)
+settings.register_profile("fuzz", max_examples=50_000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
 
 TOOLSETS = Path(__file__).parent / "toolsets"
 

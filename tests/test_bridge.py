@@ -187,3 +187,23 @@ def test_type_error_inside_a_tool_is_a_tool_error(bridge_factory, basic_tools):
     assert info.value.data["type"] == "TypeError"
     with pytest.raises(zbridge.InvalidParams):
         bridge.call("inner_type_error", [1, 2])
+
+
+def test_call_many_fans_out_and_keeps_order(bridge_factory, basic_tools):
+    bridge = bridge_factory(basic_tools, workers=2, prewarm=True)
+    results = bridge.call_many([("span", [0.3, i]) for i in range(4)])
+    assert [r["nonce"] for r in results] == [0, 1, 2, 3]
+    assert len({r["pid"] for r in results}) == 2  # both daemons took part
+    spans = sorted((r["start"], r["end"]) for r in results)
+    assert spans[1][0] < spans[0][1], "no two calls overlapped"
+    assert bridge.map("echo", range(300)) == list(range(300))
+
+
+def test_call_many_errors_in_place_or_raised(bridge_factory, basic_tools):
+    bridge = bridge_factory(basic_tools)
+    mixed = bridge.call_many([("add", [1, 2]), ("boom", None), ("nope", None), ("add", {"x": 1})],
+                             return_exceptions=True)
+    assert mixed[0] == 3
+    assert [type(e) for e in mixed[1:]] == [zbridge.ToolError, zbridge.ToolNotFound, zbridge.InvalidParams]
+    with pytest.raises(zbridge.ToolError):
+        bridge.call_many([("add", [1, 2]), ("boom", None)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import zbridge
@@ -34,7 +34,6 @@ def test_result_round_trip(id, result):
     assert protocol.decode_reply_body(frame) == {"result": result}
 
 
-@settings(max_examples=300)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_raise_only_protocol_errors(data):
     for decode in (protocol.decode_request, protocol.read_header, protocol.decode_reply_body,
@@ -45,7 +44,6 @@ def test_arbitrary_bytes_raise_only_protocol_errors(data):
             pass
 
 
-@settings(max_examples=300)
 @given(st.binary(max_size=200))
 def test_valid_header_with_arbitrary_body_raises_only_protocol_errors(body):
     frame = protocol.pack_header(Kind.REQUEST, 1) + body

@@ -136,11 +136,15 @@ def _open(settings: Settings, tools: tuple[str, ...], endpoint: str | None):
 @main.command()
 @endpoint_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
-def status(endpoint: str | None, as_json: bool) -> None:
+@click.option("--curve-secret", envvar="ZBRIDGE_CURVE_SECRET", default="", help="Our CURVE secret key file.")
+@click.option("--curve-server-key", envvar="ZBRIDGE_CURVE_SERVER_KEY", default="",
+              help="The hub's CURVE public key file.")
+def status(endpoint: str | None, as_json: bool, curve_secret: str, curve_server_key: str) -> None:
     """Show the daemons and queue of a running `zbridge serve`."""
     from .client import Client
     try:
-        with Client(endpoint or DEFAULT_ENDPOINT, fallback=False) as client:
+        with Client(endpoint or DEFAULT_ENDPOINT, fallback=False, curve_secret=curve_secret,
+                    curve_server_key=curve_server_key) as client:
             info = client.status()
     except BridgeError as exc:
         raise click.ClickException(f"no hub at {endpoint or DEFAULT_ENDPOINT}: {exc}") from None
@@ -177,6 +181,21 @@ def format_status(info: dict) -> str:
     c = info.get("counters", {})
     lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     return "\n".join(lines)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--name", default="zbridge", show_default=True, help="File name stem of the keypair.")
+def keygen(directory: str, name: str) -> None:
+    """Write a CURVE keypair: DIRECTORY/NAME.key (public) and NAME.key_secret (mode 0600).
+
+    Give the hub's .key_secret to `serve --curve-secret`, and its .key to clients and daemons
+    (--curve-server-key); put each client's .key in the hub's --curve-clients directory and
+    each remote daemon's .key in its --curve-daemons directory.
+    """
+    from .security import keygen as make_keys
+    public, secret = make_keys(directory, name)
+    click.echo(f"public key: {public}\nsecret key: {secret}")
 
 
 if __name__ == "__main__":

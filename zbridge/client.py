@@ -12,11 +12,11 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Iterable
 
 import zmq
 
-from . import fallback
+from . import fallback, fanout
 from .config import Settings, load_settings
 from .errors import (BridgeError, CallTimeout, Cancelled, InternalError, InvalidParams,
                      InvalidRequest, PoolUnavailable, error_from_wire)
@@ -87,6 +87,53 @@ class Client:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="zbridge-submit")
         return self._executor.submit(self.call, tool, args, timeout=timeout, idempotent=idempotent)
+
+    def call_many(self, calls: Iterable[tuple[str, Any]], *, timeout: float | None = None,
+                  idempotent: bool = False, return_exceptions: bool = False) -> list:
+        """Run ``(tool, args)`` pairs concurrently across the daemons; results in order.
+
+        With ``return_exceptions`` each failed call's error takes its place in the list;
+        otherwise the first error (in call order) is raised once all calls have finished.
+        """
+        calls = list(calls)
+        timeout = self.settings.timeout if timeout is None else float(timeout)
+        outcomes: list[Any] = []
+        frames: list[bytes] = []
+        for tool, args in calls:
+            try:
+                frames.append(self._request(tool, args, timeout, idempotent))
+                outcomes.append(None)
+            except BridgeError as exc:
+                outcomes.append(exc)
+        if self.settings.pool_enabled and frames and not self._closed:
+            deadline = time.monotonic() + timeout + HUB_GRACE
+            replies = fanout.pipeline(self._socket(), frames, deadline,
+                                      lambda r: _result_of(r, self.settings.max_message_size))
+            answers = iter(replies[read_header(f).id] for f in frames)
+            outcomes = [o if isinstance(o, BridgeError) else next(answers) for o in outcomes]
+        for i, (tool, args) in enumerate(calls):
+            outcome = outcomes[i]
+            if not self.settings.pool_enabled or self._needs_another_try(outcome, idempotent):
+                try:  # call() applies the same retry / fallback rules one call at a time
+                    outcomes[i] = self.call(tool, args, timeout=timeout, idempotent=idempotent)
+                except BridgeError as exc:
+                    outcomes[i] = exc
+        errors = [o for o in outcomes if isinstance(o, BridgeError)]
+        if errors and not return_exceptions:
+            raise errors[0]
+        return outcomes
+
+    def map(self, tool: str, items: Iterable[Any], *, timeout: float | None = None,
+            idempotent: bool = False, return_exceptions: bool = False) -> list:
+        """``tool(item)`` for every item, spread over the daemons; results in order."""
+        return self.call_many([(tool, [item]) for item in items], timeout=timeout,
+                              idempotent=idempotent, return_exceptions=return_exceptions)
+
+    def _needs_another_try(self, outcome: Any, idempotent: bool) -> bool:
+        if not isinstance(outcome, BridgeError) or isinstance(outcome, (InvalidParams, InvalidRequest)):
+            return False
+        return after_error(outcome, attempt=0, idempotent=idempotent, retries=self.settings.retries,
+                           can_fallback=self._can_fallback()) is not Step.RAISE
 
     def status(self, timeout: float = 5.0) -> dict:
         """The hub's view: daemons (pid, state, calls, uptime, current call), queue, counters."""

@@ -26,12 +26,16 @@ def base_dir() -> str:
 def create_private_dir() -> str:
     """A fresh 0700 directory (mkdtemp creates it so) holding our pid."""
     sweep_stale()
-    path = tempfile.mkdtemp(prefix=PREFIX, dir=base_dir())
-    os.chmod(path, 0o700)
-    tmp = os.path.join(path, PID_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(str(os.getpid()))
-    os.replace(tmp, os.path.join(path, PID_FILE))  # readers never see a half-written pid
+    old = os.umask(0o077)
+    try:
+        path = tempfile.mkdtemp(prefix=PREFIX, dir=base_dir())
+        os.chmod(path, 0o700)
+        tmp = os.path.join(path, PID_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(tmp, os.path.join(path, PID_FILE))  # readers never see a half-written pid
+    finally:
+        os.umask(old)
     return path
 
 

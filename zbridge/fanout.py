@@ -1,0 +1,61 @@
+"""Many calls in flight on one socket: the engine behind ``call_many`` and ``map``.
+
+Requests go out in a sliding window (so a long list does not overflow the hub's queue), the
+hub spreads them over idle daemons, and replies are matched back by request id.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import zmq
+
+from .errors import BridgeError, CallTimeout, PoolUnavailable
+from .protocol import Kind, read_header
+
+WINDOW = 64
+
+
+def pipeline(sock: zmq.Socket, frames: list[bytes], deadline: float,
+             decode: Callable[[bytes], Any], window: int = WINDOW) -> dict[int, Any]:
+    """Send every frame and wait for all replies; each id maps to a result or a BridgeError."""
+    ids = [read_header(f).id for f in frames]
+    wanted = set(ids)
+    outcomes: dict[int, Any] = {}
+    sent = 0
+    while len(outcomes) < len(frames):
+        while sent < len(frames) and sent - len(outcomes) < window:
+            try:
+                sock.send(frames[sent])
+            except zmq.Again:  # the hub is unreachable: the rest never left
+                for id in ids[sent:]:
+                    outcomes[id] = PoolUnavailable("hub not reachable (the call was not sent)")
+                sent = len(frames)
+                break
+            sent += 1
+        if len(outcomes) == len(frames):
+            break
+        try:
+            reply = sock.recv()
+        except zmq.Again:
+            if time.monotonic() >= deadline:
+                for id in wanted - outcomes.keys():
+                    outcomes[id] = CallTimeout("no reply from the hub before the deadline")
+            continue
+        header = _header(reply)
+        if header is None or header.id not in wanted or header.id in outcomes:
+            continue
+        try:
+            outcomes[header.id] = decode(reply)
+        except BridgeError as exc:
+            outcomes[header.id] = exc
+    return outcomes
+
+
+def _header(reply: bytes):
+    try:
+        header = read_header(reply)
+    except BridgeError:
+        return None
+    return header if header.kind is Kind.REPLY else None
