@@ -15,7 +15,7 @@ from zbridge.endpoints import remove_if_orphaned
 from zbridge.errors import PoolUnavailable
 from zbridge.execution import Executor
 from zbridge.protocol import DEFAULT_MAX_MESSAGE
-from zbridge.tools import REGISTRY, Registry, load_tools
+from zbridge.tools import Registry, load_tools
 
 from .streams import isolate_stdout, watch_lifeline
 

@@ -12,7 +12,7 @@ import pytest
 
 import zbridge
 from zbridge.endpoints import check_bindable
-from conftest import daemon_pids, wait_until
+from conftest import wait_until
 from test_cli import ZBRIDGE, free_port, zb
 
 

@@ -18,16 +18,14 @@ import zmq
 
 from . import fallback, fanout
 from .config import Settings, load_settings
-from .errors import (BridgeError, CallTimeout, Cancelled, InternalError, InvalidParams,
-                     InvalidRequest, PoolUnavailable, error_from_wire)
+from .calls import HUB_GRACE, build_request, configure_dealer, reply_id, result_of
+from .errors import (BridgeError, CallTimeout, Cancelled, InvalidParams, InvalidRequest,
+                     PoolUnavailable)
 from .policy import Step, after_error
-from .protocol import (Kind, MAX_TIMEOUT_MS, decode_reply_body, encode_request,
-                       encode_status_request, read_header)
-from .security import client_keys, make_client
+from .protocol import encode_status_request, read_header
+from .security import client_keys
 from .tools import tool_specs
 
-HUB_GRACE = 1.0       # how long past a deadline to wait for the hub's own CallTimeout
-POLL_SLICE_MS = 250   # how often a waiting call notices close()
 SUBMIT_THREADS = 32
 
 
@@ -108,7 +106,7 @@ class Client:
         if self.settings.pool_enabled and frames and not self._closed:
             deadline = time.monotonic() + timeout + HUB_GRACE
             replies = fanout.pipeline(self._socket(), frames, deadline,
-                                      lambda r: _result_of(r, self.settings.max_message_size))
+                                      lambda r: result_of(r, self.settings.max_message_size))
             answers = iter(replies[read_header(f).id] for f in frames)
             outcomes = [o if isinstance(o, BridgeError) else next(answers) for o in outcomes]
         for i, (tool, args) in enumerate(calls):
@@ -167,32 +165,13 @@ class Client:
         return self.settings.fallback and not self._closed
 
     def _request(self, tool: str, args: Any, timeout: float, idempotent: bool) -> bytes:
-        if not isinstance(tool, str) or not tool:
-            raise InvalidRequest("tool name must be a non-empty string")
-        if args is not None and not isinstance(args, (list, tuple, dict)):
-            raise InvalidParams("args must be a list, a tuple, a dict or None")
-        timeout_ms = max(1, min(MAX_TIMEOUT_MS, int(timeout * 1000)))
-        try:
-            frame = encode_request(next(self._ids), tool, args, timeout_ms=timeout_ms,
-                                   idempotent=idempotent)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidParams(f"arguments cannot be encoded: {exc}") from None
-        if len(frame) > self.settings.max_message_size:
-            raise InvalidRequest(f"request is {len(frame)} bytes, over max_message_size="
-                                 f"{self.settings.max_message_size}")
-        return frame
+        return build_request(self.settings, next(self._ids), tool, args, timeout, idempotent)
 
     def _socket(self) -> zmq.Socket:
         sock = getattr(self._local, "sock", None)
         if sock is None:
             sock = self.context.socket(zmq.DEALER)
-            sock.linger = 0
-            sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue a request for a hub we lack
-            sock.setsockopt(zmq.SNDTIMEO, int(self.connect_timeout * 1000))
-            sock.setsockopt(zmq.RCVTIMEO, POLL_SLICE_MS)  # lets a waiting call notice close()
-            sock.setsockopt(zmq.MAXMSGSIZE, self.settings.max_message_size + 4096)
-            if self._curve:
-                make_client(sock, *self._curve)
+            configure_dealer(sock, self.settings, self._curve, self.connect_timeout)
             sock.connect(self.endpoint)
             self._local.sock = sock
             with self._lock:  # close sockets of threads that have ended
@@ -220,24 +199,7 @@ class Client:
                 if time.monotonic() >= deadline:
                     raise CallTimeout(f"no reply from the hub within {timeout}s") from None
                 continue
-            if _reply_id(reply) != request_id:
+            if reply_id(reply) != request_id:
                 continue  # a late reply to an earlier call on this socket
-            return _result_of(reply, self.settings.max_message_size)
+            return result_of(reply, self.settings.max_message_size)
 
-
-def _reply_id(reply: bytes) -> int | None:
-    try:
-        header = read_header(reply)
-    except BridgeError:
-        return None
-    return header.id if header.kind is Kind.REPLY else None
-
-
-def _result_of(reply: bytes, max_size: int) -> Any:
-    try:
-        body = decode_reply_body(reply, max_size=max_size)
-    except BridgeError as exc:
-        raise InternalError(f"undecodable reply: {exc}") from None
-    if "error" in body:
-        raise error_from_wire(body["error"])
-    return body["result"]

@@ -27,6 +27,7 @@ from .supervisor import Supervisor
 
 log = logging.getLogger("zbridge.hub")
 REAP_INTERVAL = 0.5
+BATCH = 64             # messages handled per socket per poll
 COPY_THRESHOLD = 65536  # below this, copying is cheaper than zero-copy bookkeeping
 
 
@@ -155,9 +156,9 @@ class Hub:
                 ready = dict(poller.poll(wait * 1000.0))
                 now = time.monotonic()
                 if self.backend in ready:
-                    self._on_backend(now)
+                    self._drain(self.backend, self._on_backend, now)
                 if self.frontend in ready:
-                    self._on_frontend(now)
+                    self._drain(self.frontend, self._on_frontend, now)
                 if self.events in ready:
                     self._on_event(now)
                 if self.heartbeat in ready:
@@ -174,6 +175,15 @@ class Hub:
                     next_beat = now + self.settings.heartbeat_interval
         finally:
             self._shutdown()
+
+    @staticmethod
+    def _drain(sock: zmq.Socket, handle, now: float) -> None:
+        """Handle what is queued on a socket without a poll per message (bounded, so one
+        busy socket cannot starve the others)."""
+        for _ in range(BATCH):
+            handle(now)
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
 
     def _done(self, now: float) -> bool:
         if self._stop_at is None:
