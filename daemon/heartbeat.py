@@ -8,36 +8,16 @@ daemon exits (this is how daemons on other hosts avoid becoming orphans).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import zmq
 
-from zbridge.procinfo import rss_bytes
-from zbridge.protocol import encode_heartbeat
+from zbridge.errors import BridgeError
+from zbridge.protocol import Kind, encode_heartbeat, read_header
 
-
-@dataclass
-class Activity:
-    """What the serving loop is doing; written by it, read by the heartbeat thread."""
-    request_id: int | None = None
-    busy_since: float | None = None
-    calls: int = 0
-
-    def begin(self, request_id: int) -> None:
-        self.request_id, self.busy_since = request_id, time.time()
-
-    def end(self) -> None:
-        self.request_id, self.busy_since = None, None
-        self.calls += 1
-
-    def snapshot(self) -> dict:
-        busy = self.request_id is not None
-        return {"pid": os.getpid(), "state": "busy" if busy else "idle", "request": self.request_id,
-                "busy_since": self.busy_since, "calls": self.calls, "rss": rss_bytes()}
+from .activity import Activity
 
 
 def start_heartbeat(sock: zmq.Socket, endpoint: str, activity: Activity, interval: float,
@@ -57,7 +37,7 @@ def start_heartbeat(sock: zmq.Socket, endpoint: str, activity: Activity, interva
                         pass  # not connected (yet): silence is what the hub judges
                     next_beat = now + interval
                 if sock.poll(max(0.0, next_beat - now) * 1000):
-                    sock.recv()
+                    _on_hub_message(sock.recv(), activity)
                     last_heard = time.monotonic()
                 silent = time.monotonic() - last_heard
                 if silent > interval * misses:
@@ -71,3 +51,13 @@ def start_heartbeat(sock: zmq.Socket, endpoint: str, activity: Activity, interva
     thread = threading.Thread(target=run, name="zbridge-heartbeat", daemon=True)
     thread.start()
     return thread
+
+
+def _on_hub_message(frame: bytes, activity: Activity) -> None:
+    """Any message proves the hub is alive; a CANCEL also interrupts the call it names."""
+    try:
+        header = read_header(frame)
+    except BridgeError:
+        return
+    if header.kind is Kind.CANCEL:
+        activity.request_cancel(header.id)

@@ -10,7 +10,7 @@ from typing import Callable
 import zmq
 
 from zbridge import __version__
-from zbridge.errors import BridgeError, InternalError
+from zbridge.errors import BridgeError, Cancelled, InternalError
 from zbridge.execution import Executor
 from zbridge.procinfo import rss_bytes
 from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_RETIRE, Kind, add_flags, decode_request,
@@ -18,7 +18,8 @@ from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_RETIRE, Kind, add_flags,
 from zbridge.security import make_client
 from zbridge.tools import Registry
 
-from .heartbeat import Activity, start_heartbeat
+from .activity import Activity, finish, install_cancel_handler
+from .heartbeat import start_heartbeat
 
 log = logging.getLogger("zbridge.daemon")
 
@@ -64,6 +65,17 @@ def handle_request(executor: Executor, frame: bytes, request_id: int, max_messag
     return reply
 
 
+def serve_request(executor: Executor, activity: Activity, frame: bytes, request_id: int,
+                  max_message: int) -> bytes:
+    activity.begin(request_id)
+    try:
+        return handle_request(executor, frame, request_id, max_message)
+    except Cancelled as exc:  # landed after the tool returned; the caller has gone anyway
+        return encode_error(request_id, exc)
+    finally:
+        finish(activity)
+
+
 def _over_rss(limit_mb: int) -> bool:
     rss = rss_bytes() if limit_mb else None
     return bool(rss and rss > limit_mb * 1024 * 1024)
@@ -73,6 +85,7 @@ def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str
     """Start, announce, serve until told to go; the lifecycle reads top to bottom."""
     executor = Executor(registry, options.expose_tracebacks)
     activity = Activity()
+    install_cancel_handler(activity)
     context = zmq.Context()
     sock = _dealer(context, options)
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_message + 4096)
@@ -93,11 +106,9 @@ def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str
                 break
             if header.kind is not Kind.REQUEST:
                 continue
-            activity.begin(header.id)
-            reply = handle_request(executor, frame, header.id, options.max_message)
+            reply = serve_request(executor, activity, frame, header.id, options.max_message)
             if _over_rss(options.max_rss_mb):  # ask to be replaced, after answering
                 reply = add_flags(reply, FLAG_RETIRE)
-            activity.end()
             sock.send(reply)
     finally:
         sock.close(0)

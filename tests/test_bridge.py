@@ -207,3 +207,31 @@ def test_call_many_errors_in_place_or_raised(bridge_factory, basic_tools):
     assert [type(e) for e in mixed[1:]] == [zbridge.ToolError, zbridge.ToolNotFound, zbridge.InvalidParams]
     with pytest.raises(zbridge.ToolError):
         bridge.call_many([("add", [1, 2]), ("boom", None)])
+
+
+def test_sync_future_cancel_interrupts_a_running_call(bridge_factory, basic_tools, tmp_path):
+    bridge = bridge_factory(basic_tools, prewarm=True)
+    pid = bridge.call("pid")
+    marker = tmp_path / "cleaned"
+    future = bridge.submit("interruptible", [60, str(marker)])
+    assert wait_until(lambda: any(d["state"] == "busy" for d in bridge.status()["daemons"]))
+    assert future.cancel()
+    with pytest.raises(zbridge.Cancelled):
+        future.result(timeout=10)
+    assert bridge.call("pid") == pid  # still warm: the call after it waited for the interrupt
+    assert marker.read_text() == str(pid)
+
+
+def test_sync_future_cancel_of_a_queued_call(bridge_factory, basic_tools, tmp_path):
+    bridge = bridge_factory(basic_tools, prewarm=True)
+    journal = tmp_path / "ran"
+    blocker = bridge.submit("span", [1.0])
+    assert wait_until(lambda: any(d["state"] == "busy" for d in bridge.status()["daemons"]))
+    queued = bridge.submit("record", [str(journal), "q"])
+    assert wait_until(lambda: bridge.status()["queue_depth"] == 1)
+    assert queued.cancel()
+    with pytest.raises(zbridge.Cancelled, match="before it ran"):
+        queued.result(timeout=10)
+    blocker.result(timeout=10)
+    bridge.call("pid")
+    assert not journal.exists()

@@ -8,7 +8,7 @@ from .errors import (BridgeError, CallTimeout, Cancelled, InternalError, Invalid
 from .tools import startup, tool  # noqa: E402
 
 __all__ = [
-    "__version__", "tool", "startup", "Bridge", "Client",
+    "__version__", "tool", "startup", "Bridge", "Client", "AsyncBridge", "AsyncClient",
     "BridgeError", "CallTimeout", "Cancelled", "InternalError", "InvalidParams",
     "InvalidRequest", "Overloaded", "ParseError", "PoolUnavailable", "ToolError",
     "ToolNotFound", "WorkerLost",
@@ -23,4 +23,7 @@ def __getattr__(name: str):
     if name == "Client":
         from .client import Client
         return Client
+    if name in ("AsyncBridge", "AsyncClient"):
+        from . import aio
+        return getattr(aio, name)
     raise AttributeError(f"module 'zbridge' has no attribute {name!r}")

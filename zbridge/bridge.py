@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import atexit
 import threading
-import uuid
 import weakref
 from typing import Any
 
-import zmq
-
 from .client import Client
 from .config import Settings, load_settings
-from .hub import Hub
+from .hub import start_embedded
 from .tools import tool_specs
 
 DRAIN_TIMEOUT = 10.0
@@ -30,19 +27,7 @@ class Bridge(Client):
                  settings: Settings | None = None, **overrides: Any) -> None:
         settings = settings or load_settings(workers=workers, **overrides)
         specs = tool_specs(tools)
-        context = zmq.Context()
-        self._hub: Hub | None = None
-        self._thread: threading.Thread | None = None
-        endpoint = f"inproc://zbridge-{uuid.uuid4().hex}"
-        if settings.pool_enabled:
-            try:
-                self._hub = Hub(settings, specs, frontend=endpoint, context=context)
-            except BaseException:
-                context.term()
-                raise
-            self._thread = threading.Thread(target=self._hub.run, kwargs={"prewarm": settings.prewarm},
-                                            name="zbridge-hub", daemon=True)
-            self._thread.start()
+        self._hub, self._thread, context, endpoint = start_embedded(settings, specs)
         super().__init__(endpoint, tools=specs, settings=settings, context=context)
         self._own_context = True
         self._bridge_lock = threading.Lock()

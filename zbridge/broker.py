@@ -7,6 +7,7 @@ that returns the actions the hub must carry out:
     ("daemon", daemon_id, frame)   send a frame to a daemon
     ("spawn", daemon_id)           start a daemon that will present this routing id
     ("kill", daemon_id, reason, hard)  terminate a daemon's process group (hard: SIGKILL at once)
+    ("interrupt", daemon_id, request_id)  raise zbridge.Cancelled inside that call
 
 Guarantees kept here: a request goes only to an idle daemon (least recently used first);
 every accepted request is answered exactly once (result, or a hub-made error); a reply is
@@ -28,7 +29,8 @@ from typing import Any, Callable
 
 from .backoff import restart_delay
 from .config import Settings
-from .errors import (BridgeError, CallTimeout, Overloaded, PoolUnavailable, WorkerLost)
+from .errors import (BridgeError, CallTimeout, Cancelled, Overloaded, PoolUnavailable,
+                     WorkerLost)
 from . import health
 from .protocol import FLAG_RETIRE, Header, encode_disconnect, encode_error
 
@@ -46,7 +48,7 @@ class DaemonState(str, Enum):
     STARTING = "starting"
     IDLE = "idle"
     BUSY = "busy"
-    STALE = "stale"        # still running a call whose caller already got CallTimeout
+    STALE = "stale"        # still running a call whose caller already got its answer
     STOPPING = "stopping"  # asked to exit, or being killed
 
 
@@ -118,7 +120,7 @@ class Broker:
         self.remote_ok = remote_ok
         self.counters = dict.fromkeys(
             ("accepted", "completed", "timeouts", "lost", "overloaded", "unavailable",
-             "spawns", "start_failures", "crashes", "kills", "recycled"), 0)
+             "spawns", "start_failures", "crashes", "kills", "recycled", "cancelled"), 0)
         self.history: deque[dict] = deque(maxlen=HISTORY)
 
     # --- requests ----------------------------------------------------------------------
@@ -366,6 +368,42 @@ class Broker:
             self.counters["kills"] += 1
             if ident in self.ready:
                 self.ready.remove(ident)
+
+    # --- cancellation ------------------------------------------------------------------
+
+    def cancel(self, client: bytes, id: int, now: float) -> list[Action]:
+        """Cancel a call: a queued one never runs; a running one follows cancel_mode.
+        Finished or unknown calls are left alone, so a cancel never touches a later call."""
+        for job in self.queue:
+            if job.client == client and job.id == id and job.state is JobState.QUEUED:
+                job.state = JobState.DONE
+                self.queued -= 1
+                self.counters["cancelled"] += 1
+                return [("client", client, encode_error(id, Cancelled("cancelled before it ran")))]
+        for daemon in self.daemons.values():
+            job = daemon.job
+            if job is not None and job.client == client and job.id == id and job.state is JobState.RUNNING:
+                return self._cancel_running(daemon, job, now)
+        return []
+
+    def _cancel_running(self, daemon: Daemon, job: Job, now: float) -> list[Action]:
+        mode = self.s.cancel_mode
+        job.state = JobState.DONE
+        self.counters["cancelled"] += 1
+        actions: list[Action] = [("client", job.client, encode_error(job.id, Cancelled(
+            f"cancelled while running (cancel_mode={mode})")))]
+        daemon.job = None
+        if mode == "kill":
+            reason = f"call {job.id} was cancelled (cancel_mode=kill)"
+            self.kill_requested(daemon.ident, reason)
+            return actions + [("kill", daemon.ident, reason, False)]
+        # the daemon is busy until it answers; its answer is dropped
+        daemon.state, daemon.stale_id = DaemonState.STALE, job.id
+        if mode == "interrupt":
+            daemon.kill_at = now + self.s.kill_grace  # a tool that ignores it is killed
+            return actions + [("interrupt", daemon.ident, job.id)]
+        daemon.kill_at = job.deadline + self.s.kill_grace
+        return actions
 
     # --- time --------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ returns a ``concurrent.futures.Future``.
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import time
 import weakref
@@ -22,7 +23,7 @@ from .calls import HUB_GRACE, build_request, configure_dealer, reply_id, result_
 from .errors import (BridgeError, CallTimeout, Cancelled, InvalidParams, InvalidRequest,
                      PoolUnavailable)
 from .policy import Step, after_error
-from .protocol import encode_status_request, read_header
+from .protocol import encode_cancel, encode_status_request, read_header
 from .security import client_keys
 from .tools import tool_specs
 
@@ -77,14 +78,34 @@ class Client:
                 raise
 
     def submit(self, tool: str, args: Any = None, *, timeout: float | None = None,
-               idempotent: bool = False) -> Future:
-        """Like call(), but returns a Future at once."""
+               idempotent: bool = False) -> CallFuture:
+        """Like call(), but returns a Future at once; its cancel() also cancels a running call."""
         if self._closed:
             raise PoolUnavailable("client is closed", {"closing": True})
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="zbridge-submit")
-        return self._executor.submit(self.call, tool, args, timeout=timeout, idempotent=idempotent)
+        future = CallFuture(self)
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return  # cancelled before it left this process: it never runs
+            self._local.tracker = future
+            try:
+                future.set_result(self.call(tool, args, timeout=timeout, idempotent=idempotent))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+                future.set_exception(exc)
+            finally:
+                self._local.tracker = None
+
+        self._executor.submit(run)
+        return future
+
+    def _cancel_remote(self, owner: bytes, request_id: int) -> None:
+        try:
+            self._socket().send(encode_cancel(request_id, owner), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the hub is gone: nothing runs there to cancel
 
     def call_many(self, calls: Iterable[tuple[str, Any]], *, timeout: float | None = None,
                   idempotent: bool = False, return_exceptions: bool = False) -> list:
@@ -171,6 +192,7 @@ class Client:
         sock = getattr(self._local, "sock", None)
         if sock is None:
             sock = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, b"c-" + secrets.token_hex(8).encode())  # named by cancels
             configure_dealer(sock, self.settings, self._curve, self.connect_timeout)
             sock.connect(self.endpoint)
             self._local.sock = sock
@@ -185,6 +207,9 @@ class Client:
     def _roundtrip(self, frame: bytes, timeout: float) -> Any:
         sock = self._socket()
         request_id = read_header(frame).id
+        tracker = getattr(self._local, "tracker", None)
+        if tracker is not None:  # lets CallFuture.cancel() name this call to the hub
+            tracker.inflight = (sock.getsockopt(zmq.IDENTITY), request_id)
         try:
             sock.send(frame, copy=len(frame) < 65536)
         except zmq.Again:
@@ -203,3 +228,23 @@ class Client:
                 continue  # a late reply to an earlier call on this socket
             return result_of(reply, self.settings.max_message_size)
 
+
+
+class CallFuture(Future):
+    """A Future for one call. cancel() before it starts means it never runs; cancel() while
+    it runs asks the hub to cancel it (see cancel_mode) and the future then ends with
+    zbridge.Cancelled."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__()
+        self._client = client
+        self.inflight: tuple[bytes, int] | None = None
+
+    def cancel(self) -> bool:
+        if super().cancel():
+            return True
+        inflight = self.inflight
+        if self.done() or inflight is None:
+            return False
+        self._client._cancel_remote(*inflight)
+        return True

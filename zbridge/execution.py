@@ -14,7 +14,7 @@ import time
 import traceback
 from typing import Any
 
-from .errors import BridgeError, InvalidParams, ToolError, ToolNotFound
+from .errors import BridgeError, Cancelled, InvalidParams, ToolError, ToolNotFound
 from .jsonrpc import resolve_tool_call
 from .tools import Registry
 
@@ -47,6 +47,8 @@ class Executor:
             if inspect.isawaitable(result):
                 result = self._await(result)
             return result
+        except Cancelled:
+            raise  # the caller cancelled: not the tool's error
         except TypeError as exc:
             # Binding is checked only when a call fails, keeping it off the hot path: a
             # TypeError raised before the tool's first line ran means the arguments were wrong.

@@ -20,8 +20,8 @@ from .broker import Action, Broker
 from .config import Settings
 from .endpoints import check_bindable, create_private_dir, ipc_endpoint, remove_private_dir
 from .errors import BridgeError, InvalidRequest
-from .protocol import (Kind, decode_heartbeat, decode_ready, encode_error, encode_heartbeat,
-                       encode_result, read_header)
+from .protocol import (Kind, decode_cancel_owner, decode_heartbeat, decode_ready, encode_cancel,
+                       encode_error, encode_heartbeat, encode_result, read_header)
 from .security import HubSecurity
 from .supervisor import Supervisor
 
@@ -208,11 +208,18 @@ class Hub:
             return
         if header.kind is Kind.REQUEST:
             self._apply(self.broker.submit(client, header, frame, now))
+        elif header.kind is Kind.CANCEL:
+            try:
+                owner = decode_cancel_owner(frame) or client
+            except BridgeError as exc:
+                self._send_client(client, encode_error(header.id, exc))
+                return
+            self._apply(self.broker.cancel(owner, header.id, now))
         elif header.kind is Kind.STATUS:
             self._send_client(client, encode_result(header.id, self.status(now)))
         else:
             self._send_client(client, encode_error(header.id, InvalidRequest(
-                f"clients may send REQUEST or STATUS, not {header.kind.name}")))
+                f"clients may send REQUEST, CANCEL or STATUS, not {header.kind.name}")))
 
     def _on_backend(self, now: float) -> None:
         frames = self.backend.recv_multipart()
@@ -244,10 +251,13 @@ class Hub:
     def _beat(self) -> None:
         beat = encode_heartbeat()
         for ident in list(self.broker.daemons):
-            try:
-                self.heartbeat.send_multipart([ident, beat], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # not connected yet, or gone: its own silence will tell
+            self._send_beat(ident, beat)
+
+    def _send_beat(self, ident: bytes, frame: bytes) -> None:
+        try:
+            self.heartbeat.send_multipart([ident, frame], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # not connected yet, or gone: its own silence will tell
 
     def _on_event(self, now: float) -> None:
         frames = self.events.recv_multipart()
@@ -277,6 +287,8 @@ class Hub:
                 self._spawn(action[1])
             elif kind == "kill":
                 self._kill(action[1], action[2], action[3])
+            elif kind == "interrupt":  # via the heartbeat thread: the main one is busy
+                self._send_beat(action[1], encode_cancel(action[2]))
 
     def _kill(self, ident: bytes, reason: str, hard: bool) -> None:
         self.broker.kill_requested(ident, reason)
@@ -326,3 +338,21 @@ class Hub:
             remove_private_dir(self.private_dir)
             if self._own_context:
                 self.context.term()
+
+
+def start_embedded(settings: Settings, tools: list[str]) -> tuple[Hub | None, threading.Thread | None, zmq.Context, str]:
+    """A hub in a background thread of this process, on a fresh context and a private
+    inproc endpoint: what Bridge and AsyncBridge embed. No hub when the pool is disabled."""
+    context = zmq.Context()
+    endpoint = f"inproc://zbridge-{uuid.uuid4().hex}"
+    if not settings.pool_enabled:
+        return None, None, context, endpoint
+    try:
+        hub = Hub(settings, tools, frontend=endpoint, context=context)
+    except BaseException:
+        context.term()
+        raise
+    thread = threading.Thread(target=hub.run, kwargs={"prewarm": settings.prewarm},
+                              name="zbridge-hub", daemon=True)
+    thread.start()
+    return hub, thread, context, endpoint

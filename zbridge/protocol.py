@@ -45,6 +45,7 @@ class Kind(IntEnum):
     HEARTBEAT = 4   # hub <-> daemon on the separate heartbeat socket
     DISCONNECT = 5  # hub -> daemon: exit now; daemon -> hub: I am leaving
     STATUS = 6      # client -> hub; answered with a REPLY whose result is the status map
+    CANCEL = 7      # client -> hub: cancel request `id`; hub -> daemon (heartbeat socket): interrupt it
 
 
 _KINDS = {k.value: k for k in Kind}  # a dict lookup is ~10x cheaper than Kind(value)
@@ -189,6 +190,18 @@ def decode_heartbeat(frame: bytes) -> dict:
 
 def encode_disconnect(reason: str = "") -> bytes:
     return pack_header(Kind.DISCONNECT, 0) + packb({"reason": reason})
+
+
+def encode_cancel(id: int, owner: bytes | None = None) -> bytes:
+    """Cancel request ``id``; ``owner`` is the routing id of the socket that sent it, when
+    the cancel travels on another socket (the sync client's threads each have their own)."""
+    return pack_header(Kind.CANCEL, id) + packb({"owner": owner} if owner else {})
+
+
+def decode_cancel_owner(frame: bytes) -> bytes | None:
+    body = unpackb(body_of(frame), max_size=1024)
+    owner = body.get("owner") if isinstance(body, dict) else None
+    return owner if isinstance(owner, bytes) else None
 
 
 def encode_status_request(id: int) -> bytes:

@@ -114,3 +114,15 @@ def grow(megabytes: int) -> int:
     """Keeps memory alive in the daemon, to trip max_rss_mb."""
     BALLAST.append(bytearray(megabytes * 1024 * 1024))
     return os.getpid()
+
+
+@zbridge.tool
+def interruptible(seconds: float, marker: str) -> str:
+    """Sleeps; if cancelled, cleans up (writes the marker) and lets Cancelled go."""
+    try:
+        time.sleep(seconds)
+    except zbridge.Cancelled:
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        raise
+    return "finished"

@@ -1,0 +1,202 @@
+"""The asyncio twin: ``AsyncClient`` and ``AsyncBridge`` on ``zmq.asyncio``.
+
+One DEALER per client carries every call of the event loop; a reader task matches replies
+to futures by request id, so thousands of concurrent calls cost one socket. Requests,
+replies, errors and the retry/fallback rules come from the same code as the sync client
+(``calls.py``, ``policy.py``). Cancelling the awaiting task sends a CANCEL for that request
+id: a queued call never runs, a running one follows ``cancel_mode``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any, Iterable
+
+import zmq
+import zmq.asyncio
+
+from . import fallback
+from .calls import HUB_GRACE, build_request, configure_dealer, reply_id, result_of
+from .config import Settings, load_settings
+from .errors import BridgeError, CallTimeout, PoolUnavailable
+from .hub import start_embedded
+from .policy import Step, after_error
+from .protocol import encode_cancel, encode_status_request, read_header
+from .security import client_keys
+from .tools import tool_specs
+
+
+class AsyncClient:
+    """Await calls on a hub at ``endpoint`` (as started by ``zbridge serve``)."""
+
+    def __init__(self, endpoint: str | None = None, *, tools: Any = None,
+                 settings: Settings | None = None, context: zmq.Context | None = None,
+                 connect_timeout: float = 5.0, **overrides: Any) -> None:
+        self.settings = settings or load_settings(**overrides)
+        self.endpoint = endpoint
+        self.tools = tool_specs(tools)
+        self.connect_timeout = connect_timeout
+        self._own_context = context is None
+        self.context = zmq.asyncio.Context.shadow(context) if context else zmq.asyncio.Context()
+        self._curve = client_keys(self.settings.curve_server_key, self.settings.curve_secret) \
+            if self.settings.curve_server_key else None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._sock: zmq.asyncio.Socket | None = None
+        self._reader: asyncio.Task | None = None
+        self._closed = False
+        if self.settings.pool_enabled and not endpoint:
+            raise ValueError("AsyncClient needs an endpoint (or set pool_enabled=False)")
+
+    # --- public API --------------------------------------------------------------------
+
+    async def call(self, tool: str, args: Any = None, *, timeout: float | None = None,
+                   idempotent: bool = False) -> Any:
+        """Run ``tool`` and return its result; cancelling the task cancels the call."""
+        if self._closed:
+            raise PoolUnavailable("client is closed", {"closing": True})
+        timeout = self.settings.timeout if timeout is None else float(timeout)
+        if not self.settings.pool_enabled:
+            return await self._fallback(tool, args, timeout)
+        attempt = 0
+        while True:
+            frame = build_request(self.settings, next(self._ids), tool, args, timeout, idempotent)
+            try:
+                return await self._roundtrip(frame, timeout)
+            except BridgeError as exc:
+                step = after_error(exc, attempt=attempt, idempotent=idempotent,
+                                   retries=self.settings.retries,
+                                   can_fallback=self.settings.fallback and not self._closed)
+                if step is Step.RETRY:
+                    attempt += 1
+                    continue
+                if step is Step.FALLBACK:
+                    return await self._fallback(tool, args, timeout)
+                raise
+
+    def submit(self, tool: str, args: Any = None, *, timeout: float | None = None,
+               idempotent: bool = False) -> asyncio.Task:
+        """Start a call now; await the task for its result, cancel it to cancel the call."""
+        return asyncio.ensure_future(self.call(tool, args, timeout=timeout, idempotent=idempotent))
+
+    async def call_many(self, calls: Iterable[tuple[str, Any]], *, timeout: float | None = None,
+                        idempotent: bool = False, return_exceptions: bool = False) -> list:
+        """``(tool, args)`` pairs concurrently; results in order (see Client.call_many)."""
+        results = await asyncio.gather(
+            *(self.call(tool, args, timeout=timeout, idempotent=idempotent) for tool, args in calls),
+            return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors and not return_exceptions:
+            raise errors[0]
+        return results
+
+    async def map(self, tool: str, items: Iterable[Any], **kwargs: Any) -> list:
+        return await self.call_many([(tool, [item]) for item in items], **kwargs)
+
+    async def status(self, timeout: float = 5.0) -> dict:
+        if not self.settings.pool_enabled:
+            return {"pool_enabled": False, "daemons": [], "queue_depth": 0}
+        return await self._roundtrip(encode_status_request(next(self._ids)), timeout)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(PoolUnavailable("client closed", {"closing": True}))
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._sock is not None:
+            self._sock.close(0)
+        if self._own_context:
+            self.context.term()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _socket(self) -> zmq.asyncio.Socket:
+        if self._sock is None:
+            sock = self.context.socket(zmq.DEALER)
+            configure_dealer(sock, self.settings, self._curve, self.connect_timeout)
+            sock.rcvtimeo = -1  # the reader task waits for as long as the client lives
+            sock.connect(self.endpoint)
+            self._sock = sock
+            self._reader = asyncio.ensure_future(self._read_replies())
+        return self._sock
+
+    async def _read_replies(self) -> None:
+        sock = self._sock
+        while True:
+            reply = await sock.recv()
+            future = self._pending.get(reply_id(reply))
+            if future is None or future.done():
+                continue  # the caller gave up (timeout, cancel): dropped
+            try:
+                future.set_result(result_of(reply, self.settings.max_message_size))
+            except BridgeError as exc:
+                future.set_exception(exc)
+
+    async def _roundtrip(self, frame: bytes, timeout: float) -> Any:
+        sock = self._socket()
+        request_id = read_header(frame).id
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            try:
+                await sock.send(frame)
+            except zmq.Again:
+                raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)") from None
+            try:
+                return await asyncio.wait_for(future, timeout + HUB_GRACE)
+            except asyncio.TimeoutError:
+                raise CallTimeout(f"no reply from the hub within {timeout}s") from None
+            except asyncio.CancelledError:
+                if not self._closed:
+                    await asyncio.shield(self._send_cancel(sock, request_id))
+                raise
+        finally:
+            self._pending.pop(request_id, None)
+
+    @staticmethod
+    async def _send_cancel(sock: zmq.asyncio.Socket, request_id: int) -> None:
+        try:
+            await sock.send(encode_cancel(request_id), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the hub is gone: nothing is running there to cancel
+
+    async def _fallback(self, tool: str, args: Any, timeout: float) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, fallback.call_once, self.settings, self.tools, tool, args, timeout)
+
+
+class AsyncBridge(AsyncClient):
+    """``Bridge`` for asyncio: a hub in a background thread, daemons as child processes."""
+
+    def __init__(self, tools: Any = None, workers: int | None = None, *,
+                 settings: Settings | None = None, **overrides: Any) -> None:
+        settings = settings or load_settings(workers=workers, **overrides)
+        specs = tool_specs(tools)
+        self._hub, self._thread, sync_context, endpoint = start_embedded(settings, specs)
+        super().__init__(endpoint, tools=specs, settings=settings, context=sync_context)
+        self._sync_context = sync_context
+
+    async def close(self, drain_timeout: float = 10.0) -> None:
+        """Refuse new calls, let running ones finish (up to drain_timeout), stop daemons."""
+        if self._hub is not None and self._thread is not None:
+            self._hub.request_stop(drain_timeout)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._hub = None
+        await super().close()
+        self._sync_context.term()
+
+    @property
+    def private_dir(self) -> str | None:
+        return self._hub.private_dir if self._hub else None
