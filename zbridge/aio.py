@@ -10,44 +10,33 @@ id: a queued call never runs, a running one follows ``cancel_mode``.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from typing import Any, Iterable
 
 import zmq
 import zmq.asyncio
 
 from . import fallback
-from .calls import HUB_GRACE, build_request, configure_dealer, reply_id, result_of
+from .calls import HUB_GRACE, ClientCore, build_request, configure_dealer, reply_id, result_of
 from .config import Settings, load_settings
 from .errors import BridgeError, CallTimeout, PoolUnavailable
 from .hub import start_embedded
 from .policy import Step, after_error
 from .protocol import encode_cancel, encode_status_request, read_header
-from .security import client_keys
 from .tools import tool_specs
 
 
-class AsyncClient:
+class AsyncClient(ClientCore):
     """Await calls on a hub at ``endpoint`` (as started by ``zbridge serve``)."""
 
     def __init__(self, endpoint: str | None = None, *, tools: Any = None,
                  settings: Settings | None = None, context: zmq.Context | None = None,
                  connect_timeout: float = 5.0, **overrides: Any) -> None:
-        self.settings = settings or load_settings(**overrides)
-        self.endpoint = endpoint
-        self.tools = tool_specs(tools)
-        self.connect_timeout = connect_timeout
+        self._init_core(endpoint, tools, settings, connect_timeout, overrides)
         self._own_context = context is None
         self.context = zmq.asyncio.Context.shadow(context) if context else zmq.asyncio.Context()
-        self._curve = client_keys(self.settings.curve_server_key, self.settings.curve_secret) \
-            if self.settings.curve_server_key else None
-        self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self._sock: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task | None = None
-        self._closed = False
-        if self.settings.pool_enabled and not endpoint:
-            raise ValueError("AsyncClient needs an endpoint (or set pool_enabled=False)")
 
     # --- public API --------------------------------------------------------------------
 

@@ -3,14 +3,17 @@ setting up a DEALER. No I/O happens here."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import zmq
 
-from .config import Settings
+
+from .config import Settings, load_settings
 from .errors import BridgeError, InternalError, InvalidParams, InvalidRequest, error_from_wire
 from .protocol import (Kind, MAX_TIMEOUT_MS, decode_reply_body, encode_request, read_header)
-from .security import make_client
+from .security import client_keys, make_client
+from .tools import tool_specs
 
 HUB_GRACE = 1.0       # how long past a deadline to wait for the hub's own CallTimeout
 POLL_SLICE_MS = 250   # how often a waiting call notices close()
@@ -62,3 +65,20 @@ def configure_dealer(sock: zmq.Socket, settings: Settings, curve: Any, connect_t
     sock.setsockopt(zmq.MAXMSGSIZE, settings.max_message_size + 4096)
     if curve:
         make_client(sock, *curve)
+
+
+class ClientCore:
+    """What every client twin holds: settings, endpoint, tools for the fallback, ids, keys."""
+
+    def _init_core(self, endpoint: str | None, tools: Any, settings: Settings | None,
+                   connect_timeout: float, overrides: dict) -> None:
+        self.settings = settings or load_settings(**overrides)
+        self.endpoint = endpoint
+        self.tools = tool_specs(tools)
+        self.connect_timeout = connect_timeout
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._curve = client_keys(self.settings.curve_server_key, self.settings.curve_secret) \
+            if self.settings.curve_server_key else None
+        if self.settings.pool_enabled and not endpoint:
+            raise ValueError(f"{type(self).__name__} needs an endpoint (or set pool_enabled=False)")

@@ -7,7 +7,6 @@ returns a ``concurrent.futures.Future``.
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import threading
 import time
@@ -18,40 +17,29 @@ from typing import Any, Iterable
 import zmq
 
 from . import fallback, fanout
-from .config import Settings, load_settings
-from .calls import HUB_GRACE, build_request, configure_dealer, reply_id, result_of
+from .config import Settings
+from .calls import HUB_GRACE, ClientCore, build_request, configure_dealer, reply_id, result_of
 from .errors import (BridgeError, CallTimeout, Cancelled, InvalidParams, InvalidRequest,
                      PoolUnavailable)
 from .policy import Step, after_error
 from .protocol import encode_cancel, encode_status_request, read_header
-from .security import client_keys
-from .tools import tool_specs
 
 SUBMIT_THREADS = 32
 
 
-class Client:
+class Client(ClientCore):
     """A connection to a hub at ``endpoint`` (as started by ``zbridge serve``)."""
 
     def __init__(self, endpoint: str | None = None, *, tools: Any = None,
                  settings: Settings | None = None, context: zmq.Context | None = None,
                  connect_timeout: float = 5.0, **overrides: Any) -> None:
-        self.settings = settings or load_settings(**overrides)
-        self.endpoint = endpoint
-        self.tools = tool_specs(tools)
-        self.connect_timeout = connect_timeout
+        self._init_core(endpoint, tools, settings, connect_timeout, overrides)
         self._own_context = context is None
         self.context = context or zmq.Context()
         self._local = threading.local()
         self._sockets: list[tuple[weakref.ref, zmq.Socket]] = []
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
         self._executor: ThreadPoolExecutor | None = None
-        self._closed = False
-        self._curve = client_keys(self.settings.curve_server_key, self.settings.curve_secret) \
-            if self.settings.curve_server_key else None
-        if self.settings.pool_enabled and not endpoint:
-            raise ValueError("Client needs an endpoint (or set pool_enabled=False)")
 
     # --- public API --------------------------------------------------------------------
 
