@@ -1,23 +1,51 @@
-"""The pipe protocol: one JSON-RPC 2.0 line in, one line out (nothing for notifications)."""
+"""The pipe protocol: one JSON-RPC 2.0 line in, one line out (nothing for notifications).
+
+A generator tool streams: each item is written at once as a notification
+``{"jsonrpc":"2.0","method":"zbridge.partial","params":{"id":ID,"seq":N,"item":...}}``,
+then the request's own reply ``{"result": {"items": count}}`` (or the error that ended it).
+The pipe itself paces the tool: when the reader stops reading, the write blocks.
+"""
 
 from __future__ import annotations
 
+import inspect
 import sys
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 from zbridge.errors import BridgeError, InternalError
 from zbridge.execution import Executor
-from zbridge.jsonrpc import Call, Invalid, encode_line, error_object, parse_line, result_object
+from zbridge.jsonrpc import (Call, Invalid, PARTIAL_METHOD, encode_line, error_object,
+                             notification_object, parse_line, result_object)
+
+Emit = Callable[[bytes], None]
 
 
-def _reply(executor: Executor | BridgeError, item: Call | Invalid) -> dict | None:
+def _run(executor: Executor, item: Call, emit: Emit) -> Any:
+    result = executor.run(item.method, item.params, stream=True)
+    if not inspect.isgenerator(result):
+        return result
+    count = 0
+    try:
+        for value in result:
+            if not item.notification:
+                try:
+                    line = encode_line(notification_object(PARTIAL_METHOD, {"id": item.id, "seq": count, "item": value}))
+                except (TypeError, ValueError, RecursionError) as exc:
+                    raise InternalError(f"item {count} cannot be encoded as JSON: {exc}"[:500]) from None
+                emit(line)
+            count += 1
+    finally:
+        result.close()
+    return {"items": count}
+
+
+def _reply(executor: Executor | BridgeError, item: Call | Invalid, emit: Emit) -> dict | None:
     if isinstance(item, Invalid):
         return error_object(item.id, item.error)
     try:
         if isinstance(executor, BridgeError):  # tools failed to load: every call says why
             raise executor
-        result = executor.run(item.method, item.params)
-        reply = result_object(item.id, result)
+        reply = result_object(item.id, _run(executor, item, emit))
     except BridgeError as exc:
         reply = error_object(item.id, exc)
     return None if item.notification else reply
@@ -31,10 +59,11 @@ def _encode(obj: Any) -> bytes:
             f"result cannot be encoded as JSON: {type(exc).__name__}: {exc}"[:500])))
 
 
-def handle_line(executor: Executor | BridgeError, line: bytes) -> bytes | None:
-    """The output for one input line, or None when nothing is to be written."""
+def handle_line(executor: Executor | BridgeError, line: bytes, emit: Emit = lambda _: None) -> bytes | None:
+    """The reply line for one input line, or None when nothing is to be written; streamed
+    items go out through ``emit`` as they come."""
     items, is_batch = parse_line(line)
-    replies = [r for r in (_reply(executor, item) for item in items) if r is not None]
+    replies = [r for r in (_reply(executor, item, emit) for item in items) if r is not None]
     if not replies:
         return None
     if not is_batch:
@@ -45,13 +74,17 @@ def handle_line(executor: Executor | BridgeError, line: bytes) -> bytes | None:
 def serve(executor: Executor | BridgeError, out: BinaryIO, inp: BinaryIO | None = None) -> None:
     """Serve until EOF on stdin. Lines may be any length."""
     inp = inp or sys.stdin.buffer
+
+    def emit(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
     while True:
         line = inp.readline()
         if not line:
             return
         if not line.strip():
             continue
-        reply = handle_line(executor, line)
+        reply = handle_line(executor, line, emit)
         if reply is not None:
-            out.write(reply)
-            out.flush()
+            emit(reply)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from zbridge.tools import Registry
 
 from .activity import Activity, finish, install_cancel_handler
 from .heartbeat import start_heartbeat
+from .streaming import send_stream
 
 log = logging.getLogger("zbridge.daemon")
 
@@ -47,13 +49,23 @@ def _dealer(context: zmq.Context, options: WorkerOptions) -> zmq.Socket:
     return sock
 
 
-def handle_request(executor: Executor, frame: bytes, request_id: int, max_message: int) -> bytes:
-    """Turn one request frame into exactly one reply frame, whatever happens."""
+def handle_request(executor: Executor, frame: bytes, request_id: int, max_message: int,
+                   sock: zmq.Socket | None = None) -> tuple[bytes, bool]:
+    """Answer one request: exactly one final reply frame (after any streamed items), and
+    whether the hub asked this daemon to stop meanwhile."""
     try:
         request = decode_request(frame, max_size=max_message)
-        result = executor.run(request.method, request.params)
+        result = executor.run(request.method, request.params, stream=request.stream)
     except BridgeError as exc:
-        return encode_error(request_id, exc)
+        return encode_error(request_id, exc), False
+    if request.stream and sock is not None:  # a plain result streams as one item
+        items = result if inspect.isgenerator(result) else (x for x in (result,))
+        return send_stream(sock, request, items, max_message)
+    return _final_reply(request, result, max_message), False
+
+
+def _final_reply(request, result, max_message: int) -> bytes:
+    request_id = request.id
     try:
         reply = encode_result(request_id, result)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -65,13 +77,13 @@ def handle_request(executor: Executor, frame: bytes, request_id: int, max_messag
     return reply
 
 
-def serve_request(executor: Executor, activity: Activity, frame: bytes, request_id: int,
-                  max_message: int) -> bytes:
+def serve_request(executor: Executor, activity: Activity, sock: zmq.Socket, frame: bytes,
+                  request_id: int, max_message: int) -> tuple[bytes, bool]:
     activity.begin(request_id)
     try:
-        return handle_request(executor, frame, request_id, max_message)
-    except Cancelled as exc:  # landed after the tool returned; the caller has gone anyway
-        return encode_error(request_id, exc)
+        return handle_request(executor, frame, request_id, max_message, sock)
+    except Cancelled as exc:  # raised in the tool, or landed just after it returned
+        return encode_error(request_id, exc), False
     finally:
         finish(activity)
 
@@ -106,10 +118,12 @@ def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str
                 break
             if header.kind is not Kind.REQUEST:
                 continue
-            reply = serve_request(executor, activity, frame, header.id, options.max_message)
+            reply, stop = serve_request(executor, activity, sock, frame, header.id, options.max_message)
             if _over_rss(options.max_rss_mb):  # ask to be replaced, after answering
                 reply = add_flags(reply, FLAG_RETIRE)
             sock.send(reply)
+            if stop:
+                break
     finally:
         sock.close(0)
         context.term()  # the heartbeat thread closes its socket on ETERM

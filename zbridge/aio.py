@@ -10,18 +10,19 @@ id: a queued call never runs, a running one follows ``cancel_mode``.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable
+from typing import Any, AsyncIterator, Iterable
 
 import zmq
 import zmq.asyncio
 
 from . import fallback
-from .calls import HUB_GRACE, ClientCore, build_request, configure_dealer, reply_id, result_of
+from .calls import (HUB_GRACE, STREAM_WINDOW, ClientCore, build_request, configure_dealer, credit_due,
+                    read_stream_message, reply_id, result_of)
 from .config import Settings, load_settings
 from .errors import BridgeError, CallTimeout, PoolUnavailable
 from .hub import start_embedded
 from .policy import Step, after_error
-from .protocol import encode_cancel, encode_status_request, read_header
+from .protocol import encode_cancel, encode_credit, encode_status_request, read_header
 from .tools import tool_specs
 
 
@@ -35,6 +36,7 @@ class AsyncClient(ClientCore):
         self._own_context = context is None
         self.context = zmq.asyncio.Context.shadow(context) if context else zmq.asyncio.Context()
         self._pending: dict[int, asyncio.Future] = {}
+        self._streams: dict[int, asyncio.Queue] = {}
         self._sock: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task | None = None
 
@@ -125,6 +127,9 @@ class AsyncClient(ClientCore):
         sock = self._sock
         while True:
             reply = await sock.recv()
+            if self._streams:
+                if self._to_stream(reply):
+                    continue
             future = self._pending.get(reply_id(reply))
             if future is None or future.done():
                 continue  # the caller gave up (timeout, cancel): dropped
@@ -133,16 +138,75 @@ class AsyncClient(ClientCore):
             except BridgeError as exc:
                 future.set_exception(exc)
 
+    def _to_stream(self, frame: bytes) -> bool:
+        try:
+            request_id = read_header(frame).id
+        except BridgeError:
+            return False
+        queue = self._streams.get(request_id)
+        message = queue is not None and read_stream_message(frame, request_id, self.settings.max_message_size)
+        if message:
+            queue.put_nowait(message)  # bounded by the credit window
+        return bool(message)
+
+    async def astream(self, tool: str, args: Any = None, *, timeout: float | None = None,
+                      window: int = STREAM_WINDOW) -> AsyncIterator[Any]:
+        """Async-iterate over a generator tool's items (see Client.stream)."""
+        if self._closed:
+            raise PoolUnavailable("client is closed", {"closing": True})
+        timeout = self.settings.timeout if timeout is None else float(timeout)
+        if not self.settings.pool_enabled:
+            for item in await self._to_thread_list(tool, args, timeout):
+                yield item
+            return
+        frame = build_request(self.settings, next(self._ids), tool, args, timeout, False, window)
+        request_id = read_header(frame).id
+        queue: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = queue
+        sock = self._socket()
+        finished, consumed = False, 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout + HUB_GRACE
+        try:
+            await self._send(sock, frame)
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    raise CallTimeout(f"no reply from the hub within {timeout}s") from None
+                if kind == "item":
+                    yield value
+                    consumed += 1
+                    if credit_due(consumed, window):
+                        await sock.send(encode_credit(request_id, consumed))
+                        consumed = 0
+                    continue
+                finished = True
+                if kind == "error":
+                    raise value
+                return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished and not self._closed:
+                await asyncio.shield(self._send_cancel(sock, request_id))
+
+    async def _to_thread_list(self, tool: str, args: Any, timeout: float) -> list:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: list(fallback.stream_once(self.settings, self.tools, tool, args, timeout)))
+
+    async def _send(self, sock: zmq.asyncio.Socket, frame: bytes) -> None:
+        try:
+            await sock.send(frame)
+        except zmq.Again:
+            raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)") from None
+
     async def _roundtrip(self, frame: bytes, timeout: float) -> Any:
         sock = self._socket()
         request_id = read_header(frame).id
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            try:
-                await sock.send(frame)
-            except zmq.Again:
-                raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)") from None
+            await self._send(sock, frame)
             try:
                 return await asyncio.wait_for(future, timeout + HUB_GRACE)
             except asyncio.TimeoutError:

@@ -32,7 +32,7 @@ from .config import Settings
 from .errors import (BridgeError, CallTimeout, Cancelled, Overloaded, PoolUnavailable,
                      WorkerLost)
 from . import health
-from .protocol import FLAG_RETIRE, Header, encode_disconnect, encode_error
+from .protocol import FLAG_RETIRE, Header, encode_credit, encode_disconnect, encode_error
 
 Action = tuple
 HISTORY = 50  # exits remembered for status()
@@ -368,6 +368,28 @@ class Broker:
             self.counters["kills"] += 1
             if ident in self.ready:
                 self.ready.remove(ident)
+
+    # --- streams -----------------------------------------------------------------------
+
+    def daemon_partial(self, ident: bytes, header: Header, frame: bytes) -> list[Action]:
+        """One streamed item: to the caller if this daemon holds that call, else dropped."""
+        daemon = self.daemons.get(ident)
+        if daemon is None:
+            return []
+        if daemon.state is DaemonState.BUSY and daemon.job is not None and daemon.job.id == header.id:
+            return [("client", daemon.job.client, frame)]
+        if daemon.state is DaemonState.STALE and daemon.stale_id == header.id:
+            # nobody consumes it any more: keep credit flowing so the stream can end
+            return [("daemon", ident, encode_credit(header.id, 1))]
+        return []
+
+    def client_credit(self, client: bytes, header: Header, frame: bytes) -> list[Action]:
+        """A consumer's credit: to the daemon running that caller's call, else dropped."""
+        for daemon in self.daemons.values():
+            job = daemon.job
+            if job is not None and job.client == client and job.id == header.id:
+                return [("daemon", daemon.ident, frame)]
+        return []
 
     # --- cancellation ------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ import zmq
 
 from .config import Settings, load_settings
 from .errors import BridgeError, InternalError, InvalidParams, InvalidRequest, error_from_wire
-from .protocol import (Kind, MAX_TIMEOUT_MS, decode_reply_body, encode_request, read_header)
+from .protocol import (Kind, MAX_TIMEOUT_MS, decode_partial, decode_reply_body, encode_request,
+                       read_header)
 from .security import client_keys, make_client
 from .tools import tool_specs
 
@@ -19,8 +20,11 @@ HUB_GRACE = 1.0       # how long past a deadline to wait for the hub's own CallT
 POLL_SLICE_MS = 250   # how often a waiting call notices close()
 
 
+STREAM_WINDOW = 64    # items a stream may run ahead of its consumer
+
+
 def build_request(settings: Settings, request_id: int, tool: str, args: Any, timeout: float,
-                  idempotent: bool) -> bytes:
+                  idempotent: bool, window: int = 0) -> bytes:
     """The request frame, or InvalidRequest/InvalidParams before anything is sent."""
     if not isinstance(tool, str) or not tool:
         raise InvalidRequest("tool name must be a non-empty string")
@@ -28,7 +32,8 @@ def build_request(settings: Settings, request_id: int, tool: str, args: Any, tim
         raise InvalidParams("args must be a list, a tuple, a dict or None")
     timeout_ms = max(1, min(MAX_TIMEOUT_MS, int(timeout * 1000)))
     try:
-        frame = encode_request(request_id, tool, args, timeout_ms=timeout_ms, idempotent=idempotent)
+        frame = encode_request(request_id, tool, args, timeout_ms=timeout_ms, idempotent=idempotent,
+                               window=window)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidParams(f"arguments cannot be encoded: {exc}") from None
     if len(frame) > settings.max_message_size:
@@ -82,3 +87,32 @@ class ClientCore:
             if self.settings.curve_server_key else None
         if self.settings.pool_enabled and not endpoint:
             raise ValueError(f"{type(self).__name__} needs an endpoint (or set pool_enabled=False)")
+
+
+def credit_due(consumed: int, window: int) -> bool:
+    """Return credit once half the window is consumed: the producer never stalls on a
+    consumer that keeps up, and never runs more than a window ahead of one that does not."""
+    return consumed >= max(1, window // 2)
+
+
+def read_stream_message(frame: bytes, request_id: int, max_size: int) -> tuple[str, Any] | None:
+    """A message for stream ``request_id`` as ("item", value), ("end", None) or
+    ("error", BridgeError); None when it belongs to something else."""
+    try:
+        header = read_header(frame)
+    except BridgeError:
+        return None
+    if header.id != request_id:
+        return None
+    if header.kind is Kind.PARTIAL:
+        try:
+            return "item", decode_partial(frame, max_size=max_size)
+        except BridgeError as exc:
+            return "error", InternalError(f"undecodable stream item: {exc}")
+    if header.kind is Kind.REPLY:
+        try:
+            result_of(frame, max_size)
+        except BridgeError as exc:
+            return "error", exc
+        return "end", None
+    return None

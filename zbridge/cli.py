@@ -104,9 +104,10 @@ def serve(tools: tuple[str, ...], bind: str, drain_timeout: float, **values: Any
 @tools_option
 @endpoint_option
 @click.option("--idempotent", is_flag=True, help="Allow a retry if the daemon dies mid-call.")
+@click.option("--stream", is_flag=True, help="Print each item of a generator tool as it arrives (JSON lines).")
 @settings_options
 def call(tool: str, args_json: str | None, tools: tuple[str, ...], endpoint: str | None,
-         idempotent: bool, **values: Any) -> None:
+         idempotent: bool, stream: bool, **values: Any) -> None:
     """Call TOOL once and print its JSON result (errors go to stderr, exit status 1).
 
     With --tools and no --endpoint, runs an embedded bridge for this one call.
@@ -118,6 +119,10 @@ def call(tool: str, args_json: str | None, tools: tuple[str, ...], endpoint: str
     settings = _settings(values)
     try:
         with _open(settings, tools, endpoint) as client:
+            if stream:
+                for item in client.stream(tool, args):
+                    click.echo(json.dumps(item, default=repr))
+                return
             result = client.call(tool, args, idempotent=idempotent)
     except BridgeError as exc:
         click.echo(json.dumps(exc.to_wire(), default=repr), err=True)

@@ -7,22 +7,24 @@ returns a ``concurrent.futures.Future``.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import zmq
 
 from . import fallback, fanout
 from .config import Settings
-from .calls import HUB_GRACE, ClientCore, build_request, configure_dealer, reply_id, result_of
+from .calls import (HUB_GRACE, STREAM_WINDOW, ClientCore, build_request, configure_dealer, credit_due,
+                    read_stream_message, reply_id, result_of)
 from .errors import (BridgeError, CallTimeout, Cancelled, InvalidParams, InvalidRequest,
                      PoolUnavailable)
 from .policy import Step, after_error
-from .protocol import encode_cancel, encode_status_request, read_header
+from .protocol import encode_cancel, encode_credit, encode_status_request, read_header
 
 SUBMIT_THREADS = 32
 
@@ -94,6 +96,69 @@ class Client(ClientCore):
             self._socket().send(encode_cancel(request_id, owner), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the hub is gone: nothing runs there to cancel
+
+    def stream(self, tool: str, args: Any = None, *, timeout: float | None = None,
+               window: int = STREAM_WINDOW) -> Iterator[Any]:
+        """Iterate over a generator tool's items as they are produced.
+
+        The tool runs at most ``window`` items ahead of you; an exception in the tool is
+        raised here after the items before it; ``timeout`` bounds the whole stream; leaving
+        the loop early cancels the call. A tool that is not a generator yields its result once.
+        """
+        if self._closed:
+            raise PoolUnavailable("client is closed", {"closing": True})
+        timeout = self.settings.timeout if timeout is None else float(timeout)
+        if not self.settings.pool_enabled:
+            return fallback.stream_once(self.settings, self.tools, tool, args, timeout)
+        frame = build_request(self.settings, next(self._ids), tool, args, timeout, False, window)
+        return self._stream(frame, tool, args, timeout, window)
+
+    def _stream(self, frame: bytes, tool: str, args: Any, timeout: float, window: int) -> Iterator[Any]:
+        request_id = read_header(frame).id
+        sock = self._new_socket()  # its own socket: other calls on this thread stay apart
+        finished, consumed, yielded = False, 0, False
+        try:
+            try:
+                sock.send(frame)
+            except zmq.Again:
+                raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)") from None
+            deadline = time.monotonic() + timeout + HUB_GRACE
+            while True:
+                message = self._receive(sock, deadline, timeout)
+                kind, value = read_stream_message(message, request_id, self.settings.max_message_size) \
+                    or (None, None)
+                if kind == "item":
+                    yielded = True
+                    yield value
+                    consumed += 1
+                    if credit_due(consumed, window):
+                        sock.send(encode_credit(request_id, consumed))
+                        consumed = 0
+                elif kind is not None:
+                    finished = True
+                    if kind == "error":
+                        if not yielded and self._can_fallback() and \
+                                after_error(value, attempt=0, idempotent=False, retries=0,
+                                            can_fallback=True) is Step.FALLBACK:
+                            yield from fallback.stream_once(self.settings, self.tools, tool, args, timeout)
+                            return
+                        raise value
+                    return
+        finally:
+            if not finished:  # the consumer left early, or the deadline passed
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.send(encode_cancel(request_id), zmq.NOBLOCK)
+            sock.close(linger=100 if not finished else 0)
+
+    def _receive(self, sock: zmq.Socket, deadline: float, timeout: float) -> bytes:
+        while True:
+            try:
+                return sock.recv()
+            except zmq.Again:
+                if self._closed:
+                    raise Cancelled("client closed while the call was waiting") from None
+                if time.monotonic() >= deadline:
+                    raise CallTimeout(f"no reply from the hub within {timeout}s") from None
 
     def call_many(self, calls: Iterable[tuple[str, Any]], *, timeout: float | None = None,
                   idempotent: bool = False, return_exceptions: bool = False) -> list:
@@ -176,13 +241,17 @@ class Client(ClientCore):
     def _request(self, tool: str, args: Any, timeout: float, idempotent: bool) -> bytes:
         return build_request(self.settings, next(self._ids), tool, args, timeout, idempotent)
 
+    def _new_socket(self) -> zmq.Socket:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, b"c-" + secrets.token_hex(8).encode())  # named by cancels
+        configure_dealer(sock, self.settings, self._curve, self.connect_timeout)
+        sock.connect(self.endpoint)
+        return sock
+
     def _socket(self) -> zmq.Socket:
         sock = getattr(self._local, "sock", None)
         if sock is None:
-            sock = self.context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.IDENTITY, b"c-" + secrets.token_hex(8).encode())  # named by cancels
-            configure_dealer(sock, self.settings, self._curve, self.connect_timeout)
-            sock.connect(self.endpoint)
+            sock = self._new_socket()
             self._local.sock = sock
             with self._lock:  # close sockets of threads that have ended
                 alive = [(t, s) for t, s in self._sockets if t() is not None and t().is_alive()]
@@ -204,14 +273,7 @@ class Client(ClientCore):
             raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)") from None
         deadline = time.monotonic() + timeout + HUB_GRACE
         while True:
-            try:
-                reply = sock.recv()
-            except zmq.Again:
-                if self._closed:
-                    raise Cancelled("client closed while the call was waiting") from None
-                if time.monotonic() >= deadline:
-                    raise CallTimeout(f"no reply from the hub within {timeout}s") from None
-                continue
+            reply = self._receive(sock, deadline, timeout)
             if reply_id(reply) != request_id:
                 continue  # a late reply to an earlier call on this socket
             return result_of(reply, self.settings.max_message_size)

@@ -12,7 +12,7 @@ import platform
 import sys
 import time
 import traceback
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import BridgeError, Cancelled, InvalidParams, ToolError, ToolNotFound
 from .jsonrpc import resolve_tool_call
@@ -31,8 +31,34 @@ class Executor:
         self.calls = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def run(self, method: str, params: Any) -> Any:
-        """Run one call; raises a BridgeError for anything but success."""
+    def run(self, method: str, params: Any, stream: bool = False) -> Any:
+        """Run one call; raises a BridgeError for anything but success.
+
+        A generator tool's items come back as a list, or with ``stream`` as an iterator
+        that raises BridgeErrors (a tool exception mid-stream surfaces at that item).
+        """
+        result = self._call(method, params)
+        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+            items = self._items(result)
+            return items if stream else list(items)
+        return result
+
+    def _items(self, gen: Any) -> Iterator[Any]:
+        try:
+            if inspect.isasyncgen(gen):
+                while True:
+                    try:
+                        yield self._await(gen.__anext__())
+                    except StopAsyncIteration:
+                        return
+            else:
+                yield from gen
+        except (Cancelled, GeneratorExit):
+            raise
+        except (Exception, SystemExit) as exc:
+            raise tool_error(exc, self.expose_tracebacks) from None
+
+    def _call(self, method: str, params: Any) -> Any:
         self.calls += 1
         name, args = resolve_tool_call(method, params)
         entry = self.registry.tools.get(name)

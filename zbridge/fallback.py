@@ -12,11 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 from .config import Settings
 from .errors import CallTimeout, InvalidParams, WorkerLost, error_from_wire
-from .jsonrpc import encode_line, request_object
+from .jsonrpc import PARTIAL_METHOD, encode_line, request_object
 from .supervisor import _emit, describe_exit
 
 
@@ -27,13 +28,21 @@ def stdio_command(settings: Settings, tools: list[str]) -> list[str]:
     return cmd
 
 
-def call_once(settings: Settings, tools: list[str], tool: str, args: Any, timeout: float) -> Any:
+def _request_line(tool: str, args: Any) -> bytes:
     try:
-        line = encode_line(request_object(1, tool, args))
+        return encode_line(request_object(1, tool, args))
     except (TypeError, ValueError) as exc:
         raise InvalidParams(f"arguments cannot be encoded as JSON: {exc}") from None
-    proc = subprocess.Popen(stdio_command(settings, tools), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _start(settings: Settings, tools: list[str], stderr: Any) -> subprocess.Popen:
+    return subprocess.Popen(stdio_command(settings, tools), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+
+
+def call_once(settings: Settings, tools: list[str], tool: str, args: Any, timeout: float) -> Any:
+    line = _request_line(tool, args)
+    proc = _start(settings, tools, subprocess.PIPE)
     try:
         out, err = proc.communicate(line, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -61,3 +70,44 @@ def _answer(out: bytes, err: bytes, returncode: int) -> Any:
     if not isinstance(reply, dict) or "result" not in reply:
         raise WorkerLost(f"pipe daemon gave a malformed reply: {first[:200]!r}")
     return reply["result"]
+
+
+def stream_once(settings: Settings, tools: list[str], tool: str, args: Any,
+                timeout: float) -> Iterator[Any]:
+    """A generator tool's items from a one-shot pipe daemon, as they are written."""
+    line = _request_line(tool, args)
+    proc = _start(settings, tools, None)  # stderr straight through: nothing to buffer
+    timer = threading.Timer(timeout, _kill_group, args=(proc,))
+    timer.start()
+    try:
+        proc.stdin.write(line)
+        proc.stdin.close()
+        streamed = False
+        for raw in proc.stdout:
+            message = json.loads(raw)
+            if isinstance(message, dict) and message.get("method") == PARTIAL_METHOD:
+                streamed = True
+                yield message["params"]["item"]
+                continue
+            if isinstance(message, dict) and "error" in message:
+                raise error_from_wire(message["error"])
+            if isinstance(message, dict) and "result" in message:
+                if not streamed and message["result"] != {"items": 0}:
+                    yield message["result"]  # not a generator tool: its one result
+                return
+        if not timer.is_alive():
+            raise CallTimeout(f"stream timed out after {timeout}s (pipe fallback)")
+        raise WorkerLost(f"pipe daemon ended the stream without a reply ({describe_exit(proc.wait())})")
+    finally:
+        timer.cancel()
+        _kill_group(proc)
+        proc.stdout.close()
+        proc.wait()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -208,6 +208,8 @@ class Hub:
             return
         if header.kind is Kind.REQUEST:
             self._apply(self.broker.submit(client, header, frame, now))
+        elif header.kind is Kind.CREDIT:
+            self._apply(self.broker.client_credit(client, header, frame))
         elif header.kind is Kind.CANCEL:
             try:
                 owner = decode_cancel_owner(frame) or client
@@ -219,7 +221,7 @@ class Hub:
             self._send_client(client, encode_result(header.id, self.status(now)))
         else:
             self._send_client(client, encode_error(header.id, InvalidRequest(
-                f"clients may send REQUEST, CANCEL or STATUS, not {header.kind.name}")))
+                f"clients may send REQUEST, CREDIT, CANCEL or STATUS, not {header.kind.name}")))
 
     def _on_backend(self, now: float) -> None:
         frames = self.backend.recv_multipart()
@@ -231,6 +233,8 @@ class Hub:
             header = read_header(frame)
             if header.kind is Kind.REPLY:
                 self._apply(self.broker.daemon_reply(ident, header, frame, now))
+            elif header.kind is Kind.PARTIAL:
+                self._apply(self.broker.daemon_partial(ident, header, frame))
             elif header.kind is Kind.READY:
                 self._apply(self.broker.daemon_ready(ident, decode_ready(frame), now))
             elif header.kind is Kind.DISCONNECT:

@@ -16,6 +16,7 @@ from .errors import BridgeError, InvalidParams, InvalidRequest, ParseError
 
 _MISSING = object()
 SEED_METHOD = "execute_tool"
+PARTIAL_METHOD = "zbridge.partial"  # notification carrying one streamed item
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,10 @@ def result_object(id: Any, result: Any) -> dict:
 
 def error_object(id: Any, error: BridgeError) -> dict:
     return {"jsonrpc": "2.0", "id": id, "error": error.to_wire()}
+
+
+def notification_object(method: str, params: Any) -> dict:
+    return {"jsonrpc": "2.0", "method": method, "params": params}
 
 
 def request_object(id: Any, method: str, params: Any = None) -> dict:

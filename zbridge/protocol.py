@@ -5,7 +5,7 @@ Pure and socket-free. Layout (network byte order), 20 bytes::
     0  2s magic     b"ZB"
     2  B  version   1
     3  B  kind      Kind
-    4  B  flags     bit 0: idempotent (request); bit 1: retire me (reply)
+    4  B  flags     bit 0: idempotent, bit 2: stream (request); bit 1: retire me (reply)
     5  3x reserved  zero
     8  I  timeout   milliseconds, requests only (0 = hub default)
     12 Q  id        request id chosen by the client, echoed in the reply
@@ -33,6 +33,7 @@ HEADER = struct.Struct("!2sBBB3xIQ")
 HEADER_SIZE = HEADER.size
 FLAG_IDEMPOTENT = 0x01  # requests: the caller allows a retry
 FLAG_RETIRE = 0x02      # replies: the daemon asks to be replaced (e.g. over max_rss_mb)
+FLAG_STREAM = 0x04      # requests: the caller takes a generator tool's items one by one
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 MAX_ID = 2**64 - 1
 MAX_TIMEOUT_MS = 2**32 - 1
@@ -46,6 +47,8 @@ class Kind(IntEnum):
     DISCONNECT = 5  # hub -> daemon: exit now; daemon -> hub: I am leaving
     STATUS = 6      # client -> hub; answered with a REPLY whose result is the status map
     CANCEL = 7      # client -> hub: cancel request `id`; hub -> daemon (heartbeat socket): interrupt it
+    PARTIAL = 8     # daemon -> hub -> client: one item of a streamed result
+    CREDIT = 9      # client -> hub -> daemon: the consumer can take `n` more items
 
 
 _KINDS = {k.value: k for k in Kind}  # a dict lookup is ~10x cheaper than Kind(value)
@@ -120,13 +123,21 @@ class Request:
     params: list | dict | None = None
     timeout_ms: int = 0
     flags: int = 0
+    window: int = 0  # streams: items the daemon may send before it waits for CREDIT
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.flags & FLAG_STREAM)
 
 
 def encode_request(id: int, method: str, params: Any = None, *, timeout_ms: int = 0,
-                   idempotent: bool = False) -> bytes:
-    flags = FLAG_IDEMPOTENT if idempotent else 0
-    return pack_header(Kind.REQUEST, id, timeout_ms, flags) + packb(
-        {"method": method, "params": params})
+                   idempotent: bool = False, window: int = 0) -> bytes:
+    """A request; ``window`` > 0 asks for a stream with that many items of credit."""
+    flags = (FLAG_IDEMPOTENT if idempotent else 0) | (FLAG_STREAM if window else 0)
+    body = {"method": method, "params": params}
+    if window:
+        body["window"] = window
+    return pack_header(Kind.REQUEST, id, timeout_ms, flags) + packb(body)
 
 
 def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> Request:
@@ -142,7 +153,10 @@ def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> Requ
         raise InvalidRequest("request 'method' must be a string")
     if params is not None and not isinstance(params, (list, dict)):
         raise InvalidRequest("request 'params' must be an array, a map or nil")
-    return Request(header.id, method, params, header.timeout_ms, header.flags)
+    window = body.get("window", 0)
+    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+        raise InvalidRequest("request 'window' must be a non-negative integer")
+    return Request(header.id, method, params, header.timeout_ms, header.flags, window)
 
 
 # --- replies -----------------------------------------------------------------------------
@@ -190,6 +204,30 @@ def decode_heartbeat(frame: bytes) -> dict:
 
 def encode_disconnect(reason: str = "") -> bytes:
     return pack_header(Kind.DISCONNECT, 0) + packb({"reason": reason})
+
+
+def encode_partial(id: int, item: Any) -> bytes:
+    """Raises TypeError/ValueError/OverflowError if the item cannot be encoded."""
+    return pack_header(Kind.PARTIAL, id) + packb({"item": item})
+
+
+def decode_partial(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> Any:
+    body = unpackb(body_of(frame), max_size=max_size, strict_map_key=False)
+    if not isinstance(body, dict) or "item" not in body:
+        raise ParseError("partial body must be a map with 'item'")
+    return body["item"]
+
+
+def encode_credit(id: int, n: int) -> bytes:
+    return pack_header(Kind.CREDIT, id) + packb({"n": n})
+
+
+def decode_credit(frame: bytes) -> int:
+    body = unpackb(body_of(frame), max_size=1024)
+    n = body.get("n") if isinstance(body, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise InvalidRequest("credit body must be a map with a positive integer 'n'")
+    return n
 
 
 def encode_cancel(id: int, owner: bytes | None = None) -> bytes:

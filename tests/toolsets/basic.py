@@ -126,3 +126,26 @@ def interruptible(seconds: float, marker: str) -> str:
             f.write(str(os.getpid()))
         raise
     return "finished"
+
+
+@zbridge.tool
+def count(n: int, fail_after: int = -1, log: str = ""):
+    """Yields 0..n-1, optionally failing after some items; logs when each item was made."""
+    stamps = open(log, "a") if log else None
+    try:
+        for i in range(n):
+            if i == fail_after:
+                raise RuntimeError(f"failed after {i} items")
+            if stamps:
+                stamps.write(f"{i} {time.time()}\n")
+                stamps.flush()
+            yield i
+    finally:
+        if stamps:
+            stamps.close()
+
+
+@zbridge.tool
+async def acount(n: int):
+    for i in range(n):
+        yield {"i": i}
