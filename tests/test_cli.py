@@ -112,3 +112,20 @@ def test_serve_refuses_to_steal_a_live_ipc_endpoint(basic_tools, tmp_path):
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=20)
+
+
+def test_second_signal_stops_at_once(server):
+    endpoint, proc = server
+    import time
+    import zbridge
+    with zbridge.Client(endpoint, fallback=False) as client:
+        stuck = client.submit("span", {"seconds": 60})
+        assert wait_until(lambda: any(d["state"] == "busy" for d in client.status()["daemons"]))
+        pids = {d["pid"] for d in client.status()["daemons"]}
+        proc.send_signal(signal.SIGTERM)  # drain: would wait up to 10 s for the call
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)  # now
+        with pytest.raises(zbridge.WorkerLost, match="stopped"):
+            stuck.result(timeout=10)
+    assert proc.wait(timeout=10) == 0
+    assert not (pids & daemon_pids())
