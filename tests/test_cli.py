@@ -129,3 +129,17 @@ def test_second_signal_stops_at_once(server):
             stuck.result(timeout=10)
     assert proc.wait(timeout=10) == 0
     assert not (pids & daemon_pids())
+
+
+def test_async_client_against_serve(server):
+    endpoint, _ = server
+    import asyncio
+    import zbridge
+
+    async def main():
+        async with zbridge.AsyncClient(endpoint, fallback=False) as client:
+            results = await asyncio.gather(*(client.call("add", [i, 1]) for i in range(200)))
+            assert results == [i + 1 for i in range(200)]
+            assert [x async for x in client.astream("count", [5])] == [0, 1, 2, 3, 4]
+            assert (await client.status())["daemons"]
+    asyncio.run(asyncio.wait_for(main(), 60))

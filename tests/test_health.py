@@ -213,3 +213,17 @@ def test_remote_daemon_exits_when_the_hub_stops_beating(basic_tools, tmp_path):
             proc.wait()
         proc.stderr.close()
         ctx.destroy(0)
+
+
+def test_idle_restart_runs_the_startup_hook_again(bridge_factory, tmp_path, monkeypatch):
+    from conftest import TOOLSETS
+    log = tmp_path / "startups"
+    monkeypatch.setenv("ZBRIDGE_TEST_STARTUP_LOG", str(log))
+    bridge = bridge_factory(str(TOOLSETS / "warm.py"), idle_timeout=0.4, idle_action="restart")
+    first = bridge.call("warm")
+    assert first["pid"] in daemon_pids() and "loaded_at" in first
+    assert wait_until(lambda: log.exists() and len(log.read_text().split()) >= 2, timeout=15)
+    assert wait_until(lambda: first["pid"] not in daemon_pids())
+    second = bridge.call("warm")  # served by the replacement, hook already run: still warm
+    assert second["pid"] != first["pid"] and second["loaded_at"] > first["loaded_at"]
+    assert str(second["pid"]) in log.read_text().split()
