@@ -21,83 +21,23 @@ import heapq
 import itertools
 import math
 import random
-import secrets
 from collections import deque
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Callable
 
 from .backoff import restart_delay
 from .config import Settings
-from .errors import (BridgeError, CallTimeout, Cancelled, Overloaded, PoolUnavailable,
-                     WorkerLost)
 from . import health
-from .protocol import FLAG_RETIRE, Header, encode_credit, encode_disconnect, encode_error
+from .errors import BridgeError, CallTimeout, Overloaded, PoolUnavailable, WorkerLost
+from .inflight import InFlight
+from .protocol import FLAG_RETIRE, Header, encode_disconnect, encode_error
+from .state import (SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, _secret_ident,
+                    first_line)
 
 Action = tuple
 HISTORY = 50  # exits remembered for status()
 
 
-class JobState(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-
-
-class DaemonState(str, Enum):
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    STALE = "stale"        # still running a call whose caller already got its answer
-    STOPPING = "stopping"  # asked to exit, or being killed
-
-
-@dataclass(eq=False)
-class Job:
-    client: bytes
-    id: int
-    frame: bytes
-    deadline: float
-    accepted: float
-    state: JobState = JobState.QUEUED
-    started: float | None = None
-
-
-@dataclass(eq=False)
-class Daemon:
-    ident: bytes
-    spawned: float
-    state: DaemonState = DaemonState.STARTING
-    job: Job | None = None
-    stale_id: int | None = None
-    kill_at: float | None = None
-    pid: int | None = None
-    ready_at: float | None = None
-    calls: int = 0
-    tools: list = field(default_factory=list)
-    kill_reason: str | None = None   # set when the hub kills it on purpose (not a failure)
-    note: str | None = None          # why the hub gave up on a start
-    last_beat: float | None = None
-    idle_since: float | None = None
-    rss: int | None = None
-    call_limit: int | None = None
-    retiring: str | None = None      # to be replaced: leaves once capacity allows
-
-
-def _secret_ident(n: int) -> bytes:
-    # unguessable, so no other local peer can claim a daemon's routing id before it connects
-    return b"w%d-%s" % (n, secrets.token_hex(4).encode())
-
-
-def SHUTTING_DOWN() -> PoolUnavailable:
-    return PoolUnavailable("bridge is shutting down", {"closing": True})
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text and text.strip() else ""
-
-
-class Broker:
+class Broker(InFlight):
     def __init__(self, settings: Settings, *, remote_ok: bool = False,
                  rng: random.Random | None = None,
                  new_ident: Callable[[int], bytes] | None = None) -> None:
@@ -161,7 +101,7 @@ class Broker:
     def _unavailable_error(self) -> PoolUnavailable:
         cause = self.last_start_error or "daemons failed to start"
         return PoolUnavailable(f"no daemon could start after {self.start_failures} attempts: "
-                               f"{_first_line(cause)}",
+                               f"{first_line(cause)}",
                                {"stderr": cause[-4000:]})
 
     def _demand(self) -> int:
@@ -313,12 +253,12 @@ class Broker:
         if daemon.job is not None and daemon.job.state is JobState.RUNNING:
             daemon.job.state = JobState.DONE
             self.counters["lost"] += 1
-            reason = daemon.kill_reason or _first_line(cause) or "exited"
+            reason = daemon.kill_reason or first_line(cause) or "exited"
             actions.append(("client", daemon.job.client, encode_error(daemon.job.id, WorkerLost(
                 f"daemon {ident.decode()} (pid {daemon.pid}) was lost during the call: {reason}"))))
         self.history.append({"id": ident.decode(errors="replace"), "pid": daemon.pid, "at": now,
                              "spawned": daemon.spawned,
-                             "reason": daemon.kill_reason or _first_line(cause) or "exited"})
+                             "reason": daemon.kill_reason or first_line(cause) or "exited"})
         if daemon.kill_reason is None and not self.closing:
             self._count_failure(daemon, now, cause)
         return actions + self._fail_queue_if_hopeless(now) + self._dispatch(now) + self._scale(now)
@@ -368,64 +308,6 @@ class Broker:
             self.counters["kills"] += 1
             if ident in self.ready:
                 self.ready.remove(ident)
-
-    # --- streams -----------------------------------------------------------------------
-
-    def daemon_partial(self, ident: bytes, header: Header, frame: bytes) -> list[Action]:
-        """One streamed item: to the caller if this daemon holds that call, else dropped."""
-        daemon = self.daemons.get(ident)
-        if daemon is None:
-            return []
-        if daemon.state is DaemonState.BUSY and daemon.job is not None and daemon.job.id == header.id:
-            return [("client", daemon.job.client, frame)]
-        if daemon.state is DaemonState.STALE and daemon.stale_id == header.id:
-            # nobody consumes it any more: keep credit flowing so the stream can end
-            return [("daemon", ident, encode_credit(header.id, 1))]
-        return []
-
-    def client_credit(self, client: bytes, header: Header, frame: bytes) -> list[Action]:
-        """A consumer's credit: to the daemon running that caller's call, else dropped."""
-        for daemon in self.daemons.values():
-            job = daemon.job
-            if job is not None and job.client == client and job.id == header.id:
-                return [("daemon", daemon.ident, frame)]
-        return []
-
-    # --- cancellation ------------------------------------------------------------------
-
-    def cancel(self, client: bytes, id: int, now: float) -> list[Action]:
-        """Cancel a call: a queued one never runs; a running one follows cancel_mode.
-        Finished or unknown calls are left alone, so a cancel never touches a later call."""
-        for job in self.queue:
-            if job.client == client and job.id == id and job.state is JobState.QUEUED:
-                job.state = JobState.DONE
-                self.queued -= 1
-                self.counters["cancelled"] += 1
-                return [("client", client, encode_error(id, Cancelled("cancelled before it ran")))]
-        for daemon in self.daemons.values():
-            job = daemon.job
-            if job is not None and job.client == client and job.id == id and job.state is JobState.RUNNING:
-                return self._cancel_running(daemon, job, now)
-        return []
-
-    def _cancel_running(self, daemon: Daemon, job: Job, now: float) -> list[Action]:
-        mode = self.s.cancel_mode
-        job.state = JobState.DONE
-        self.counters["cancelled"] += 1
-        actions: list[Action] = [("client", job.client, encode_error(job.id, Cancelled(
-            f"cancelled while running (cancel_mode={mode})")))]
-        daemon.job = None
-        if mode == "kill":
-            reason = f"call {job.id} was cancelled (cancel_mode=kill)"
-            self.kill_requested(daemon.ident, reason)
-            return actions + [("kill", daemon.ident, reason, False)]
-        # the daemon is busy until it answers; its answer is dropped
-        daemon.state, daemon.stale_id = DaemonState.STALE, job.id
-        if mode == "interrupt":
-            daemon.kill_at = now + self.s.kill_grace  # a tool that ignores it is killed
-            return actions + [("interrupt", daemon.ident, job.id)]
-        daemon.kill_at = job.deadline + self.s.kill_grace
-        return actions
 
     # --- time --------------------------------------------------------------------------
 
