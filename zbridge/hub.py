@@ -37,6 +37,23 @@ def expose_tracebacks(settings: Settings, frontend: str) -> bool:
     return settings.expose_tracebacks == "true"
 
 
+_RCVMORE, _SNDMORE = int(zmq.RCVMORE), int(zmq.SNDMORE)
+
+
+def _recv_routed(sock: zmq.Socket) -> list[bytes]:
+    """[identity, frame, ...] from a ROUTER; the usual two-frame case without the list
+    building of recv_multipart, which is a visible share of the hub's time per message."""
+    frames = [sock.recv()]
+    while sock.getsockopt(_RCVMORE):
+        frames.append(sock.recv())
+    return frames
+
+
+def _send_routed(sock: zmq.Socket, ident: bytes, frame: bytes) -> None:
+    sock.send(ident, _SNDMORE)
+    sock.send(frame, copy=len(frame) < COPY_THRESHOLD)
+
+
 def daemon_command(settings: Settings, endpoint: str, heartbeat: str, tools: list[str],
                    extra: list[str]) -> list[str]:
     cmd = [settings.python or sys.executable, "-m", "zbridge_daemon", "--connect", endpoint,
@@ -194,7 +211,7 @@ class Hub:
         return True
 
     def _on_frontend(self, now: float) -> None:
-        frames = self.frontend.recv_multipart()
+        frames = _recv_routed(self.frontend)
         if len(frames) != 2:
             if len(frames) >= 1:
                 self._send_client(frames[0], encode_error(0, InvalidRequest(
@@ -224,7 +241,7 @@ class Hub:
                 f"clients may send REQUEST, CREDIT, CANCEL or STATUS, not {header.kind.name}")))
 
     def _on_backend(self, now: float) -> None:
-        frames = self.backend.recv_multipart()
+        frames = _recv_routed(self.backend)
         if len(frames) != 2:
             log.warning("dropping a %d-frame message on the daemon socket", len(frames))
             return
@@ -302,13 +319,13 @@ class Hub:
 
     def _send_client(self, client: bytes, frame: bytes) -> None:
         try:
-            self.frontend.send_multipart([client, frame], copy=len(frame) < COPY_THRESHOLD)
+            _send_routed(self.frontend, client, frame)
         except zmq.ZMQError as exc:  # the client went away; nobody is left to tell
             log.debug("dropping reply for vanished client %r: %s", client, exc)
 
     def _send_daemon(self, ident: bytes, frame: bytes) -> None:
         try:
-            self.backend.send_multipart([ident, frame], copy=len(frame) < COPY_THRESHOLD)
+            _send_routed(self.backend, ident, frame)
         except zmq.ZMQError:
             self._apply(self.broker.daemon_unreachable(ident, frame, time.monotonic()))
 
