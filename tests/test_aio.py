@@ -124,3 +124,11 @@ def test_async_pool_disabled_uses_the_pipe(basic_tools):
             with pytest.raises(zbridge.ToolNotFound):
                 await bridge.call("nope")
     run(main())
+
+
+def test_async_wait_ready(basic_tools):
+    async def main():
+        async with zbridge.AsyncBridge(basic_tools, workers=2) as bridge:
+            status = await bridge.wait_ready(timeout=30)
+            assert sum(d["state"] == "idle" for d in status["daemons"]) == 2
+    run(main())

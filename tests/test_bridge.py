@@ -235,3 +235,13 @@ def test_sync_future_cancel_of_a_queued_call(bridge_factory, basic_tools, tmp_pa
     blocker.result(timeout=10)
     bridge.call("pid")
     assert not journal.exists()
+
+
+def test_wait_ready(bridge_factory, basic_tools, broken_tools):
+    bridge = bridge_factory(basic_tools, workers=2)  # lazy: wait_ready starts them
+    status = bridge.wait_ready(timeout=30)
+    assert sum(d["state"] == "idle" for d in status["daemons"]) == 2
+    broken = bridge_factory(broken_tools, fallback=False, backoff_base=0.05)
+    with pytest.raises(zbridge.PoolUnavailable, match="zbridge_missing_dependency_xyz"):
+        broken.wait_ready(timeout=30)
+    assert bridge_factory(basic_tools, pool_enabled=False).wait_ready()["pool_enabled"] is False

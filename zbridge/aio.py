@@ -17,7 +17,7 @@ import zmq.asyncio
 
 from . import fallback
 from .calls import (HUB_GRACE, STREAM_WINDOW, ClientCore, build_request, configure_dealer, credit_due,
-                    read_stream_message, reply_id, result_of)
+                    not_ready_error, read_stream_message, readiness, reply_id, result_of)
 from .config import Settings, load_settings
 from .errors import BridgeError, CallTimeout, PoolUnavailable
 from .hub import start_embedded
@@ -85,10 +85,23 @@ class AsyncClient(ClientCore):
     async def map(self, tool: str, items: Iterable[Any], **kwargs: Any) -> list:
         return await self.call_many([(tool, [item]) for item in items], **kwargs)
 
-    async def status(self, timeout: float = 5.0) -> dict:
+    async def wait_ready(self, timeout: float = 60.0, count: int | None = None) -> dict:
+        """Wait until ``count`` daemons (default: ``workers``, at least 1) are up."""
+        wanted = count if count is not None else max(1, self.settings.workers)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        status = await self.status(prewarm=True)
+        while (state := readiness(status, wanted, self.settings)) != "ready":
+            if state == "failed" or loop.time() >= deadline:
+                raise not_ready_error(status, wanted, timeout)
+            await asyncio.sleep(0.02)
+            status = await self.status()
+        return status
+
+    async def status(self, timeout: float = 5.0, *, prewarm: bool = False) -> dict:
         if not self.settings.pool_enabled:
             return {"pool_enabled": False, "daemons": [], "queue_depth": 0}
-        return await self._roundtrip(encode_status_request(next(self._ids)), timeout)
+        return await self._roundtrip(encode_status_request(next(self._ids), prewarm), timeout)
 
     async def close(self) -> None:
         if self._closed:

@@ -119,6 +119,12 @@ class Broker(InFlight):
         """Spawn what prewarm asks for."""
         return self._scale(now)
 
+    def prewarm(self, now: float) -> list[Action]:
+        """Start every daemon up to ``workers`` now, instead of on demand."""
+        if not self.closing:
+            self.wanted = max(self.wanted, self.s.workers)
+        return self._scale(now)
+
     def _dispatch(self, now: float) -> list[Action]:
         actions: list[Action] = []
         while self.ready and self.queued:

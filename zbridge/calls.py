@@ -10,7 +10,8 @@ import zmq
 
 
 from .config import Settings, load_settings
-from .errors import BridgeError, InternalError, InvalidParams, InvalidRequest, error_from_wire
+from .errors import (BridgeError, InternalError, InvalidParams, InvalidRequest, PoolUnavailable,
+                     error_from_wire)
 from .protocol import (Kind, MAX_TIMEOUT_MS, decode_partial, decode_reply_body, encode_request,
                        read_header)
 from .security import client_keys, make_client
@@ -116,3 +117,24 @@ def read_stream_message(frame: bytes, request_id: int, max_size: int) -> tuple[s
             return "error", exc
         return "end", None
     return None
+
+
+def ready_count(status: dict) -> int:
+    """Daemons that can take a call now or after their current one."""
+    return sum(1 for d in status.get("daemons", []) if d.get("state") in ("idle", "busy"))
+
+
+def readiness(status: dict, wanted: int, settings: Settings) -> str:
+    """"ready", "wait", or "failed" (starts keep failing: waiting longer will not help)."""
+    if status.get("pool_enabled") is False or ready_count(status) >= wanted:
+        return "ready"
+    starting = any(d.get("state") == "starting" for d in status.get("daemons", []))
+    failed = status.get("counters", {}).get("start_failures", 0) >= settings.start_retries
+    return "failed" if failed and not starting and status.get("last_start_error") else "wait"
+
+
+def not_ready_error(status: dict, wanted: int, timeout: float) -> PoolUnavailable:
+    cause = status.get("last_start_error")
+    why = f": {cause.strip().splitlines()[0]}" if cause else ""
+    return PoolUnavailable(f"{ready_count(status)} of {wanted} daemons ready after {timeout}s{why}",
+                           {"stderr": cause} if cause else None)

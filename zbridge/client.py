@@ -20,7 +20,7 @@ import zmq
 from . import fallback, fanout
 from .config import Settings
 from .calls import (HUB_GRACE, STREAM_WINDOW, ClientCore, build_request, configure_dealer, credit_due,
-                    read_stream_message, reply_id, result_of)
+                    not_ready_error, read_stream_message, readiness, reply_id, result_of)
 from .errors import (BridgeError, CallTimeout, Cancelled, InvalidParams, InvalidRequest,
                      PoolUnavailable)
 from .policy import Step, after_error
@@ -207,11 +207,25 @@ class Client(ClientCore):
         return after_error(outcome, attempt=0, idempotent=idempotent, retries=self.settings.retries,
                            can_fallback=self._can_fallback()) is not Step.RAISE
 
-    def status(self, timeout: float = 5.0) -> dict:
+    def wait_ready(self, timeout: float = 60.0, count: int | None = None) -> dict:
+        """Block until ``count`` daemons (default: ``workers``, at least 1) are up; returns
+        the status. Starts any not yet started. Raises PoolUnavailable on timeout, or at once
+        when starts keep failing."""
+        wanted = count if count is not None else max(1, self.settings.workers)
+        deadline = time.monotonic() + timeout
+        status = self.status(prewarm=True)
+        while (state := readiness(status, wanted, self.settings)) != "ready":
+            if state == "failed" or time.monotonic() >= deadline:
+                raise not_ready_error(status, wanted, timeout)
+            time.sleep(0.02)
+            status = self.status()
+        return status
+
+    def status(self, timeout: float = 5.0, *, prewarm: bool = False) -> dict:
         """The hub's view: daemons (pid, state, calls, uptime, current call), queue, counters."""
         if not self.settings.pool_enabled:
             return {"pool_enabled": False, "daemons": [], "queue_depth": 0}
-        return self._roundtrip(encode_status_request(next(self._ids)), timeout)
+        return self._roundtrip(encode_status_request(next(self._ids), prewarm), timeout)
 
     def close(self) -> None:
         """Close sockets; waiting calls in other threads end with Cancelled."""

@@ -20,7 +20,7 @@ from .broker import Action, Broker
 from .config import Settings
 from .endpoints import check_bindable, create_private_dir, ipc_endpoint, remove_private_dir
 from .errors import BridgeError, InvalidRequest
-from .protocol import (Kind, decode_cancel_owner, decode_heartbeat, decode_ready, encode_cancel,
+from .protocol import (FLAG_PREWARM, Kind, decode_cancel_owner, decode_heartbeat, decode_ready, encode_cancel,
                        encode_error, encode_heartbeat, encode_result, read_header)
 from .security import HubSecurity
 from .supervisor import Supervisor
@@ -235,6 +235,8 @@ class Hub:
                 return
             self._apply(self.broker.cancel(owner, header.id, now))
         elif header.kind is Kind.STATUS:
+            if header.flags & FLAG_PREWARM:
+                self._apply(self.broker.prewarm(now))
             self._send_client(client, encode_result(header.id, self.status(now)))
         else:
             self._send_client(client, encode_error(header.id, InvalidRequest(

@@ -5,7 +5,8 @@ Pure and socket-free. Layout (network byte order), 20 bytes::
     0  2s magic     b"ZB"
     2  B  version   1
     3  B  kind      Kind
-    4  B  flags     bit 0: idempotent, bit 2: stream (request); bit 1: retire me (reply)
+    4  B  flags     bit 0: idempotent, bit 2: stream (request); bit 1: retire me (reply);
+                    bit 3: prewarm (status)
     5  3x reserved  zero
     8  I  timeout   milliseconds, requests only (0 = hub default)
     12 Q  id        request id chosen by the client, echoed in the reply
@@ -34,6 +35,7 @@ HEADER_SIZE = HEADER.size
 FLAG_IDEMPOTENT = 0x01  # requests: the caller allows a retry
 FLAG_RETIRE = 0x02      # replies: the daemon asks to be replaced (e.g. over max_rss_mb)
 FLAG_STREAM = 0x04      # requests: the caller takes a generator tool's items one by one
+FLAG_PREWARM = 0x08     # status requests: start every daemon up to `workers` now
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 MAX_ID = 2**64 - 1
 MAX_TIMEOUT_MS = 2**32 - 1
@@ -242,5 +244,5 @@ def decode_cancel_owner(frame: bytes) -> bytes | None:
     return owner if isinstance(owner, bytes) else None
 
 
-def encode_status_request(id: int) -> bytes:
-    return pack_header(Kind.STATUS, id) + packb(None)
+def encode_status_request(id: int, prewarm: bool = False) -> bytes:
+    return pack_header(Kind.STATUS, id, 0, FLAG_PREWARM if prewarm else 0) + packb(None)
