@@ -48,6 +48,27 @@ def daemon_pids() -> set[int]:
     return pids
 
 
+def child_pids() -> set[int]:
+    """Live (not zombie) direct children of this test process: serve hubs, pipes, embedders."""
+    me = str(os.getpid())
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            pids.add(int(entry))
+    return pids
+
+
+def leftovers(before: set[int]) -> set[int]:
+    return (daemon_pids() | child_pids()) - before
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -58,17 +79,18 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_daemons():
-    before = daemon_pids()
+def no_leaked_processes():
+    """Every test ends with no daemon and no child process of its own still running."""
+    before = daemon_pids() | child_pids()
     yield
-    if not wait_until(lambda: not (daemon_pids() - before), timeout=10.0):
-        leaked = daemon_pids() - before
+    if not wait_until(lambda: not leftovers(before), timeout=10.0):
+        leaked = leftovers(before)
         for pid in leaked:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        pytest.fail(f"test left daemon processes running: {sorted(leaked)}")
+        pytest.fail(f"test left processes running: {sorted(leaked)}")
 
 
 @pytest.fixture
