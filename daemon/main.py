@@ -17,7 +17,7 @@ from zbridge.execution import Executor
 from zbridge.protocol import DEFAULT_MAX_MESSAGE
 from zbridge.tools import Registry, load_tools
 
-from .streams import isolate_stdout, watch_lifeline
+from .process_io import isolate_stdout, watch_lifeline
 
 EXIT_LOAD_FAILED = 3
 

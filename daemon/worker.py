@@ -14,7 +14,7 @@ from zbridge import __version__
 from zbridge.errors import BridgeError, Cancelled, InternalError
 from zbridge.execution import Executor
 from zbridge.procinfo import rss_bytes
-from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_RETIRE, Kind, add_flags, decode_request,
+from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_RETIRE, Header, Kind, add_flags, decode_request,
                               encode_error, encode_ready, encode_result, read_header)
 from zbridge.security import make_client
 from zbridge.tools import Registry
@@ -49,12 +49,13 @@ def _dealer(context: zmq.Context, options: WorkerOptions) -> zmq.Socket:
     return sock
 
 
-def handle_request(executor: Executor, frame: bytes, request_id: int, max_message: int,
+def handle_request(executor: Executor, frame: bytes, header: Header, max_message: int,
                    sock: zmq.Socket | None = None) -> tuple[bytes, bool]:
     """Answer one request: exactly one final reply frame (after any streamed items), and
     whether the hub asked this daemon to stop meanwhile."""
+    request_id = header.id
     try:
-        request = decode_request(frame, max_size=max_message)
+        request = decode_request(frame, max_size=max_message, header=header)
         result = executor.run(request.method, request.params, stream=request.stream)
     except BridgeError as exc:
         return encode_error(request_id, exc), False
@@ -78,12 +79,12 @@ def _final_reply(request, result, max_message: int) -> bytes:
 
 
 def serve_request(executor: Executor, activity: Activity, sock: zmq.Socket, frame: bytes,
-                  request_id: int, max_message: int) -> tuple[bytes, bool]:
-    activity.begin(request_id)
+                  header: Header, max_message: int) -> tuple[bytes, bool]:
+    activity.begin(header.id)
     try:
-        return handle_request(executor, frame, request_id, max_message, sock)
+        return handle_request(executor, frame, header, max_message, sock)
     except Cancelled as exc:  # raised in the tool, or landed just after it returned
-        return encode_error(request_id, exc), False
+        return encode_error(header.id, exc), False
     finally:
         finish(activity)
 
@@ -118,7 +119,7 @@ def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str
                 break
             if header.kind is not Kind.REQUEST:
                 continue
-            reply, stop = serve_request(executor, activity, sock, frame, header.id, options.max_message)
+            reply, stop = serve_request(executor, activity, sock, frame, header, options.max_message)
             if _over_rss(options.max_rss_mb):  # ask to be replaced, after answering
                 reply = add_flags(reply, FLAG_RETIRE)
             sock.send(reply)

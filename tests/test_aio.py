@@ -132,3 +132,15 @@ def test_async_wait_ready(basic_tools):
             status = await bridge.wait_ready(timeout=30)
             assert sum(d["state"] == "idle" for d in status["daemons"]) == 2
     run(main())
+
+
+def test_async_stream_through_the_pipe_fallback(basic_tools):
+    async def main():
+        async with zbridge.AsyncBridge(basic_tools, pool_enabled=False) as bridge:
+            assert [x async for x in bridge.astream("count", [20])] == list(range(20))
+            got = []
+            with pytest.raises(zbridge.ToolError):
+                async for x in bridge.astream("count", [10, 3]):
+                    got.append(x)
+            assert got == [0, 1, 2]
+    run(main())

@@ -169,7 +169,7 @@ class AsyncClient(ClientCore):
             raise PoolUnavailable("client is closed", {"closing": True})
         timeout = self.settings.timeout if timeout is None else float(timeout)
         if not self.settings.pool_enabled:
-            for item in await self._to_thread_list(tool, args, timeout):
+            async for item in self._fallback_stream(tool, args, timeout):
                 yield item
             return
         frame = build_request(self.settings, next(self._ids), tool, args, timeout, False, window)
@@ -203,9 +203,16 @@ class AsyncClient(ClientCore):
             if not finished and not self._closed:
                 await asyncio.shield(self._send_cancel(sock, request_id))
 
-    async def _to_thread_list(self, tool: str, args: Any, timeout: float) -> list:
-        return await asyncio.get_running_loop().run_in_executor(
-            None, lambda: list(fallback.stream_once(self.settings, self.tools, tool, args, timeout)))
+    async def _fallback_stream(self, tool: str, args: Any, timeout: float) -> AsyncIterator[Any]:
+        """The pipe fallback's items one by one, each read in a worker thread."""
+        loop = asyncio.get_running_loop()
+        items = fallback.stream_once(self.settings, self.tools, tool, args, timeout)
+        done = object()
+        try:
+            while (item := await loop.run_in_executor(None, next, items, done)) is not done:
+                yield item
+        finally:
+            await loop.run_in_executor(None, items.close)
 
     async def _send(self, sock: zmq.asyncio.Socket, frame: bytes) -> None:
         try:

@@ -181,7 +181,7 @@ class Client(ClientCore):
             deadline = time.monotonic() + timeout + HUB_GRACE
             replies = fanout.pipeline(self._socket(), frames, deadline,
                                       lambda r: result_of(r, self.settings.max_message_size))
-            answers = iter(replies[read_header(f).id] for f in frames)
+            answers = iter(replies)
             outcomes = [o if isinstance(o, BridgeError) else next(answers) for o in outcomes]
         for i, (tool, args) in enumerate(calls):
             outcome = outcomes[i]
@@ -268,10 +268,12 @@ class Client(ClientCore):
             sock = self._new_socket()
             self._local.sock = sock
             with self._lock:  # close sockets of threads that have ended
-                alive = [(t, s) for t, s in self._sockets if t() is not None and t().is_alive()]
-                for t, s in self._sockets:
-                    if (t, s) not in alive:
-                        s.close(0)
+                alive = []
+                for thread, other in self._sockets:
+                    if thread() is not None and thread().is_alive():
+                        alive.append((thread, other))
+                    else:
+                        other.close(0)
                 self._sockets = alive + [(weakref.ref(threading.current_thread()), sock)]
         return sock
 

@@ -14,7 +14,7 @@ import time
 import traceback
 from typing import Any, Iterator
 
-from .errors import BridgeError, Cancelled, InvalidParams, ToolError, ToolNotFound
+from .errors import Cancelled, InvalidParams, ToolError, ToolNotFound
 from .jsonrpc import resolve_tool_call
 from .tools import Registry
 
@@ -125,7 +125,3 @@ def tool_error(exc: BaseException, with_traceback: bool = True) -> ToolError:
         data["traceback"] = "".join(tb.format())
     return ToolError(f"{type_name}: {message}" if message else type_name, data)
 
-
-def error_for(exc: BaseException) -> BridgeError:
-    """Any exception as a BridgeError (unexpected ones become ToolError)."""
-    return exc if isinstance(exc, BridgeError) else tool_error(exc)

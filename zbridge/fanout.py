@@ -18,8 +18,8 @@ WINDOW = 64
 
 
 def pipeline(sock: zmq.Socket, frames: list[bytes], deadline: float,
-             decode: Callable[[bytes], Any], window: int = WINDOW) -> dict[int, Any]:
-    """Send every frame and wait for all replies; each id maps to a result or a BridgeError."""
+             decode: Callable[[bytes], Any], window: int = WINDOW) -> list[Any]:
+    """Send every frame and wait for all replies: a result or a BridgeError per frame, in order."""
     ids = [read_header(f).id for f in frames]
     wanted = set(ids)
     outcomes: dict[int, Any] = {}
@@ -50,7 +50,7 @@ def pipeline(sock: zmq.Socket, frames: list[bytes], deadline: float,
             outcomes[header.id] = decode(reply)
         except BridgeError as exc:
             outcomes[header.id] = exc
-    return outcomes
+    return [outcomes[id] for id in ids]
 
 
 def _header(reply: bytes):

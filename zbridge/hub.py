@@ -147,8 +147,6 @@ class Hub:
         if not self._stopped.is_set():
             self._post(b"stop", str(drain_timeout).encode())
 
-    def wait_stopped(self, timeout: float | None = None) -> bool:
-        return self._stopped.wait(timeout)
 
     # --- the loop ----------------------------------------------------------------------
 

@@ -142,8 +142,10 @@ def encode_request(id: int, method: str, params: Any = None, *, timeout_ms: int 
     return pack_header(Kind.REQUEST, id, timeout_ms, flags) + packb(body)
 
 
-def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> Request:
-    header = read_header(frame)
+def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
+                   header: Header | None = None) -> Request:
+    """The request in ``frame``; pass ``header`` when it was already read, to skip a parse."""
+    header = header or read_header(frame)
     if header.kind is not Kind.REQUEST:
         raise InvalidRequest(f"expected a request, got {header.kind.name}")
     body = unpackb(body_of(frame), max_size=max_size)

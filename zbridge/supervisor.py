@@ -141,9 +141,6 @@ class Supervisor:
                 self._terminate(proc, grace=1.0)
             _signal_group(proc.popen, signal.SIGKILL)  # grandchildren that outlived the daemon
 
-    def pids(self) -> dict[bytes, int]:
-        with self._lock:
-            return {ident: p.popen.pid for ident, p in self.procs.items()}
 
 
 def _signal_group(popen: subprocess.Popen, sig: int) -> None:
