@@ -3,6 +3,9 @@
 The daemon sends at most ``window`` items ahead of what the caller has consumed; then it
 waits on its data socket for a CREDIT naming this request. A slow consumer therefore pauses
 the tool itself (inside its ``yield``), and neither side's memory grows with the stream.
+Between items, and while it waits, it also reads the hub's control messages: a CANCEL for
+this stream (its caller timed out, cancelled or vanished) ends it at once, so an abandoned
+stream leaves a warm daemon behind instead of one the hub has to kill.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ from typing import Iterator
 
 import zmq
 
-from zbridge.errors import BridgeError, InternalError, PoolUnavailable
-from zbridge.protocol import (Kind, Request, decode_credit, encode_error, encode_partial,
+from zbridge.errors import BridgeError, Cancelled, InternalError, PoolUnavailable
+from zbridge.protocol import (DEFAULT_WINDOW, Kind, Request, decode_credit, encode_error, encode_partial,
                               encode_result, read_header)
-
-DEFAULT_WINDOW = 64
 
 
 class Stopping(Exception):
     """The hub told this daemon to exit while it was streaming."""
+
+
+class StreamCancelled(Exception):
+    """The hub told this daemon that nobody consumes the stream any more."""
 
 
 def send_stream(sock: zmq.Socket, request: Request, items: Iterator, max_message: int) -> tuple[bytes, bool]:
@@ -27,13 +32,16 @@ def send_stream(sock: zmq.Socket, request: Request, items: Iterator, max_message
     credits, sent = request.window or DEFAULT_WINDOW, 0
     try:
         for item in items:
+            credits += _control(sock, request.id, block=credits == 0)
             while credits == 0:
-                credits += _wait_for_credit(sock, request.id)
+                credits += _control(sock, request.id, block=True)
             sock.send(_partial(request, item, sent, max_message))
             credits -= 1
             sent += 1
     except BridgeError as exc:
         return encode_error(request.id, exc), False
+    except StreamCancelled:
+        return encode_error(request.id, Cancelled("stream abandoned by its caller")), False
     except Stopping:
         return encode_error(request.id, PoolUnavailable("daemon stopping mid-stream")), True
     finally:
@@ -53,17 +61,31 @@ def _partial(request: Request, item: object, seq: int, max_message: int) -> byte
     return frame
 
 
-def _wait_for_credit(sock: zmq.Socket, request_id: int) -> int:
+def _control(sock: zmq.Socket, request_id: int, block: bool) -> int:
+    """Read what the hub sent (waiting for one message if ``block``); returns new credit.
+    Raises StreamCancelled or Stopping when told so."""
+    credit = 0
+    flags = 0 if block else zmq.NOBLOCK
     while True:
-        frame = sock.recv()
+        if flags and not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return credit  # cheaper than a failed recv per item
+        try:
+            frame = sock.recv(flags)
+        except zmq.Again:
+            return credit
+        flags = zmq.NOBLOCK  # after the first, take only what is already there
         try:
             header = read_header(frame)
         except BridgeError:
             continue
         if header.kind is Kind.DISCONNECT:
             raise Stopping()
-        if header.kind is Kind.CREDIT and header.id == request_id:
+        if header.id != request_id:
+            continue  # leftovers for an earlier call
+        if header.kind is Kind.CANCEL:
+            raise StreamCancelled()
+        if header.kind is Kind.CREDIT:
             try:
-                return decode_credit(frame)
+                credit += decode_credit(frame)
             except BridgeError:
                 continue

@@ -10,9 +10,9 @@ that returns the actions the hub must carry out:
     ("interrupt", daemon_id, request_id)  raise zbridge.Cancelled inside that call
 
 Guarantees kept here: a request goes only to an idle daemon (least recently used first);
-every accepted request is answered exactly once (result, or a hub-made error); a reply is
-delivered only if it comes from the daemon holding that request id; an expired queued
-request is never dispatched.
+every accepted request is answered exactly once (``_answer`` is the only way a call gets
+its reply, and it refuses a second); a reply is delivered only if it comes from the daemon
+holding that request id; an expired queued request is never dispatched.
 """
 
 from __future__ import annotations
@@ -24,61 +24,94 @@ import random
 from collections import deque
 from typing import Any, Callable
 
+from . import health
 from .backoff import restart_delay
 from .config import Settings
-from . import health
-from .errors import BridgeError, CallTimeout, Overloaded, PoolUnavailable, WorkerLost
+from .errors import BridgeError, CallTimeout, InvalidRequest, Overloaded, PoolUnavailable, WorkerLost
 from .inflight import InFlight
-from .protocol import FLAG_RETIRE, Header, encode_disconnect, encode_error
-from .state import (SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, _secret_ident,
-                    first_line)
+from .protocol import EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, Header, encode_disconnect, encode_error
+from .state import (SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, Process, _secret_ident,
+                    first_line, last_line)
 
 Action = tuple
+Probe = Callable[[bytes], "Process | None"]
 HISTORY = 50  # exits remembered for status()
 
 
 class Broker(InFlight):
     def __init__(self, settings: Settings, *, remote_ok: bool = False,
                  rng: random.Random | None = None,
-                 new_ident: Callable[[int], bytes] | None = None) -> None:
+                 new_ident: Callable[[int], bytes] | None = None,
+                 probe: Probe | None = None, expose_errors: bool = True) -> None:
         self.s = settings
         self.rng = rng or random.Random()
         self._new_ident = new_ident or _secret_ident
+        self.probe = probe                # asks the OS about a local daemon; None for remote ones
+        self.expose_errors = expose_errors  # stderr tails and routing ids only to local callers
         self.daemons: dict[bytes, Daemon] = {}
         self.ready: deque[bytes] = deque()
         self.queue: deque[Job] = deque()
+        self.jobs: dict[tuple[bytes, int], Job] = {}  # queued and running, by (client, id)
         self.queued = 0
+        self.queued_bytes = 0
         self.deadlines: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
         self._names = itertools.count(1)
+        self._remote_names = itertools.count(1)
         self.wanted = settings.workers if settings.prewarm else 0
         self.failures = 0
         self.start_failures = 0
+        self.start_cause = "start_failed"
         self.last_start_error: str | None = None
+        self.last_start_tail = ""
         self.spawn_allowed_at = 0.0
         self.closing = False
         self.remote_ok = remote_ok
         self.counters = dict.fromkeys(
             ("accepted", "completed", "timeouts", "lost", "overloaded", "unavailable",
-             "spawns", "start_failures", "crashes", "kills", "recycled", "cancelled"), 0)
+             "spawns", "start_failures", "crashes", "kills", "recycled", "cancelled",
+             "dropped_replies"), 0)
         self.history: deque[dict] = deque(maxlen=HISTORY)
+
+    # --- answering calls: the only ways a job ends -------------------------------------
+
+    def _answer(self, job: Job, frame: bytes) -> Action:
+        """The call's one reply. Asserting here makes "exactly once" hold by construction."""
+        assert job.state is not JobState.DONE, f"call {job.id} would be answered twice"
+        self._end(job)
+        return ("client", job.client, frame)
+
+    def _answer_error(self, job: Job, error: BridgeError) -> Action:
+        return self._answer(job, encode_error(job.id, error))
+
+    def _end(self, job: Job) -> None:
+        """Finish a job without a reply (its caller is gone) or before replying."""
+        if job.state is JobState.QUEUED:
+            self.queued -= 1
+            self.queued_bytes -= job.size
+        job.state = JobState.DONE
+        self.jobs.pop(job.key, None)
+
+    def _queued_jobs(self) -> list[Job]:
+        return [job for job in self.queue if job.state is JobState.QUEUED]
 
     # --- requests ----------------------------------------------------------------------
 
     def submit(self, client: bytes, header: Header, frame: bytes, now: float) -> list[Action]:
         if self.closing:
             return self._refuse(client, header.id, SHUTTING_DOWN())
-        if self.queued >= self.s.max_queue:
-            self.counters["overloaded"] += 1
-            return [("client", client, encode_error(header.id, Overloaded(
-                f"{self.queued} calls already waiting (max_queue={self.s.max_queue})")))]
+        refusal = self._invalid(client, header) or self._overloaded(len(frame))
+        if refusal is not None:
+            return [("client", client, encode_error(header.id, refusal))]
         if self._unavailable(now):
             return self._refuse(client, header.id, self._unavailable_error())
         timeout = header.timeout_ms / 1000.0 if header.timeout_ms else self.s.timeout
-        job = Job(client, header.id, frame, now + timeout, now)
+        job = Job(client, header.id, frame, now + timeout, now, bool(header.flags & FLAG_STREAM))
         self.counters["accepted"] += 1
+        self.jobs[job.key] = job
         self.queue.append(job)
         self.queued += 1
+        self.queued_bytes += job.size
         heapq.heappush(self.deadlines, (job.deadline, next(self._seq), job))
         if len(self.deadlines) > 1024 + 4 * (self.queued + len(self.daemons)):
             # finished jobs stay in the heap until their deadline; drop them in bulk
@@ -87,8 +120,26 @@ class Broker(InFlight):
         actions = self._dispatch(now)
         if self.queued:  # nobody idle took it: maybe start another daemon
             self.wanted = max(self.wanted, min(self.s.workers, self._live() + self._demand()))
-            actions += self._scale(now)
+            actions += self._scale(now) + self._fail_hopeless(now)
         return actions
+
+    def _invalid(self, client: bytes, header: Header) -> BridgeError | None:
+        if header.id == 0:
+            return InvalidRequest("request ids start at 1 (0 is kept for errors about unparsable messages)")
+        if (client, header.id) in self.jobs:
+            return InvalidRequest(f"request id {header.id} is already in flight on this connection")
+        return None
+
+    def _overloaded(self, size: int) -> Overloaded | None:
+        if self.queued >= self.s.max_queue:
+            why = f"{self.queued} calls already waiting (max_queue={self.s.max_queue})"
+        elif self.queued and self.queued_bytes + size > self.s.max_queue_bytes:
+            why = (f"{self.queued_bytes} bytes of calls already waiting "
+                   f"(max_queue_bytes={self.s.max_queue_bytes})")
+        else:
+            return None
+        self.counters["overloaded"] += 1
+        return Overloaded(why)
 
     def _refuse(self, client: bytes, id: int, error: BridgeError) -> list[Action]:
         self.counters["unavailable"] += 1
@@ -98,11 +149,13 @@ class Broker(InFlight):
         return (self.start_failures >= self.s.start_retries and now < self.spawn_allowed_at
                 and not any(d.state in (DaemonState.IDLE, DaemonState.BUSY) for d in self.daemons.values()))
 
-    def _unavailable_error(self) -> PoolUnavailable:
+    def _unavailable_error(self, why: str | None = None) -> PoolUnavailable:
         cause = self.last_start_error or "daemons failed to start"
-        return PoolUnavailable(f"no daemon could start after {self.start_failures} attempts: "
-                               f"{first_line(cause)}",
-                               {"stderr": cause[-4000:]})
+        why = why or f"no daemon could start after {self.start_failures} attempts"
+        data: dict[str, Any] = {"cause": self.start_cause}
+        if self.last_start_tail:
+            data["stderr"] = self.last_start_tail[-4000:]
+        return PoolUnavailable(f"{why}: {first_line(cause)}", data)
 
     def _demand(self) -> int:
         starting = sum(1 for d in self.daemons.values() if d.state is DaemonState.STARTING)
@@ -130,10 +183,11 @@ class Broker(InFlight):
         while self.ready and self.queued:
             job = self.queue.popleft()
             if job.state is not JobState.QUEUED:
-                continue  # expired while waiting; already answered
+                continue  # expired or cancelled while waiting; already answered
             self.queued -= 1
+            self.queued_bytes -= job.size
             daemon = self.daemons[self.ready.popleft()]
-            job.state, job.started = JobState.RUNNING, now
+            job.state, job.started, job.daemon = JobState.RUNNING, now, daemon.ident
             daemon.state, daemon.job = DaemonState.BUSY, job
             actions.append(("daemon", daemon.ident, job.frame))
         return actions
@@ -143,8 +197,9 @@ class Broker(InFlight):
             return []
         actions: list[Action] = []
         while self._live() - self._retiring() < self.wanted:
-            ident = self._new_ident(next(self._names))
-            self.daemons[ident] = Daemon(ident, now)
+            n = next(self._names)
+            ident = self._new_ident(n)
+            self.daemons[ident] = Daemon(ident, now, name=f"w{n}")
             self.counters["spawns"] += 1
             actions.append(("spawn", ident))
         return actions
@@ -156,7 +211,7 @@ class Broker(InFlight):
         if daemon is None:
             if not self.remote_ok or self.closing:
                 return [("daemon", ident, encode_disconnect("unknown daemon"))]
-            daemon = self.daemons[ident] = Daemon(ident, now)
+            daemon = self.daemons[ident] = Daemon(ident, now, name=f"r{next(self._remote_names)}")
         if daemon.state is not DaemonState.STARTING:
             return []  # a second ready from the same daemon changes nothing
         daemon.state, daemon.ready_at = DaemonState.IDLE, now
@@ -164,14 +219,14 @@ class Broker(InFlight):
         daemon.call_limit = health.call_limit(self.s, self.rng)
         daemon.pid, daemon.tools = info.get("pid"), list(info.get("tools") or [])
         self.start_failures = 0
-        self.last_start_error = None
+        self.last_start_error, self.last_start_tail = None, ""
         self.ready.append(ident)
         return self._finish_retirements() + self._dispatch(now)
 
     def daemon_beat(self, ident: bytes, info: dict, now: float) -> None:
         daemon = self.daemons.get(ident)
         if daemon is not None and daemon.ready_at is not None:
-            daemon.last_beat = now
+            daemon.last_beat, daemon.vouched_at = now, None
             rss = info.get("rss")
             daemon.rss = rss if isinstance(rss, int) else daemon.rss
 
@@ -179,14 +234,12 @@ class Broker(InFlight):
         daemon = self.daemons.get(ident)
         if daemon is None:
             return []
-        if daemon.state is DaemonState.BUSY and daemon.job is not None and daemon.job.id == header.id:
-            job = daemon.job
-            job.state = JobState.DONE
+        job = daemon.job
+        if daemon.state is DaemonState.BUSY and job is not None and job.id == header.id:
             daemon.job = None
             daemon.calls += 1
             self.counters["completed"] += 1
-            actions: list[Action] = [("client", job.client, frame)]
-            return actions + self._after_call(daemon, header, now)
+            return [self._answer(job, frame)] + self._after_call(daemon, header, now)
         if daemon.state is DaemonState.STALE and daemon.stale_id == header.id:
             daemon.calls += 1  # late reply: dropped, the daemon is free again
             return self._after_call(daemon, header, now)
@@ -233,14 +286,13 @@ class Broker(InFlight):
         return [("daemon", daemon.ident, encode_disconnect(reason))]
 
     def _lose(self, daemon: Daemon, reason: str) -> list[Action]:
-        """Give up on a daemon now (silent or frozen): answer its call, kill it hard."""
+        """Give up on a daemon now (silent, frozen, unreachable): answer its call, kill it hard."""
         actions: list[Action] = []
-        if daemon.job is not None and daemon.job.state is JobState.RUNNING:
-            daemon.job.state = JobState.DONE
+        job, daemon.job = daemon.job, None
+        if job is not None and job.state is JobState.RUNNING:
             self.counters["lost"] += 1
-            actions.append(("client", daemon.job.client, encode_error(daemon.job.id, WorkerLost(
-                f"daemon {daemon.ident.decode()} (pid {daemon.pid}) was lost during the call: {reason}"))))
-        daemon.job = None
+            actions.append(self._answer_error(job, WorkerLost(
+                f"daemon {daemon.name} (pid {daemon.pid}) was lost during the call: {reason}")))
         self.kill_requested(daemon.ident, reason)
         return actions + [("kill", daemon.ident, reason, True)]
 
@@ -248,68 +300,95 @@ class Broker(InFlight):
         if ident in self.daemons:
             self.daemons[ident].pid = pid
 
-    def daemon_exited(self, ident: bytes, now: float, cause: str = "") -> list[Action]:
-        """The daemon's process is gone (or it became unreachable); ``cause`` says how."""
+    def daemon_exited(self, ident: bytes, now: float, cause: str = "", code: int | None = None,
+                      tail: str = "") -> list[Action]:
+        """The daemon's process is gone (or it became unreachable). ``cause`` says how
+        ("exited with code 3"), ``tail`` is the end of its stderr (kept from remote callers)."""
         daemon = self.daemons.pop(ident, None)
         if daemon is None:
             return []
         if ident in self.ready:
             self.ready.remove(ident)
+        detail = self._exit_detail(cause, code, tail)
+        held_call = daemon.job is not None or daemon.stale_id is not None
+        reason = daemon.kill_reason or detail or "exited"
         actions: list[Action] = []
-        if daemon.job is not None and daemon.job.state is JobState.RUNNING:
-            daemon.job.state = JobState.DONE
+        job, daemon.job = daemon.job, None
+        if job is not None and job.state is JobState.RUNNING:
             self.counters["lost"] += 1
-            reason = daemon.kill_reason or first_line(cause) or "exited"
-            actions.append(("client", daemon.job.client, encode_error(daemon.job.id, WorkerLost(
-                f"daemon {ident.decode()} (pid {daemon.pid}) was lost during the call: {reason}"))))
-        self.history.append({"id": ident.decode(errors="replace"), "pid": daemon.pid, "at": now,
-                             "spawned": daemon.spawned,
-                             "reason": daemon.kill_reason or first_line(cause) or "exited"})
+            actions.append(self._answer_error(job, WorkerLost(
+                f"daemon {daemon.name} (pid {daemon.pid}) was lost during the call: {reason}")))
+        self.history.append({"id": daemon.name, "pid": daemon.pid, "at": now,
+                             "spawned": daemon.spawned, "reason": reason})
         if daemon.kill_reason is None and not self.closing:
-            self._count_failure(daemon, now, cause)
-        return actions + self._fail_queue_if_hopeless(now) + self._dispatch(now) + self._scale(now)
+            self._count_failure(daemon, now, detail, code, tail, held_call)
+        return actions + self._fail_hopeless(now) + self._dispatch(now) + self._scale(now)
+
+    def _exit_detail(self, cause: str, code: int | None, tail: str) -> str:
+        """How a daemon ended, as callers may read it: its last stderr line only where
+        tracebacks are exposed, or when it is the exception that stopped the tools loading."""
+        last = last_line(tail)
+        if last and (self.expose_errors or code == EXIT_LOAD_FAILED):
+            return f"{last} ({cause})" if cause else last
+        return cause
 
     def daemon_unreachable(self, ident: bytes, frame: bytes, now: float) -> list[Action]:
-        """A send to the daemon failed: the job never left, so it can go back in front."""
+        """A send to the daemon failed (gone, or not reading): a job that never left goes
+        back in front of the queue, and the daemon is given up."""
         daemon = self.daemons.get(ident)
-        if daemon is not None and daemon.job is not None and daemon.job.frame is frame:
-            job, daemon.job = daemon.job, None
-            job.state = JobState.QUEUED
+        if daemon is None:
+            return []
+        job = daemon.job
+        if job is not None and job.frame is frame and job.state is JobState.RUNNING:
+            daemon.job = None
+            job.state, job.daemon = JobState.QUEUED, None
             self.queue.appendleft(job)
             self.queued += 1
-        return self.daemon_exited(ident, now, "unreachable")
+            self.queued_bytes += job.size
+        return self._lose(daemon, "unreachable (its socket refused a message)")
 
-    def _count_failure(self, daemon: Daemon, now: float, cause: str) -> None:
+    def _count_failure(self, daemon: Daemon, now: float, detail: str, code: int | None,
+                       tail: str, held_call: bool) -> None:
+        """Back off only for daemons that fail to start or die before serving: one that
+        started fine and then died in a call is replaced at once (the call is to blame)."""
         if daemon.ready_at is None:
             self.start_failures += 1
             self.counters["start_failures"] += 1
-            self.last_start_error = "\n".join(filter(None, [cause, daemon.note])) or "exited before ready"
+            self.start_cause = "load_failed" if code == EXIT_LOAD_FAILED else "start_failed"
+            self.last_start_error = "\n".join(filter(None, [detail, daemon.note])) or "exited before ready"
+            self.last_start_tail = tail if self.expose_errors else ""
             self.failures += 1
+        elif held_call or daemon.calls:
+            self.counters["crashes"] += 1
+            self.failures = 0
         else:
             self.counters["crashes"] += 1
             self.failures = 1 if now - daemon.ready_at >= self.s.stable_after else self.failures + 1
         delay = restart_delay(self.failures, self.s.backoff_base, self.s.backoff_cap, rng=self.rng)
         self.spawn_allowed_at = max(self.spawn_allowed_at, now + delay)
 
-    def _fail_queue_if_hopeless(self, now: float) -> list[Action]:
-        if not self._unavailable(now) or not self.queued:
+    def _fail_hopeless(self, now: float) -> list[Action]:
+        """Queued calls no daemon can serve get PoolUnavailable now, not CallTimeout later:
+        starts keep failing, or no daemon is left and none may start before their deadline."""
+        if not self.queued:
             return []
-        if self.start_failures >= self.s.start_retries:
-            self.wanted = self._live()  # stop retrying until a new call asks again
-        error = self._unavailable_error()
-        actions = []
-        while self.queue:
-            job = self.queue.popleft()
-            if job.state is JobState.QUEUED:
-                job.state = JobState.DONE
-                self.counters["unavailable"] += 1
-                actions.append(("client", job.client, encode_error(job.id, error)))
-        self.queued = 0
-        return actions
+        if self._unavailable(now):
+            if self.start_failures >= self.s.start_retries:
+                self.wanted = self._live()  # stop retrying until a new call asks again
+            hopeless, error = self._queued_jobs(), self._unavailable_error()
+        elif self._live() or self.spawn_allowed_at <= now:
+            return []
+        else:
+            hopeless = [job for job in self._queued_jobs() if job.deadline < self.spawn_allowed_at]
+            error = self._unavailable_error(
+                f"no daemon can start before the call's deadline (next start in "
+                f"{self.spawn_allowed_at - now:.1f}s after {self.failures} failures)")
+        self.counters["unavailable"] += len(hopeless)
+        return [self._answer_error(job, error) for job in hopeless]
 
     def kill_requested(self, ident: bytes, reason: str) -> None:
         daemon = self.daemons.get(ident)
-        if daemon is not None:
+        if daemon is not None and daemon.state is not DaemonState.STOPPING:
             daemon.state, daemon.kill_reason = DaemonState.STOPPING, reason
             self.counters["kills"] += 1
             if ident in self.ready:
@@ -323,9 +402,11 @@ class Broker(InFlight):
             _, _, job = heapq.heappop(self.deadlines)
             actions += self._expire(job, now)
         for daemon in list(self.daemons.values()):
+            if daemon.state is DaemonState.STOPPING:
+                continue
             silent = health.beat_overdue(daemon, now, self.s)
-            if silent and daemon.state is not DaemonState.STOPPING:
-                actions += self._lose(daemon, silent)
+            if silent:
+                actions += self._judge_silence(daemon, silent, now)
             elif daemon.kill_at is not None and now >= daemon.kill_at and daemon.state is DaemonState.STALE:
                 reason = f"call {daemon.stale_id} ran past its deadline + {self.s.kill_grace}s grace"
                 self.kill_requested(daemon.ident, reason)
@@ -336,7 +417,18 @@ class Broker(InFlight):
                 daemon.note = f"not ready after start_timeout={self.s.start_timeout}s"
                 daemon.state = DaemonState.STOPPING
                 actions.append(("kill", daemon.ident, daemon.note, False))
-        return actions + self._finish_retirements() + self._scale(now)
+        return actions + self._fail_hopeless(now) + self._finish_retirements() + self._scale(now)
+
+    def _judge_silence(self, daemon: Daemon, silent: str, now: float) -> list[Action]:
+        """A silent daemon whose process runs is busy (a tool holding the GIL starves the
+        heartbeat thread): it keeps its call until the deadline. Frozen or unknown: lost."""
+        verdict = self.probe(daemon.ident) if self.probe is not None else None
+        if verdict is Process.RUNNING:
+            daemon.vouched_at = now
+            return []
+        if verdict is Process.FROZEN:
+            silent += "; its process is stopped"
+        return self._lose(daemon, silent)
 
     def _on_idle(self, daemon: Daemon, now: float) -> list[Action]:
         daemon.idle_since = None  # act once per idle stretch
@@ -353,17 +445,13 @@ class Broker(InFlight):
         waited = now - job.accepted
         self.counters["timeouts"] += 1
         if job.state is JobState.QUEUED:
-            job.state = JobState.DONE
-            self.queued -= 1
-            return [("client", job.client, encode_error(job.id, CallTimeout(
-                f"call timed out after {waited:.3f}s waiting for a free daemon")))]
-        job.state = JobState.DONE
-        for daemon in self.daemons.values():
-            if daemon.job is job:
-                daemon.job, daemon.stale_id = None, job.id
-                daemon.state, daemon.kill_at = DaemonState.STALE, now + self.s.kill_grace
-        return [("client", job.client, encode_error(job.id, CallTimeout(
-            f"call timed out after {waited:.3f}s")))]
+            return [self._answer_error(job, CallTimeout(
+                f"call timed out after {waited:.3f}s waiting for a free daemon"))]
+        daemon = self.daemons.get(job.daemon) if job.daemon else None
+        actions = [self._answer_error(job, CallTimeout(f"call timed out after {waited:.3f}s"))]
+        if daemon is not None and daemon.job is job:
+            actions += self._make_stale(daemon, job, now + self.s.kill_grace)
+        return actions
 
     def next_wakeup(self, now: float) -> float | None:
         """Seconds until tick() has something to do, or None."""
@@ -373,8 +461,9 @@ class Broker(InFlight):
                 soonest = min(soonest, d.kill_at)
             elif d.state is DaemonState.STARTING:
                 soonest = min(soonest, d.spawned + self.s.start_timeout)
-            if d.last_beat is not None and d.state is not DaemonState.STOPPING:
-                soonest = min(soonest, d.last_beat + health.silence_limit(self.s) + 0.001)
+            silence = health.silence_deadline(d, self.s)
+            if silence is not None and d.state is not DaemonState.STOPPING:
+                soonest = min(soonest, silence + 0.001)
             if d.idle_since is not None and d.state is DaemonState.IDLE and self.s.idle_timeout > 0:
                 soonest = min(soonest, d.idle_since + self.s.idle_timeout)
         if self.wanted and self._live() < self.wanted:
@@ -387,23 +476,17 @@ class Broker(InFlight):
         """Refuse new calls and answer queued ones; running calls may still finish."""
         self.closing = True
         self.wanted = 0
-        actions = []
-        while self.queue:
-            job = self.queue.popleft()
-            if job.state is JobState.QUEUED:
-                job.state = JobState.DONE
-                actions.append(("client", job.client, encode_error(job.id, SHUTTING_DOWN())))
-        self.queued = 0
+        actions = [self._answer_error(job, SHUTTING_DOWN()) for job in self._queued_jobs()]
+        self.queue.clear()
         return actions
 
     def abandon_running(self, reason: str) -> list[Action]:
         """Answer every still-running call (used when the drain time is up)."""
         actions = []
         for daemon in self.daemons.values():
-            if daemon.job is not None and daemon.job.state is JobState.RUNNING:
-                daemon.job.state = JobState.DONE
-                actions.append(("client", daemon.job.client, encode_error(daemon.job.id, WorkerLost(reason))))
-                daemon.job = None
+            job, daemon.job = daemon.job, None
+            if job is not None and job.state is JobState.RUNNING:
+                actions.append(self._answer_error(job, WorkerLost(reason)))
         return actions
 
     def running(self) -> int:
@@ -413,6 +496,7 @@ class Broker(InFlight):
         return {
             "workers": self.s.workers,
             "queue_depth": self.queued,
+            "queue_bytes": self.queued_bytes,
             "closing": self.closing,
             "failures": self.failures,
             "last_start_error": self.last_start_error,
@@ -423,10 +507,9 @@ class Broker(InFlight):
                           "spawned_ago_s": round(now - h["spawned"], 3)} for h in self.history],
         }
 
-    @staticmethod
-    def _daemon_status(d: Daemon, now: float) -> dict[str, Any]:
-        return {
-            "id": d.ident.decode(errors="replace"),
+    def _daemon_status(self, d: Daemon, now: float) -> dict[str, Any]:
+        status = {
+            "id": d.name,
             "pid": d.pid,
             "state": d.state.value,
             "calls": d.calls,
@@ -436,5 +519,9 @@ class Broker(InFlight):
             "tools": d.tools,
             "rss": d.rss,
             "last_beat_age_s": round(now - d.last_beat, 3) if d.last_beat is not None else None,
+            "unresponsive": d.vouched_at is not None,
             "retiring": d.retiring,
         }
+        if self.expose_errors:
+            status["routing_id"] = d.ident.decode(errors="replace")
+        return status

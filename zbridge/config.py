@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from .protocol import DEFAULT_MAX_MESSAGE
+from .protocol import DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUE_BYTES
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -23,6 +23,7 @@ class Settings:
     prewarm: bool = _setting(False, "Start all daemons at once instead of on first call.")
     timeout: float = _setting(30.0, "Default call deadline in seconds.")
     max_queue: int = _setting(1000, "Calls waiting for a daemon before new ones get Overloaded.")
+    max_queue_bytes: int = _setting(DEFAULT_MAX_QUEUE_BYTES, "Bytes of queued requests before new ones get Overloaded.")
     start_timeout: float = _setting(120.0, "Seconds a daemon may take to load tools and report ready.")
     start_retries: int = _setting(3, "Consecutive failed starts before calls get PoolUnavailable.")
     backoff_base: float = _setting(0.1, "First restart delay in seconds (doubles per failure).")
@@ -64,8 +65,8 @@ class Settings:
             raise ValueError(f"idle_action must be restart, stop or none, not {self.idle_action!r}")
         if self.heartbeat_interval <= 0 or self.heartbeat_misses < 1:
             raise ValueError("heartbeat_interval must be > 0 and heartbeat_misses >= 1")
-        if self.timeout <= 0 or self.max_queue < 0:
-            raise ValueError("timeout must be > 0 and max_queue >= 0")
+        if self.timeout <= 0 or self.max_queue < 0 or self.max_queue_bytes < 0:
+            raise ValueError("timeout must be > 0, max_queue and max_queue_bytes >= 0")
 
 
 def env_name(name: str) -> str:

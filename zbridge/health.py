@@ -1,7 +1,10 @@
 """When a ready daemon must go: silence, idleness, call count, memory. Pure decisions.
 
-Liveness is judged by heartbeats alone (a separate socket answered by a thread, so a long
-call still beats); a hung *call* is judged by its deadline in the broker, never here.
+Liveness is judged by heartbeats (a separate socket answered by a thread, so a long call
+still beats). A tool holding the GIL in one long C call starves that thread, so silence
+alone does not condemn a local daemon: the broker then asks the operating system, and a
+process that is running or sleeping is busy, not dead (``vouched_at``). A hung *call* is
+judged by its deadline in the broker, never here.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class IdleAction(str, Enum):
 class DaemonView(Protocol):
     ready_at: float | None
     last_beat: float | None
+    vouched_at: float | None
     idle_since: float | None
     calls: int
     call_limit: int | None
@@ -32,14 +36,23 @@ def silence_limit(s: Settings) -> float:
     return s.heartbeat_interval * s.heartbeat_misses
 
 
-def beat_overdue(d: DaemonView, now: float, s: Settings) -> str | None:
-    """Why the daemon counts as dead or frozen, or None while it beats."""
+def silence_deadline(d: DaemonView, s: Settings) -> float | None:
+    """When the daemon's silence is next judged; None before it is ready."""
     if d.ready_at is None or d.last_beat is None:
         return None
-    silent = now - d.last_beat
-    if silent > silence_limit(s):
-        return f"no heartbeat for {silent:.1f}s (interval {s.heartbeat_interval}s x {s.heartbeat_misses} misses)"
-    return None
+    deadline = d.last_beat + silence_limit(s)
+    if d.vouched_at is not None:  # seen running: look again after one interval
+        deadline = max(deadline, d.vouched_at + s.heartbeat_interval)
+    return deadline
+
+
+def beat_overdue(d: DaemonView, now: float, s: Settings) -> str | None:
+    """Why the daemon may be dead or frozen, or None while it beats."""
+    deadline = silence_deadline(d, s)
+    if deadline is None or now <= deadline:
+        return None
+    silent = now - (d.last_beat or 0.0)
+    return f"no heartbeat for {silent:.1f}s (interval {s.heartbeat_interval}s x {s.heartbeat_misses} misses)"
 
 
 def idle_expired(d: DaemonView, now: float, s: Settings) -> bool:

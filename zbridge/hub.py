@@ -3,6 +3,15 @@
 Runs in a background thread of the caller (``Bridge``) or as the main thread of
 ``zbridge serve``. Only this thread touches the hub's sockets; other threads talk to it
 through the inproc ``events`` socket (daemon exits, stop requests).
+
+Two rules keep it from wedging, whatever its peers do:
+
+* **It never blocks in a send.** Every send is non-blocking; a peer whose pipe is full
+  (it stopped reading) or that is gone loses that message, which is counted, logged once
+  per peer and fed back to the broker as an event (a stream that lost an item is stopped).
+* **Replies before verdicts.** Before deadlines and heartbeats are judged, everything
+  daemons have sent is read and applied, so a stall of this thread (a host holding the GIL)
+  never turns a result that reached the hub into ``WorkerLost`` or ``CallTimeout``.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ import sys
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from typing import Callable
 
 import zmq
 
@@ -20,38 +31,28 @@ from .broker import Action, Broker
 from .config import Settings
 from .endpoints import check_bindable, create_private_dir, ipc_endpoint, remove_private_dir
 from .errors import BridgeError, InvalidRequest
-from .protocol import (FLAG_PREWARM, Kind, decode_cancel_owner, decode_heartbeat, decode_ready, encode_cancel,
-                       encode_error, encode_heartbeat, encode_result, read_header)
+from .protocol import (FLAG_PREWARM, VERSION, Kind, decode_cancel_owner, decode_credit, decode_heartbeat,
+                       decode_ready, encode_cancel, encode_error, encode_heartbeat, encode_result,
+                       read_header)
 from .security import HubSecurity
+from .state import describe_exit
 from .supervisor import Supervisor
 
 log = logging.getLogger("zbridge.hub")
 REAP_INTERVAL = 0.5
-BATCH = 64             # messages handled per socket per poll
-COPY_THRESHOLD = 65536  # below this, copying is cheaper than zero-copy bookkeeping
+BATCH = 64               # client messages handled per poll, so one busy peer cannot starve the rest
+DRAIN_LIMIT = 100_000    # daemon messages read before judging time (bounds a flooding daemon)
+DISCARD_CHUNK = 1_000    # frames of an over-long message dropped per loop, so others still get turns
+COPY_THRESHOLD = 65536   # below this, copying is cheaper than zero-copy bookkeeping
+WARNED_PEERS = 1024      # peers remembered for "logged once"
+
+_RCVMORE, _SNDMORE, _NOBLOCK = int(zmq.RCVMORE), int(zmq.SNDMORE), int(zmq.NOBLOCK)
 
 
 def expose_tracebacks(settings: Settings, frontend: str) -> bool:
     if settings.expose_tracebacks == "auto":
         return not frontend.startswith("tcp://")  # local callers see tracebacks, remote ones not
     return settings.expose_tracebacks == "true"
-
-
-_RCVMORE, _SNDMORE = int(zmq.RCVMORE), int(zmq.SNDMORE)
-
-
-def _recv_routed(sock: zmq.Socket) -> list[bytes]:
-    """[identity, frame, ...] from a ROUTER; the usual two-frame case without the list
-    building of recv_multipart, which is a visible share of the hub's time per message."""
-    frames = [sock.recv()]
-    while sock.getsockopt(_RCVMORE):
-        frames.append(sock.recv())
-    return frames
-
-
-def _send_routed(sock: zmq.Socket, ident: bytes, frame: bytes) -> None:
-    sock.send(ident, _SNDMORE)
-    sock.send(frame, copy=len(frame) < COPY_THRESHOLD)
 
 
 def daemon_command(settings: Settings, endpoint: str, heartbeat: str, tools: list[str],
@@ -64,6 +65,17 @@ def daemon_command(settings: Settings, endpoint: str, heartbeat: str, tools: lis
     for spec in tools:
         cmd += ["--tools", spec]
     return cmd
+
+
+def _discard_rest(sock: zmq.Socket, limit: int | None = None) -> tuple[int, bool]:
+    """Drop the remaining frames of a message: (frames dropped, whether the message ended)."""
+    dropped = 0
+    while limit is None or dropped < limit:
+        sock.recv(copy=False)
+        dropped += 1
+        if not sock.getsockopt(_RCVMORE):
+            return dropped, True
+    return dropped, False
 
 
 class Hub:
@@ -79,17 +91,21 @@ class Hub:
         self.frontend_endpoint = frontend
         self._stop_at: float | None = None   # drain deadline once stopping
         self._stopped = threading.Event()
+        self._failed: list[tuple] = []       # sends that failed while applying actions
+        self._warned: OrderedDict[bytes, None] = OrderedDict()
+        self._discarding: list | None = None  # [client, frames] of an over-long message
         self.security: HubSecurity | None = None
         try:
             self.security = HubSecurity(settings, self.context, self.private_dir, frontend)
-            traceback_flag = ("--expose-tracebacks" if expose_tracebacks(settings, frontend)
-                              else "--no-expose-tracebacks")
+            expose = expose_tracebacks(settings, frontend)
             self.supervisor = Supervisor(
                 daemon_command(settings, self.backend_endpoint, self.heartbeat_endpoint, tools,
-                               self.security.local_daemon_args + [traceback_flag]),
+                               self.security.local_daemon_args +
+                               ["--expose-tracebacks" if expose else "--no-expose-tracebacks"]),
                 self._notify_exit, stop_timeout=settings.stop_timeout)
             # daemons not spawned by us are admitted only where they can connect at all
-            self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind))
+            self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind),
+                                 probe=self.supervisor.process_state, expose_errors=expose)
             self._bind()
         except BaseException:
             self._close_sockets()
@@ -111,6 +127,7 @@ class Hub:
         self.heartbeat = self._socket(zmq.ROUTER)
         self.heartbeat.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
         for sock in (self.frontend, self.backend):
+            # a send to a full or vanished peer fails at once instead of blocking or vanishing
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.MAXMSGSIZE, max_size)
         check_bindable(self.frontend_endpoint, authenticated=self.security.frontend_curve)
@@ -138,19 +155,20 @@ class Hub:
         finally:
             sock.close()
 
-    def _notify_exit(self, ident: bytes, cause: str) -> None:
+    def _notify_exit(self, ident: bytes, code: int | None, tail: str) -> None:
         if not self._stopped.is_set():
-            self._post(b"exit", ident, cause.encode(errors="replace"))
+            self._post(b"exit", ident, b"" if code is None else str(code).encode(),
+                       tail.encode(errors="replace"))
 
     def request_stop(self, drain_timeout: float = 10.0) -> None:
         """Ask the loop to drain (running calls may finish for drain_timeout) and stop."""
         if not self._stopped.is_set():
             self._post(b"stop", str(drain_timeout).encode())
 
-
     # --- the loop ----------------------------------------------------------------------
 
-    def run(self, prewarm: bool = False, wake_fd: int | None = None, on_wake=None) -> None:
+    def run(self, prewarm: bool = False, wake_fd: int | None = None,
+            on_wake: Callable[[Hub], None] | None = None) -> None:
         """Serve until stopped; always leaves no daemon, socket or ipc file behind."""
         poller = zmq.Poller()
         for sock in (self.backend, self.frontend, self.events, self.heartbeat):
@@ -171,17 +189,17 @@ class Hub:
                 ready = dict(poller.poll(wait * 1000.0))
                 now = time.monotonic()
                 if self.backend in ready:
-                    self._drain(self.backend, self._on_backend, now)
+                    self._drain_daemons(now)
                 if self.frontend in ready:
-                    self._drain(self.frontend, self._on_frontend, now)
+                    self._read_clients(now)
                 if self.events in ready:
                     self._on_event(now)
                 if self.heartbeat in ready:
-                    self._on_heartbeat(now)
+                    self._drain(self.heartbeat, self._on_heartbeat, now)
                 if wake_fd is not None and wake_fd in ready and on_wake is not None:
                     on_wake(self)
                 if now >= due or not ready:
-                    self._apply(self.broker.tick(now))
+                    now = self._judge_time()
                 if now >= next_reap:
                     self.supervisor.reap()
                     next_reap = now + REAP_INTERVAL
@@ -191,14 +209,28 @@ class Hub:
         finally:
             self._shutdown()
 
-    @staticmethod
-    def _drain(sock: zmq.Socket, handle, now: float) -> None:
-        """Handle what is queued on a socket without a poll per message (bounded, so one
-        busy socket cannot starve the others)."""
-        for _ in range(BATCH):
-            handle(now)
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                return
+    def _judge_time(self) -> float:
+        """Deadlines and heartbeats, judged only after everything daemons sent is applied."""
+        now = time.monotonic()
+        self._drain_daemons(now)
+        self._drain(self.heartbeat, self._on_heartbeat, now)
+        now = time.monotonic()
+        self._apply(self.broker.tick(now))
+        return now
+
+    def _drain_daemons(self, now: float) -> None:
+        self._drain(self.backend, self._on_backend, now)
+
+    def _drain(self, sock: zmq.Socket, handle: Callable[[bytes, float], None], now: float,
+               limit: int = DRAIN_LIMIT) -> int:
+        """Handle what is queued on a ROUTER without a poll per message."""
+        for n in range(limit):
+            try:
+                ident = sock.recv(_NOBLOCK)
+            except zmq.Again:
+                return n
+            handle(ident, now)
+        return limit
 
     def _done(self, now: float) -> bool:
         if self._stop_at is None:
@@ -208,44 +240,75 @@ class Hub:
         self._apply(self.broker.abandon_running("bridge stopped before the call finished"))
         return True
 
-    def _on_frontend(self, now: float) -> None:
-        frames = _recv_routed(self.frontend)
-        if len(frames) != 2:
-            if len(frames) >= 1:
-                self._send_client(frames[0], encode_error(0, InvalidRequest(
-                    f"expected exactly one frame per message, got {len(frames) - 1}")))
-            return
-        client, frame = frames
+    # --- clients -------------------------------------------------------------------------
+
+    def _read_clients(self, now: float) -> None:
+        """Up to BATCH client messages; an over-long message is dropped a chunk per call."""
+        handled = 0
+        while handled < BATCH:
+            if self._discarding is not None and not self._discard_client_frames():
+                return
+            try:
+                client = self.frontend.recv(_NOBLOCK)
+            except zmq.Again:
+                return
+            frame = self.frontend.recv()
+            if self.frontend.getsockopt(_RCVMORE):
+                self._discarding = [client, 1]
+                continue
+            self._on_client(client, frame, now)
+            handled += 1
+
+    def _discard_client_frames(self) -> bool:
+        """Drop frames of a message with more than one; True once it ended (and was answered)."""
+        dropped, ended = _discard_rest(self.frontend, DISCARD_CHUNK)
+        self._discarding[1] += dropped
+        if ended:
+            client, frames = self._discarding
+            self._discarding = None
+            self._send_error(client, 0, InvalidRequest(f"expected exactly one frame per message, got {frames}"))
+        return ended
+
+    def _on_client(self, client: bytes, frame: bytes, now: float) -> None:
         try:
             header = read_header(frame)
         except BridgeError as exc:
-            self._send_client(client, encode_error(0, exc))
+            self._send_error(client, 0, exc)
             return
-        if header.kind is Kind.REQUEST:
+        kind = header.kind
+        if kind is Kind.REQUEST:
             self._apply(self.broker.submit(client, header, frame, now))
-        elif header.kind is Kind.CREDIT:
-            self._apply(self.broker.client_credit(client, header, frame))
-        elif header.kind is Kind.CANCEL:
+        elif kind is Kind.CREDIT:
+            try:
+                self._apply(self.broker.client_credit(client, header.id, decode_credit(frame)))
+            except BridgeError:
+                pass  # CREDIT is never answered; a bad one is simply not forwarded
+        elif kind is Kind.CANCEL:
             try:
                 owner = decode_cancel_owner(frame) or client
             except BridgeError as exc:
-                self._send_client(client, encode_error(header.id, exc))
+                self._send_error(client, header.id, exc)
                 return
             self._apply(self.broker.cancel(owner, header.id, now))
-        elif header.kind is Kind.STATUS:
+        elif kind is Kind.STATUS:
             if header.flags & FLAG_PREWARM:
                 self._apply(self.broker.prewarm(now))
-            self._send_client(client, encode_result(header.id, self.status(now)))
+            self._apply([("client", client, encode_result(header.id, self.status(now)))])
         else:
-            self._send_client(client, encode_error(header.id, InvalidRequest(
-                f"clients may send REQUEST, CREDIT, CANCEL or STATUS, not {header.kind.name}")))
+            self._send_error(client, header.id, InvalidRequest(
+                f"clients may send REQUEST, CREDIT, CANCEL or STATUS, not {kind.name}"))
 
-    def _on_backend(self, now: float) -> None:
-        frames = _recv_routed(self.backend)
-        if len(frames) != 2:
-            log.warning("dropping a %d-frame message on the daemon socket", len(frames))
+    def _send_error(self, client: bytes, id: int, error: BridgeError) -> None:
+        self._apply([("client", client, encode_error(id, error))])
+
+    # --- daemons -----------------------------------------------------------------------
+
+    def _on_backend(self, ident: bytes, now: float) -> None:
+        frame = self.backend.recv()
+        if self.backend.getsockopt(_RCVMORE):
+            dropped, _ = _discard_rest(self.backend)
+            log.warning("dropping a %d-frame message from daemon %r", dropped + 2, ident)
             return
-        ident, frame = frames
         try:
             header = read_header(frame)
             if header.kind is Kind.REPLY:
@@ -259,15 +322,16 @@ class Hub:
         except BridgeError as exc:
             log.warning("dropping a malformed message from daemon %r: %s", ident, exc)
 
-    def _on_heartbeat(self, now: float) -> None:
-        frames = self.heartbeat.recv_multipart()
-        if len(frames) != 2:
+    def _on_heartbeat(self, ident: bytes, now: float) -> None:
+        frame = self.heartbeat.recv()
+        if self.heartbeat.getsockopt(_RCVMORE):
+            _discard_rest(self.heartbeat)
             return
         try:
-            if read_header(frames[1]).kind is Kind.HEARTBEAT:
-                self.broker.daemon_beat(frames[0], decode_heartbeat(frames[1]), now)
+            if read_header(frame).kind is Kind.HEARTBEAT:
+                self.broker.daemon_beat(ident, decode_heartbeat(frame), now)
         except BridgeError as exc:
-            log.warning("dropping a malformed heartbeat from %r: %s", frames[0], exc)
+            log.warning("dropping a malformed heartbeat from %r: %s", ident, exc)
 
     def _beat(self) -> None:
         beat = encode_heartbeat()
@@ -275,15 +339,17 @@ class Hub:
             self._send_beat(ident, beat)
 
     def _send_beat(self, ident: bytes, frame: bytes) -> None:
-        try:
-            self.heartbeat.send_multipart([ident, frame], zmq.NOBLOCK)
+        try:  # not ROUTER_MANDATORY: a full or unknown peer just misses a beat
+            self.heartbeat.send_multipart([ident, frame], _NOBLOCK)
         except zmq.ZMQError:
-            pass  # not connected yet, or gone: its own silence will tell
+            pass
 
     def _on_event(self, now: float) -> None:
         frames = self.events.recv_multipart()
         if frames[0] == b"exit":
-            self._apply(self.broker.daemon_exited(frames[1], now, frames[2].decode()))
+            code = int(frames[2]) if frames[2] else None
+            self._apply(self.broker.daemon_exited(frames[1], now, describe_exit(code), code,
+                                                  frames[3].decode(errors="replace")))
         elif frames[0] == b"stop":
             self.begin_stop(float(frames[1]), now)
 
@@ -298,47 +364,70 @@ class Hub:
     # --- actions -----------------------------------------------------------------------
 
     def _apply(self, actions: list[Action]) -> None:
-        for action in actions:
-            kind = action[0]
-            if kind == "client":
-                self._send_client(action[1], action[2])
-            elif kind == "daemon":
-                self._send_daemon(action[1], action[2])
-            elif kind == "spawn":
-                self._spawn(action[1])
-            elif kind == "kill":
-                self._kill(action[1], action[2], action[3])
-            elif kind == "interrupt":  # via the heartbeat thread: the main one is busy
-                self._send_beat(action[1], encode_cancel(action[2]))
+        """Carry out the broker's actions. A failed send becomes a new broker event, taken
+        after the whole list, so the broker is never re-entered while it is being obeyed."""
+        while actions:
+            for action in actions:
+                kind = action[0]
+                if kind == "client":
+                    self._send(self.frontend, action[1], action[2], "client")
+                elif kind == "daemon":
+                    self._send(self.backend, action[1], action[2], "daemon")
+                elif kind == "spawn":
+                    self._spawn(action[1])
+                elif kind == "kill":
+                    self._kill(action[1], action[2], action[3])
+                elif kind == "interrupt":  # via the heartbeat thread: the main one is busy
+                    self._send_beat(action[1], encode_cancel(action[2]))
+            actions = self._take_failures()
+
+    def _send(self, sock: zmq.Socket, ident: bytes, frame: bytes, role: str) -> None:
+        try:
+            sock.send(ident, _SNDMORE | _NOBLOCK)
+            sock.send(frame, _NOBLOCK, copy=len(frame) < COPY_THRESHOLD)
+        except zmq.ZMQError as exc:
+            self._failed.append((role, ident, frame, exc.errno == zmq.EHOSTUNREACH))
+
+    def _take_failures(self) -> list[Action]:
+        failed, self._failed = self._failed, []
+        now = time.monotonic()
+        actions: list[Action] = []
+        for role, ident, frame, gone in failed:
+            if role == "client":
+                self._warn_once(ident, gone)
+                actions += self.broker.client_unreachable(ident, frame, gone, now)
+            elif role == "daemon":
+                actions += self.broker.daemon_unreachable(ident, frame, now)
+            else:  # a kill for a daemon that is not our process: forget it now
+                actions += self.broker.daemon_exited(ident, now, frame)
+        return actions
+
+    def _warn_once(self, client: bytes, gone: bool) -> None:
+        if client in self._warned:
+            return
+        self._warned[client] = None
+        if len(self._warned) > WARNED_PEERS:
+            self._warned.popitem(last=False)
+        log.warning("client %r %s: dropping its replies (counted in status as dropped_replies)",
+                    client, "is gone" if gone else "is not reading (its queue is full)")
 
     def _kill(self, ident: bytes, reason: str, hard: bool) -> None:
-        self.broker.kill_requested(ident, reason)
         log.warning("killing daemon %s: %s", ident.decode(errors="replace"), reason)
-        if not self.supervisor.kill(ident, hard):  # not our process: forget it now
-            self._apply(self.broker.daemon_exited(ident, time.monotonic(), reason))
-
-    def _send_client(self, client: bytes, frame: bytes) -> None:
-        try:
-            _send_routed(self.frontend, client, frame)
-        except zmq.ZMQError as exc:  # the client went away; nobody is left to tell
-            log.debug("dropping reply for vanished client %r: %s", client, exc)
-
-    def _send_daemon(self, ident: bytes, frame: bytes) -> None:
-        try:
-            _send_routed(self.backend, ident, frame)
-        except zmq.ZMQError:
-            self._apply(self.broker.daemon_unreachable(ident, frame, time.monotonic()))
+        if not self.supervisor.kill(ident, hard):
+            self._failed.append(("remote", ident, reason, True))
 
     def _spawn(self, ident: bytes) -> None:
         try:
             self.broker.daemon_spawned(ident, self.supervisor.spawn(ident))
         except OSError as exc:
-            self._apply(self.broker.daemon_exited(ident, time.monotonic(), f"cannot start daemon: {exc}"))
+            self._failed.append(("remote", ident, f"cannot start daemon: {exc}", True))
 
     def status(self, now: float | None = None) -> dict:
         status = self.broker.status(time.monotonic() if now is None else now)
         status["endpoint"] = self.frontend_endpoint
         status["hub_pid"] = os.getpid()
+        status["protocol"] = VERSION
+        status["max_message_size"] = self.settings.max_message_size
         return status
 
     # --- teardown ----------------------------------------------------------------------

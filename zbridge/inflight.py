@@ -1,73 +1,125 @@
-"""The broker's handling of calls already in flight: streamed items, credit, cancels.
+"""The broker's handling of calls already in flight: streamed items, credit, cancels, and
+callers that stop reading or vanish.
 
-Kept apart from routing; mixed into ``Broker``. Every frame is matched against the daemon
-that holds that caller's request id, so nothing reaches or touches any other call.
+Kept apart from routing; mixed into ``Broker``, whose attributes it declares below. Every
+frame is matched against the job of that caller's request id, so nothing reaches or
+touches any other call.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .config import Settings
 from .errors import Cancelled
-from .protocol import Header, encode_credit, encode_error
+from .protocol import Header, Kind, encode_cancel, encode_credit, read_header
 from .state import Daemon, DaemonState, Job, JobState
 
-Action = tuple
+if TYPE_CHECKING:
+    from .broker import Action
 
 
 class InFlight:
+    s: Settings
+    daemons: dict[bytes, Daemon]
+    jobs: dict[tuple[bytes, int], Job]
+    queue: deque[Job]
+    counters: dict[str, int]
+
+    if TYPE_CHECKING:  # provided by Broker
+        def _answer_error(self, job: Job, error: Exception) -> Action: ...
+        def _end(self, job: Job) -> None: ...
+        def kill_requested(self, ident: bytes, reason: str) -> None: ...
+
+    def _holder(self, job: Job) -> Daemon | None:
+        """The daemon running ``job``, if it still does."""
+        daemon = self.daemons.get(job.daemon) if job.daemon else None
+        return daemon if daemon is not None and daemon.job is job else None
+
+    def _make_stale(self, daemon: Daemon, job: Job, kill_at: float) -> list[Action]:
+        """The caller has its answer but the daemon still runs the call: its reply will be
+        dropped, and it is killed at ``kill_at`` if it has not answered by then. A stream is
+        told to stop (on the data socket, which the daemon reads between items and while it
+        waits for credit), so an abandoned stream costs no warm daemon."""
+        daemon.job, daemon.stale_id = None, job.id
+        daemon.state, daemon.kill_at = DaemonState.STALE, kill_at
+        return [("daemon", daemon.ident, encode_cancel(job.id))] if job.stream else []
+
     # --- streams -----------------------------------------------------------------------
 
     def daemon_partial(self, ident: bytes, header: Header, frame: bytes) -> list[Action]:
-        """One streamed item: to the caller if this daemon holds that call, else dropped."""
+        """One streamed item: to the caller if this daemon holds that stream, else dropped."""
         daemon = self.daemons.get(ident)
-        if daemon is None:
+        job = daemon.job if daemon is not None else None
+        if job is None or job.id != header.id or not job.stream or daemon.state is not DaemonState.BUSY:
             return []
-        if daemon.state is DaemonState.BUSY and daemon.job is not None and daemon.job.id == header.id:
-            return [("client", daemon.job.client, frame)]
-        if daemon.state is DaemonState.STALE and daemon.stale_id == header.id:
-            # nobody consumes it any more: keep credit flowing so the stream can end
-            return [("daemon", ident, encode_credit(header.id, 1))]
-        return []
+        job.delivered += 1
+        return [("client", job.client, frame)]
 
-    def client_credit(self, client: bytes, header: Header, frame: bytes) -> list[Action]:
-        """A consumer's credit: to the daemon running that caller's call, else dropped."""
-        for daemon in self.daemons.values():
-            job = daemon.job
-            if job is not None and job.client == client and job.id == header.id:
-                return [("daemon", daemon.ident, frame)]
-        return []
+    def client_credit(self, client: bytes, id: int, n: int) -> list[Action]:
+        """A consumer's credit, to the daemon running its stream; never more than the items
+        it was given, so no peer can make the hub flood a daemon with credit."""
+        job = self.jobs.get((client, id))
+        daemon = self._holder(job) if job is not None and job.stream else None
+        n = min(n, job.delivered - job.credited) if daemon is not None else 0
+        if n <= 0:
+            return []
+        job.credited += n
+        return [("daemon", daemon.ident, encode_credit(id, n))]
+
+    # --- callers that stop reading or vanish ---------------------------------------------
+
+    def client_unreachable(self, client: bytes, frame: bytes, gone: bool, now: float) -> list[Action]:
+        """A frame for ``client`` could not be sent: its pipe is full (it stopped reading)
+        or it is gone. It loses that frame; a stream that lost an item cannot go on."""
+        self.counters["dropped_replies"] += 1
+        if gone:
+            return self.client_gone(client, now)
+        header = read_header(frame)
+        job = self.jobs.get((client, header.id)) if header.kind is Kind.PARTIAL else None
+        return self._abandon(job, now) if job is not None else []
+
+    def client_gone(self, client: bytes, now: float) -> list[Action]:
+        """Nobody is left to answer: queued calls never run, streams stop; running plain
+        calls finish and their replies are dropped."""
+        actions: list[Action] = []
+        for job in [j for j in self.jobs.values() if j.client == client]:
+            if job.state is JobState.QUEUED or job.stream:
+                actions += self._abandon(job, now)
+        return actions
+
+    def _abandon(self, job: Job, now: float) -> list[Action]:
+        daemon = self._holder(job)
+        self._end(job)
+        return self._make_stale(daemon, job, now + self.s.kill_grace) if daemon is not None else []
 
     # --- cancellation ------------------------------------------------------------------
 
     def cancel(self, client: bytes, id: int, now: float) -> list[Action]:
         """Cancel a call: a queued one never runs; a running one follows cancel_mode.
         Finished or unknown calls are left alone, so a cancel never touches a later call."""
-        for job in self.queue:
-            if job.client == client and job.id == id and job.state is JobState.QUEUED:
-                job.state = JobState.DONE
-                self.queued -= 1
-                self.counters["cancelled"] += 1
-                return [("client", client, encode_error(id, Cancelled("cancelled before it ran")))]
-        for daemon in self.daemons.values():
-            job = daemon.job
-            if job is not None and job.client == client and job.id == id and job.state is JobState.RUNNING:
-                return self._cancel_running(daemon, job, now)
-        return []
-
-    def _cancel_running(self, daemon: Daemon, job: Job, now: float) -> list[Action]:
-        mode = self.s.cancel_mode
-        job.state = JobState.DONE
+        job = self.jobs.get((client, id))
+        if job is None:
+            return []
         self.counters["cancelled"] += 1
-        actions: list[Action] = [("client", job.client, encode_error(job.id, Cancelled(
-            f"cancelled while running (cancel_mode={mode})")))]
-        daemon.job = None
+        if job.state is JobState.QUEUED:
+            return [self._answer_error(job, Cancelled("cancelled before it ran"))]
+        return self._cancel_running(job, now)
+
+    def _cancel_running(self, job: Job, now: float) -> list[Action]:
+        mode = self.s.cancel_mode
+        daemon = self._holder(job)
+        actions: list[Action] = [self._answer_error(job, Cancelled(
+            f"cancelled while running (cancel_mode={mode})"))]
+        if daemon is None:
+            return actions
         if mode == "kill":
+            daemon.job = None
             reason = f"call {job.id} was cancelled (cancel_mode=kill)"
             self.kill_requested(daemon.ident, reason)
             return actions + [("kill", daemon.ident, reason, False)]
-        # the daemon is busy until it answers; its answer is dropped
-        daemon.state, daemon.stale_id = DaemonState.STALE, job.id
-        if mode == "interrupt":
-            daemon.kill_at = now + self.s.kill_grace  # a tool that ignores it is killed
-            return actions + [("interrupt", daemon.ident, job.id)]
-        daemon.kill_at = job.deadline + self.s.kill_grace
-        return actions
+        if mode == "interrupt":  # a tool that ignores the interrupt is killed after kill_grace
+            return actions + self._make_stale(daemon, job, now + self.s.kill_grace) + \
+                [("interrupt", daemon.ident, job.id)]
+        return actions + self._make_stale(daemon, job, job.deadline + self.s.kill_grace)

@@ -37,6 +37,10 @@ FLAG_RETIRE = 0x02      # replies: the daemon asks to be replaced (e.g. over max
 FLAG_STREAM = 0x04      # requests: the caller takes a generator tool's items one by one
 FLAG_PREWARM = 0x08     # status requests: start every daemon up to `workers` now
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+DEFAULT_MAX_QUEUE_BYTES = 256 * 1024 * 1024
+DEFAULT_WINDOW = 64     # stream items a daemon may send ahead of the consumer's credit
+MAX_WINDOW = 1024       # bounded so a stream's items always fit the sockets' queues (HWM 1000 each side)
+EXIT_LOAD_FAILED = 3    # a daemon's exit status when its tools or start-up hooks failed
 MAX_ID = 2**64 - 1
 MAX_TIMEOUT_MS = 2**32 - 1
 
@@ -158,8 +162,8 @@ def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
     if params is not None and not isinstance(params, (list, dict)):
         raise InvalidRequest("request 'params' must be an array, a map or nil")
     window = body.get("window", 0)
-    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
-        raise InvalidRequest("request 'window' must be a non-negative integer")
+    if not isinstance(window, int) or isinstance(window, bool) or not 0 <= window <= MAX_WINDOW:
+        raise InvalidRequest(f"request 'window' must be an integer from 1 to {MAX_WINDOW}")
     return Request(header.id, method, params, header.timeout_ms, header.flags, window)
 
 

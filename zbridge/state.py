@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import signal
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -23,6 +24,13 @@ class DaemonState(str, Enum):
     STOPPING = "stopping"  # asked to exit, or being killed
 
 
+class Process(str, Enum):
+    """What the operating system says about a local daemon's process."""
+    RUNNING = "running"  # running or sleeping: alive, even if its heartbeat thread is starved
+    FROZEN = "frozen"    # stopped (SIGSTOP, a debugger): it will not answer
+    GONE = "gone"        # exited or a zombie
+
+
 @dataclass(eq=False)
 class Job:
     client: bytes
@@ -30,14 +38,27 @@ class Job:
     frame: bytes
     deadline: float
     accepted: float
+    stream: bool = False
     state: JobState = JobState.QUEUED
     started: float | None = None
+    daemon: bytes | None = None      # who runs it, once dispatched
+    delivered: int = 0               # streams: items forwarded to the caller
+    credited: int = 0                # streams: credit forwarded to the daemon
+
+    @property
+    def key(self) -> tuple[bytes, int]:
+        return self.client, self.id
+
+    @property
+    def size(self) -> int:
+        return len(self.frame)
 
 
 @dataclass(eq=False)
 class Daemon:
     ident: bytes
     spawned: float
+    name: str = ""                   # what status shows ("w3", "r1"); the routing id stays private
     state: DaemonState = DaemonState.STARTING
     job: Job | None = None
     stale_id: int | None = None
@@ -49,6 +70,7 @@ class Daemon:
     kill_reason: str | None = None   # set when the hub kills it on purpose (not a failure)
     note: str | None = None          # why the hub gave up on a start
     last_beat: float | None = None
+    vouched_at: float | None = None  # beats overdue, but the OS showed the process running
     idle_since: float | None = None
     rss: int | None = None
     call_limit: int | None = None
@@ -61,8 +83,24 @@ def _secret_ident(n: int) -> bytes:
 
 
 def SHUTTING_DOWN() -> PoolUnavailable:
-    return PoolUnavailable("bridge is shutting down", {"closing": True})
+    return PoolUnavailable("bridge is shutting down", {"closing": True, "cause": "closing"})
 
 
 def first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text and text.strip() else ""
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"

@@ -19,10 +19,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .procinfo import run_state
+from .state import Process as ProcessState, describe_exit
+
+__all__ = ["Supervisor", "describe_exit"]
+
 log = logging.getLogger("zbridge.daemon")
 TAIL_LINES = 40
 
-Notify = Callable[[bytes, str], None]
+Notify = Callable[[bytes, "int | None", str], None]  # (daemon id, exit status, stderr tail)
 
 
 @dataclass
@@ -31,17 +36,6 @@ class Process:
     popen: subprocess.Popen
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     reported: bool = False
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exited with code {returncode}"
 
 
 def _emit(ident: bytes, pid: int, line: str) -> None:
@@ -90,11 +84,7 @@ class Supervisor:
                 return
             proc.reported = True
             self.procs.pop(proc.ident, None)
-        how = describe_exit(proc.popen.returncode)
-        tail = "\n".join(proc.tail)
-        last = next((line for line in reversed(proc.tail) if line.strip()), "")
-        summary = f"{last.strip()} ({how})" if last else how
-        self.notify(proc.ident, f"{summary}\n{tail}" if tail else summary)
+        self.notify(proc.ident, proc.popen.returncode, "\n".join(proc.tail))
 
     def reap(self) -> None:
         """Backstop for exits the stderr thread cannot see (a grandchild holds the pipe)."""
@@ -103,6 +93,16 @@ class Supervisor:
         for proc in procs:
             if proc.popen.poll() is not None:
                 self._report(proc)
+
+    def process_state(self, ident: bytes) -> ProcessState | None:
+        """What the OS says about a daemon we spawned; None for one we did not."""
+        proc = self.procs.get(ident)
+        if proc is None:
+            return None
+        state = run_state(proc.popen.pid)
+        if state is None or state in "ZX":
+            return ProcessState.GONE
+        return ProcessState.FROZEN if state in "Tt" else ProcessState.RUNNING
 
     def kill(self, ident: bytes, hard: bool = False) -> bool:
         """TERM the daemon's process group, KILL it after stop_timeout (at once if hard:
