@@ -84,7 +84,9 @@ def test_leaving_a_stream_early_cancels_it_and_the_daemon_stays_warm(bridge_fact
         if item == 10:
             break
     assert bridge.call("pid") == pid
-    assert bridge.status()["counters"]["cancelled"] == 1
+    counters = bridge.status()["counters"]
+    # the CANCEL, or the hub seeing the stream's socket gone first, whichever comes first
+    assert counters["cancelled"] + counters["abandoned"] == 1 and counters["kills"] == 0
 
 
 def test_pipe_fallback_streams_too(bridge_factory, basic_tools):

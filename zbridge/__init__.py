@@ -2,14 +2,14 @@
 
 __version__ = "0.1.0"
 
-from .errors import (BridgeError, CallTimeout, Cancelled, InternalError, InvalidParams,  # noqa: E402
+from .errors import (BridgeError, CallTimeout, Cancelled, ConnectionLost, InternalError, InvalidParams,  # noqa: E402
                      InvalidRequest, Overloaded, ParseError, PoolUnavailable, ToolError,
                      ToolNotFound, WorkerLost)
 from .tools import startup, tool  # noqa: E402
 
 __all__ = [
     "__version__", "tool", "startup", "Bridge", "Client", "AsyncBridge", "AsyncClient",
-    "BridgeError", "CallTimeout", "Cancelled", "InternalError", "InvalidParams",
+    "BridgeError", "CallTimeout", "Cancelled", "ConnectionLost", "InternalError", "InvalidParams",
     "InvalidRequest", "Overloaded", "ParseError", "PoolUnavailable", "ToolError",
     "ToolNotFound", "WorkerLost",
 ]

@@ -15,11 +15,10 @@ from typing import Any, AsyncIterator, Iterable
 import zmq
 import zmq.asyncio
 
-from . import fallback
 from .calls import (HUB_GRACE, STREAM_WINDOW, ClientCore, build_request, configure_dealer, credit_due,
                     not_ready_error, read_stream_message, readiness, reply_id, result_of)
 from .config import Settings, load_settings
-from .errors import BridgeError, CallTimeout, PoolUnavailable
+from .errors import BridgeError, CallTimeout, ConnectionLost, PoolUnavailable
 from .hub import start_embedded
 from .policy import Step, after_error
 from .protocol import encode_cancel, encode_credit, encode_status_request, read_header
@@ -39,6 +38,8 @@ class AsyncClient(ClientCore):
         self._streams: dict[int, asyncio.Queue] = {}
         self._sock: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self._window: asyncio.Semaphore | None = None  # made in the loop that uses it
 
     # --- public API --------------------------------------------------------------------
 
@@ -54,11 +55,11 @@ class AsyncClient(ClientCore):
         while True:
             frame = build_request(self.settings, next(self._ids), tool, args, timeout, idempotent)
             try:
-                return await self._roundtrip(frame, timeout)
+                async with self._in_flight():
+                    return await self._roundtrip(frame, timeout)
             except BridgeError as exc:
                 step = after_error(exc, attempt=attempt, idempotent=idempotent,
-                                   retries=self.settings.retries,
-                                   can_fallback=self.settings.fallback and not self._closed)
+                                   retries=self.settings.retries, can_fallback=self._can_fallback())
                 if step is Step.RETRY:
                     attempt += 1
                     continue
@@ -110,13 +111,16 @@ class AsyncClient(ClientCore):
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(PoolUnavailable("client closed", {"closing": True}))
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        for task in (self._reader, self._watcher):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._sock is not None:
+            if self._watcher is not None:
+                self._sock.disable_monitor()
             self._sock.close(0)
         if self._own_context:
-            self.context.term()
+            self.context.destroy(linger=0)
 
     async def __aenter__(self):
         return self
@@ -134,7 +138,31 @@ class AsyncClient(ClientCore):
             sock.connect(self.endpoint)
             self._sock = sock
             self._reader = asyncio.ensure_future(self._read_replies())
+            if not self.endpoint.startswith("inproc://"):  # inproc connections never drop
+                self._watcher = asyncio.ensure_future(self._watch_connection(sock))
         return self._sock
+
+    def _in_flight(self) -> asyncio.Semaphore:
+        """At most max_in_flight calls at the hub; the rest wait here, not in its queue."""
+        if self._window is None:
+            self._window = asyncio.Semaphore(self.settings.max_in_flight)
+        return self._window
+
+    async def _watch_connection(self, sock: zmq.asyncio.Socket) -> None:
+        """A dropped connection fails every call and stream in flight on it at once."""
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:
+            while True:
+                await monitor.recv_multipart()
+                error = ConnectionLost(f"the hub at {self.endpoint} dropped the connection while "
+                                       "calls were in flight; they may have run")
+                for future in self._pending.values():
+                    if not future.done():
+                        future.set_exception(error)
+                for queue in self._streams.values():
+                    queue.put_nowait(("error", error))
+        finally:
+            monitor.close(0)
 
     async def _read_replies(self) -> None:
         sock = self._sock
@@ -206,7 +234,7 @@ class AsyncClient(ClientCore):
     async def _fallback_stream(self, tool: str, args: Any, timeout: float) -> AsyncIterator[Any]:
         """The pipe fallback's items one by one, each read in a worker thread."""
         loop = asyncio.get_running_loop()
-        items = fallback.stream_once(self.settings, self.tools, tool, args, timeout)
+        items = self._one_shot_stream(tool, args, timeout)
         done = object()
         try:
             while (item := await loop.run_in_executor(None, next, items, done)) is not done:
@@ -218,7 +246,8 @@ class AsyncClient(ClientCore):
         try:
             await sock.send(frame)
         except zmq.Again:
-            raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)") from None
+            raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)",
+                                  {"cause": "unreachable"}) from None
 
     async def _roundtrip(self, frame: bytes, timeout: float) -> Any:
         sock = self._socket()
@@ -247,7 +276,7 @@ class AsyncClient(ClientCore):
 
     async def _fallback(self, tool: str, args: Any, timeout: float) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
-            None, fallback.call_once, self.settings, self.tools, tool, args, timeout)
+            None, self._one_shot_call, tool, args, timeout)
 
 
 class AsyncBridge(AsyncClient):

@@ -70,7 +70,7 @@ class Broker(InFlight):
         self.counters = dict.fromkeys(
             ("accepted", "completed", "timeouts", "lost", "overloaded", "unavailable",
              "spawns", "start_failures", "crashes", "kills", "recycled", "cancelled",
-             "dropped_replies"), 0)
+             "abandoned", "dropped_replies"), 0)
         self.history: deque[dict] = deque(maxlen=HISTORY)
 
     # --- answering calls: the only ways a job ends -------------------------------------
@@ -187,7 +187,7 @@ class Broker(InFlight):
             self.queued -= 1
             self.queued_bytes -= job.size
             daemon = self.daemons[self.ready.popleft()]
-            job.state, job.started, job.daemon = JobState.RUNNING, now, daemon.ident
+            job.state, job.started, job.daemon, job.touched = JobState.RUNNING, now, daemon.ident, now
             daemon.state, daemon.job = DaemonState.BUSY, job
             actions.append(("daemon", daemon.ident, job.frame))
         return actions
@@ -417,7 +417,8 @@ class Broker(InFlight):
                 daemon.note = f"not ready after start_timeout={self.s.start_timeout}s"
                 daemon.state = DaemonState.STOPPING
                 actions.append(("kill", daemon.ident, daemon.note, False))
-        return actions + self._fail_hopeless(now) + self._finish_retirements() + self._scale(now)
+        return actions + self.probe_quiet_streams(now) + self._fail_hopeless(now) + \
+            self._finish_retirements() + self._scale(now)
 
     def _judge_silence(self, daemon: Daemon, silent: str, now: float) -> list[Action]:
         """A silent daemon whose process runs is busy (a tool holding the GIL starves the

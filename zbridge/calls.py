@@ -3,17 +3,19 @@ setting up a DEALER. No I/O happens here."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 import zmq
 
-
+from . import fallback
 from .config import Settings, load_settings
 from .errors import (BridgeError, InternalError, InvalidParams, InvalidRequest, PoolUnavailable,
                      error_from_wire)
-from .protocol import (Kind, MAX_TIMEOUT_MS, decode_partial, decode_reply_body, encode_request,
-                       read_header)
+from .protocol import (DEFAULT_WINDOW, Kind, MAX_TIMEOUT_MS, MAX_WINDOW, decode_partial, decode_reply_body,
+                       encode_request, read_header)
 from .security import client_keys, make_client
 from .tools import tool_specs
 
@@ -21,7 +23,7 @@ HUB_GRACE = 1.0       # how long past a deadline to wait for the hub's own CallT
 POLL_SLICE_MS = 250   # how often a waiting call notices close()
 
 
-STREAM_WINDOW = 64    # items a stream may run ahead of its consumer
+STREAM_WINDOW = DEFAULT_WINDOW  # items a stream may run ahead of its consumer
 
 
 def build_request(settings: Settings, request_id: int, tool: str, args: Any, timeout: float,
@@ -31,6 +33,8 @@ def build_request(settings: Settings, request_id: int, tool: str, args: Any, tim
         raise InvalidRequest("tool name must be a non-empty string")
     if args is not None and not isinstance(args, (list, tuple, dict)):
         raise InvalidParams("args must be a list, a tuple, a dict or None")
+    if window and not (isinstance(window, int) and 1 <= window <= MAX_WINDOW):
+        raise ValueError(f"window must be an integer from 1 to {MAX_WINDOW}, not {window!r}")
     timeout_ms = max(1, min(MAX_TIMEOUT_MS, int(timeout * 1000)))
     try:
         frame = encode_request(request_id, tool, args, timeout_ms=timeout_ms, idempotent=idempotent,
@@ -86,8 +90,23 @@ class ClientCore:
         self._closed = False
         self._curve = client_keys(self.settings.curve_server_key, self.settings.curve_secret) \
             if self.settings.curve_server_key else None
+        # one-shot subprocesses are slow and heavy: never more of them at once than daemons
+        self._fallback_slots = threading.BoundedSemaphore(max(1, self.settings.workers))
         if self.settings.pool_enabled and not endpoint:
             raise ValueError(f"{type(self).__name__} needs an endpoint (or set pool_enabled=False)")
+
+    def _can_fallback(self) -> bool:
+        """The pipe fallback needs to know the tools: a bare Client of a served hub cannot."""
+        return self.settings.fallback and not self._closed and bool(self.tools)
+
+    def _one_shot_call(self, tool: str, args: Any, timeout: float) -> Any:
+        with self._fallback_slots:
+            return fallback.call_once(self.settings, self.tools, tool, args, timeout)
+
+    def _one_shot_stream(self, tool: str, args: Any, timeout: float) -> Iterator[Any]:
+        with self._fallback_slots, contextlib.closing(
+                fallback.stream_once(self.settings, self.tools, tool, args, timeout)) as items:
+            yield from items
 
 
 def credit_due(consumed: int, window: int) -> bool:

@@ -17,12 +17,12 @@ from typing import Any, Iterable, Iterator
 
 import zmq
 
-from . import fallback, fanout
+from . import fanout
 from .config import Settings
 from .calls import (HUB_GRACE, STREAM_WINDOW, ClientCore, build_request, configure_dealer, credit_due,
                     not_ready_error, read_stream_message, readiness, reply_id, result_of)
-from .errors import (BridgeError, CallTimeout, Cancelled, InvalidParams, InvalidRequest,
-                     PoolUnavailable)
+from .errors import (BridgeError, CallTimeout, Cancelled, ConnectionLost, InvalidParams,
+                     InvalidRequest, PoolUnavailable)
 from .policy import Step, after_error
 from .protocol import encode_cancel, encode_credit, encode_status_request, read_header
 
@@ -42,6 +42,7 @@ class Client(ClientCore):
         self._sockets: list[tuple[weakref.ref, zmq.Socket]] = []
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._watches: dict[zmq.Socket, ConnectionWatch] = {}
 
     # --- public API --------------------------------------------------------------------
 
@@ -52,7 +53,7 @@ class Client(ClientCore):
             raise PoolUnavailable("client is closed", {"closing": True})
         timeout = self.settings.timeout if timeout is None else float(timeout)
         if not self.settings.pool_enabled:
-            return fallback.call_once(self.settings, self.tools, tool, args, timeout)
+            return self._one_shot_call(tool, args, timeout)
         attempt = 0
         while True:
             try:
@@ -64,7 +65,7 @@ class Client(ClientCore):
                     attempt += 1
                     continue
                 if step is Step.FALLBACK:
-                    return fallback.call_once(self.settings, self.tools, tool, args, timeout)
+                    return self._one_shot_call(tool, args, timeout)
                 raise
 
     def submit(self, tool: str, args: Any = None, *, timeout: float | None = None,
@@ -109,7 +110,7 @@ class Client(ClientCore):
             raise PoolUnavailable("client is closed", {"closing": True})
         timeout = self.settings.timeout if timeout is None else float(timeout)
         if not self.settings.pool_enabled:
-            return fallback.stream_once(self.settings, self.tools, tool, args, timeout)
+            return self._one_shot_stream(tool, args, timeout)
         frame = build_request(self.settings, next(self._ids), tool, args, timeout, False, window)
         return self._stream(frame, tool, args, timeout, window)
 
@@ -121,7 +122,8 @@ class Client(ClientCore):
             try:
                 sock.send(frame)
             except zmq.Again:
-                raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)") from None
+                raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)",
+                                      {"cause": "unreachable"}) from None
             deadline = time.monotonic() + timeout + HUB_GRACE
             while True:
                 message = self._receive(sock, deadline, timeout)
@@ -140,7 +142,7 @@ class Client(ClientCore):
                         if not yielded and self._can_fallback() and \
                                 after_error(value, attempt=0, idempotent=False, retries=0,
                                             can_fallback=True) is Step.FALLBACK:
-                            yield from fallback.stream_once(self.settings, self.tools, tool, args, timeout)
+                            yield from self._one_shot_stream(tool, args, timeout)
                             return
                         raise value
                     return
@@ -148,7 +150,7 @@ class Client(ClientCore):
             if not finished:  # the consumer left early, or the deadline passed
                 with contextlib.suppress(zmq.ZMQError):
                     sock.send(encode_cancel(request_id), zmq.NOBLOCK)
-            sock.close(linger=100 if not finished else 0)
+            self._close_socket(sock, linger=100 if not finished else 0)
 
     def _receive(self, sock: zmq.Socket, deadline: float, timeout: float) -> bytes:
         while True:
@@ -157,8 +159,18 @@ class Client(ClientCore):
             except zmq.Again:
                 if self._closed:
                     raise Cancelled("client closed while the call was waiting") from None
+                if self._dropped(sock):
+                    raise self._connection_lost() from None
                 if time.monotonic() >= deadline:
                     raise CallTimeout(f"no reply from the hub within {timeout}s") from None
+
+    def _connection_lost(self) -> ConnectionLost:
+        return ConnectionLost(f"the hub at {self.endpoint} dropped the connection while the call was "
+                              "in flight (e.g. a message over its max_message_size); it may have run")
+
+    def _dropped(self, sock: zmq.Socket) -> bool:
+        watch = self._watches.get(sock)
+        return watch is not None and watch.dropped()
 
     def call_many(self, calls: Iterable[tuple[str, Any]], *, timeout: float | None = None,
                   idempotent: bool = False, return_exceptions: bool = False) -> list:
@@ -179,8 +191,11 @@ class Client(ClientCore):
                 outcomes.append(exc)
         if self.settings.pool_enabled and frames and not self._closed:
             deadline = time.monotonic() + timeout + HUB_GRACE
-            replies = fanout.pipeline(self._socket(), frames, deadline,
-                                      lambda r: result_of(r, self.settings.max_message_size))
+            sock = self._socket()
+            replies = fanout.pipeline(sock, frames, deadline,
+                                      lambda r: result_of(r, self.settings.max_message_size),
+                                      window=self.settings.max_in_flight,
+                                      lost=lambda: self._connection_lost() if self._dropped(sock) else None)
             answers = iter(replies)
             outcomes = [o if isinstance(o, BridgeError) else next(answers) for o in outcomes]
         for i, (tool, args) in enumerate(calls):
@@ -237,9 +252,9 @@ class Client(ClientCore):
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for _, sock in sockets:
-            sock.close(0)
+            self._close_socket(sock)
         if self._own_context:
-            self.context.term()
+            self.context.destroy(linger=0)  # never waits on a socket another frame still holds
 
     def __enter__(self):
         return self
@@ -249,9 +264,6 @@ class Client(ClientCore):
 
     # --- internals ---------------------------------------------------------------------
 
-    def _can_fallback(self) -> bool:
-        return self.settings.fallback and not self._closed
-
     def _request(self, tool: str, args: Any, timeout: float, idempotent: bool) -> bytes:
         return build_request(self.settings, next(self._ids), tool, args, timeout, idempotent)
 
@@ -260,7 +272,15 @@ class Client(ClientCore):
         sock.setsockopt(zmq.IDENTITY, b"c-" + secrets.token_hex(8).encode())  # named by cancels
         configure_dealer(sock, self.settings, self._curve, self.connect_timeout)
         sock.connect(self.endpoint)
+        if not self.endpoint.startswith("inproc://"):  # inproc connections never drop
+            self._watches[sock] = ConnectionWatch(sock)
         return sock
+
+    def _close_socket(self, sock: zmq.Socket, linger: int = 0) -> None:
+        watch = self._watches.pop(sock, None)
+        if watch is not None:
+            watch.close(sock)
+        sock.close(linger)
 
     def _socket(self) -> zmq.Socket:
         sock = getattr(self._local, "sock", None)
@@ -273,7 +293,7 @@ class Client(ClientCore):
                     if thread() is not None and thread().is_alive():
                         alive.append((thread, other))
                     else:
-                        other.close(0)
+                        self._close_socket(other)
                 self._sockets = alive + [(weakref.ref(threading.current_thread()), sock)]
         return sock
 
@@ -283,17 +303,51 @@ class Client(ClientCore):
         tracker = getattr(self._local, "tracker", None)
         if tracker is not None:  # lets CallFuture.cancel() name this call to the hub
             tracker.inflight = (sock.getsockopt(zmq.IDENTITY), request_id)
+        watch = self._watches.get(sock)
+        if watch is not None:
+            watch.forget()  # a drop before this call is not this call's
         try:
             sock.send(frame, copy=len(frame) < 65536)
         except zmq.Again:
-            raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)") from None
+            raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)",
+                                  {"cause": "unreachable"}) from None
         deadline = time.monotonic() + timeout + HUB_GRACE
-        while True:
-            reply = self._receive(sock, deadline, timeout)
-            if reply_id(reply) != request_id:
-                continue  # a late reply to an earlier call on this socket
-            return result_of(reply, self.settings.max_message_size)
+        try:
+            while True:
+                reply = self._receive(sock, deadline, timeout)
+                if reply_id(reply) != request_id:
+                    continue  # a late reply to an earlier call on this socket
+                return result_of(reply, self.settings.max_message_size)
+        except KeyboardInterrupt:  # Ctrl-C: the call must not keep running in the daemon
+            self._cancel_remote(sock.getsockopt(zmq.IDENTITY), request_id)
+            raise
 
+
+
+class ConnectionWatch:
+    """Tells whether the connection behind a socket dropped, from libzmq's monitor events
+    (the hub closes a connection that sent a frame over its MAXMSGSIZE, for instance)."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    def forget(self) -> None:
+        while self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self.monitor.recv_multipart()
+
+    def dropped(self) -> bool:
+        seen = False
+        while self.monitor.poll(0):
+            self.monitor.recv_multipart()
+            seen = True
+        return seen
+
+    def close(self, sock: zmq.Socket) -> None:
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.monitor.close(0)
 
 
 class CallFuture(Future):

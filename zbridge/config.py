@@ -24,6 +24,7 @@ class Settings:
     timeout: float = _setting(30.0, "Default call deadline in seconds.")
     max_queue: int = _setting(1000, "Calls waiting for a daemon before new ones get Overloaded.")
     max_queue_bytes: int = _setting(DEFAULT_MAX_QUEUE_BYTES, "Bytes of queued requests before new ones get Overloaded.")
+    max_in_flight: int = _setting(256, "Calls one client keeps at the hub at once (async calls, call_many, map); more wait in the client.")
     start_timeout: float = _setting(120.0, "Seconds a daemon may take to load tools and report ready.")
     start_retries: int = _setting(3, "Consecutive failed starts before calls get PoolUnavailable.")
     backoff_base: float = _setting(0.1, "First restart delay in seconds (doubles per failure).")
@@ -65,6 +66,8 @@ class Settings:
             raise ValueError(f"idle_action must be restart, stop or none, not {self.idle_action!r}")
         if self.heartbeat_interval <= 0 or self.heartbeat_misses < 1:
             raise ValueError("heartbeat_interval must be > 0 and heartbeat_misses >= 1")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {self.max_in_flight}")
         if self.timeout <= 0 or self.max_queue < 0 or self.max_queue_bytes < 0:
             raise ValueError("timeout must be > 0, max_queue and max_queue_bytes >= 0")
 

@@ -11,7 +11,8 @@
     ├── WorkerLost (-32002)              the daemon died or was killed while holding the call
     ├── Overloaded (-32003)              the hub's queue is full
     ├── PoolUnavailable (-32004)         no daemon can serve (start failed, hub gone, closing)
-    └── Cancelled (-32005)               the call was cancelled
+    ├── Cancelled (-32005)               the call was cancelled
+    └── ConnectionLost (-32006)          the hub dropped this client's connection mid-call
 
 Errors convert both ways: ``err.to_wire()`` gives the JSON-RPC error object and
 ``error_from_wire(obj)`` rebuilds the matching class (unknown codes give ``BridgeError``).
@@ -24,7 +25,7 @@ from typing import Any
 __all__ = [
     "BridgeError", "ParseError", "InvalidRequest", "ToolNotFound", "InvalidParams",
     "InternalError", "ToolError", "CallTimeout", "WorkerLost", "Overloaded",
-    "PoolUnavailable", "Cancelled", "error_from_wire", "error_class_for",
+    "PoolUnavailable", "Cancelled", "ConnectionLost", "error_from_wire", "error_class_for",
 ]
 
 
@@ -115,10 +116,17 @@ class Cancelled(BridgeError):
     code = -32005
 
 
+class ConnectionLost(BridgeError):
+    """The connection to the hub dropped while the call was in flight (for example after
+    a frame over the hub's max_message_size); the call may have run."""
+    code = -32006
+
+
 _BY_CODE: dict[int, type[BridgeError]] = {
     cls.code: cls
     for cls in (ParseError, InvalidRequest, ToolNotFound, InvalidParams, InternalError,
-                ToolError, CallTimeout, WorkerLost, Overloaded, PoolUnavailable, Cancelled)
+                ToolError, CallTimeout, WorkerLost, Overloaded, PoolUnavailable, Cancelled,
+                ConnectionLost)
 }
 
 

@@ -18,8 +18,10 @@ WINDOW = 64
 
 
 def pipeline(sock: zmq.Socket, frames: list[bytes], deadline: float,
-             decode: Callable[[bytes], Any], window: int = WINDOW) -> list[Any]:
-    """Send every frame and wait for all replies: a result or a BridgeError per frame, in order."""
+             decode: Callable[[bytes], Any], window: int = WINDOW,
+             lost: Callable[[], BridgeError | None] = lambda: None) -> list[Any]:
+    """Send every frame and wait for all replies: a result or a BridgeError per frame, in order.
+    ``lost`` says (as an error) whether the connection dropped, failing what is in flight."""
     ids = [read_header(f).id for f in frames]
     wanted = set(ids)
     outcomes: dict[int, Any] = {}
@@ -30,7 +32,8 @@ def pipeline(sock: zmq.Socket, frames: list[bytes], deadline: float,
                 sock.send(frames[sent])
             except zmq.Again:  # the hub is unreachable: the rest never left
                 for id in ids[sent:]:
-                    outcomes[id] = PoolUnavailable("hub not reachable (the call was not sent)")
+                    outcomes[id] = PoolUnavailable("hub not reachable (the call was not sent)",
+                                                   {"cause": "unreachable"})
                 sent = len(frames)
                 break
             sent += 1
@@ -42,6 +45,9 @@ def pipeline(sock: zmq.Socket, frames: list[bytes], deadline: float,
             if time.monotonic() >= deadline:
                 for id in wanted - outcomes.keys():
                     outcomes[id] = CallTimeout("no reply from the hub before the deadline")
+            elif (error := lost()) is not None:  # what was sent is lost; the rest may still go
+                for id in set(ids[:sent]) - outcomes.keys():
+                    outcomes[id] = error
             continue
         header = _header(reply)
         if header is None or header.id not in wanted or header.id in outcomes:

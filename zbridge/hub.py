@@ -280,7 +280,7 @@ class Hub:
             self._apply(self.broker.submit(client, header, frame, now))
         elif kind is Kind.CREDIT:
             try:
-                self._apply(self.broker.client_credit(client, header.id, decode_credit(frame)))
+                self._apply(self.broker.client_credit(client, header.id, decode_credit(frame), now))
             except BridgeError:
                 pass  # CREDIT is never answered; a bad one is simply not forwarded
         elif kind is Kind.CANCEL:
@@ -314,7 +314,7 @@ class Hub:
             if header.kind is Kind.REPLY:
                 self._apply(self.broker.daemon_reply(ident, header, frame, now))
             elif header.kind is Kind.PARTIAL:
-                self._apply(self.broker.daemon_partial(ident, header, frame))
+                self._apply(self.broker.daemon_partial(ident, header, frame, now))
             elif header.kind is Kind.READY:
                 self._apply(self.broker.daemon_ready(ident, decode_ready(frame), now))
             elif header.kind is Kind.DISCONNECT:

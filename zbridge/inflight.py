@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 
 from .config import Settings
 from .errors import Cancelled
-from .protocol import Header, Kind, encode_cancel, encode_credit, read_header
+from .protocol import Header, Kind, encode_cancel, encode_credit, encode_heartbeat, read_header
 from .state import Daemon, DaemonState, Job, JobState
 
 if TYPE_CHECKING:
     from .broker import Action
+
+PROBE = encode_heartbeat()
 
 
 class InFlight:
@@ -48,16 +50,17 @@ class InFlight:
 
     # --- streams -----------------------------------------------------------------------
 
-    def daemon_partial(self, ident: bytes, header: Header, frame: bytes) -> list[Action]:
+    def daemon_partial(self, ident: bytes, header: Header, frame: bytes, now: float) -> list[Action]:
         """One streamed item: to the caller if this daemon holds that stream, else dropped."""
         daemon = self.daemons.get(ident)
         job = daemon.job if daemon is not None else None
         if job is None or job.id != header.id or not job.stream or daemon.state is not DaemonState.BUSY:
             return []
         job.delivered += 1
+        job.touched = now
         return [("client", job.client, frame)]
 
-    def client_credit(self, client: bytes, id: int, n: int) -> list[Action]:
+    def client_credit(self, client: bytes, id: int, n: int, now: float) -> list[Action]:
         """A consumer's credit, to the daemon running its stream; never more than the items
         it was given, so no peer can make the hub flood a daemon with credit."""
         job = self.jobs.get((client, id))
@@ -66,17 +69,33 @@ class InFlight:
         if n <= 0:
             return []
         job.credited += n
+        job.touched = now
         return [("daemon", daemon.ident, encode_credit(id, n))]
+
+    def probe_quiet_streams(self, now: float) -> list[Action]:
+        """A stream waiting on its consumer hears nothing if the consumer vanished (a ROUTER
+        is not told): send it a HEARTBEAT now and then, which clients ignore and which fails
+        at once (EHOSTUNREACH) for a peer that is gone, so its stream is stopped."""
+        actions: list[Action] = []
+        for daemon in self.daemons.values():
+            job = daemon.job
+            if job is not None and job.stream and now - job.touched >= self.s.heartbeat_interval:
+                job.touched = now
+                actions.append(("client", job.client, PROBE))
+        return actions
 
     # --- callers that stop reading or vanish ---------------------------------------------
 
     def client_unreachable(self, client: bytes, frame: bytes, gone: bool, now: float) -> list[Action]:
         """A frame for ``client`` could not be sent: its pipe is full (it stopped reading)
         or it is gone. It loses that frame; a stream that lost an item cannot go on."""
-        self.counters["dropped_replies"] += 1
-        if gone:
-            return self.client_gone(client, now)
         header = read_header(frame)
+        if gone:
+            self.counters["dropped_replies"] += header.kind is not Kind.HEARTBEAT
+            return self.client_gone(client, now)
+        if header.kind is Kind.HEARTBEAT:
+            return []  # a probe of a slow but present peer: nothing lost
+        self.counters["dropped_replies"] += 1
         job = self.jobs.get((client, header.id)) if header.kind is Kind.PARTIAL else None
         return self._abandon(job, now) if job is not None else []
 
@@ -90,6 +109,7 @@ class InFlight:
         return actions
 
     def _abandon(self, job: Job, now: float) -> list[Action]:
+        self.counters["abandoned"] += 1
         daemon = self._holder(job)
         self._end(job)
         return self._make_stale(daemon, job, now + self.s.kill_grace) if daemon is not None else []

@@ -1,9 +1,11 @@
 """What a client does after an error: raise it, retry the call, or use the pipe fallback.
 
 Pure, and shared by every client path so the rules live in one place:
-- PoolUnavailable means the call never ran, so the one-shot subprocess may serve it
-  (not when the bridge is shutting down: then new calls are refused);
-- WorkerLost means it may have run: retried only when the caller marked it idempotent;
+- PoolUnavailable means the call never ran, so the one-shot subprocess may serve it; not
+  when the bridge is shutting down (new calls are refused), and not when the tools failed
+  to load (a one-shot subprocess would fail the same way, only slower);
+- WorkerLost and ConnectionLost mean it may have run: retried only when the caller marked
+  it idempotent;
 - everything else is the answer.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from .errors import BridgeError, PoolUnavailable, WorkerLost
+from .errors import BridgeError, ConnectionLost, PoolUnavailable, WorkerLost
 
 
 class Step(str, Enum):
@@ -24,8 +26,9 @@ def after_error(error: BridgeError, *, attempt: int, idempotent: bool, retries: 
                 can_fallback: bool) -> Step:
     """``attempt`` counts retries already made (0 for the first try)."""
     if isinstance(error, PoolUnavailable):
-        closing = isinstance(error.data, dict) and error.data.get("closing")
-        return Step.FALLBACK if can_fallback and not closing else Step.RAISE
-    if isinstance(error, WorkerLost) and idempotent and attempt < retries:
+        data = error.data if isinstance(error.data, dict) else {}
+        hopeless = data.get("closing") or data.get("cause") in ("closing", "load_failed")
+        return Step.FALLBACK if can_fallback and not hopeless else Step.RAISE
+    if isinstance(error, (WorkerLost, ConnectionLost)) and idempotent and attempt < retries:
         return Step.RETRY
     return Step.RAISE

@@ -44,6 +44,7 @@ class Job:
     daemon: bytes | None = None      # who runs it, once dispatched
     delivered: int = 0               # streams: items forwarded to the caller
     credited: int = 0                # streams: credit forwarded to the daemon
+    touched: float = 0.0             # streams: last item, credit or probe
 
     @property
     def key(self) -> tuple[bytes, int]:

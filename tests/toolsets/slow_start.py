@@ -1,0 +1,17 @@
+"""A tools module whose start-up hook takes a second: lets a pool with a short
+start_timeout fail while a one-shot subprocess (no such limit) still serves."""
+
+import os
+import time
+
+import zbridge
+
+
+@zbridge.startup
+def warm_up() -> None:
+    time.sleep(1.0)
+
+
+@zbridge.tool
+def pid() -> int:
+    return os.getpid()
