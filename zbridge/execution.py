@@ -68,6 +68,8 @@ class Executor:
             raise ToolNotFound(f"unknown tool {name!r}; loaded: {', '.join(self.registry.names()) or 'none'}")
         positional = args if isinstance(args, list) else ()
         named = args if isinstance(args, dict) else {}
+        if entry.accepted is not None and named:  # extra_args="ignore"
+            named = {k: v for k, v in named.items() if k in entry.accepted}
         try:
             result = entry.fn(*positional, **named)
             if inspect.isawaitable(result):

@@ -3,7 +3,9 @@
 A tool is a plain function. Decorate it with ``@zbridge.tool`` (optionally ``name=``) in a
 module; the daemon imports that module (by module name or by a path to a ``.py`` file) and
 serves every tool it registered. A module that registers nothing exposes its public
-top-level functions instead. ``@zbridge.startup`` marks a hook that runs once in each
+top-level functions instead. ``@tool(extra_args="ignore")`` lets a tool drop keyword
+arguments it does not take (as pipe-daemon tools reading ``args.get(...)`` did); the default
+``"error"`` answers them with InvalidParams. ``@zbridge.startup`` marks a hook that runs once in each
 daemon after loading and before it reports ready: the place to load a model.
 """
 
@@ -21,11 +23,33 @@ from typing import Any, Callable, Iterable
 __all__ = ["Tool", "Registry", "tool", "startup", "load_tools", "REGISTRY"]
 
 
+EXTRA_ARGS = ("error", "ignore")
+_NAMED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
     fn: Callable[..., Any]
     signature: inspect.Signature | None
+    # keyword names to keep when unknown ones are dropped; None: pass every keyword on
+    accepted: frozenset[str] | None = None
+
+
+def check_extra_args(value: str) -> str:
+    if value not in EXTRA_ARGS:
+        raise ValueError(f"extra_args must be one of {', '.join(map(repr, EXTRA_ARGS))}, not {value!r}")
+    return value
+
+
+def _accepted(signature: inspect.Signature | None, extra_args: str) -> frozenset[str] | None:
+    """Computed once at registration so a call only filters a dict, and only when it must."""
+    if extra_args == "error" or signature is None:
+        return None
+    params = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None  # **kwargs takes everything already
+    return frozenset(p.name for p in params if p.kind in _NAMED_KINDS)
 
 
 @dataclass
@@ -33,12 +57,13 @@ class Registry:
     tools: dict[str, Tool] = field(default_factory=dict)
     startup_hooks: list[Callable[[], Any]] = field(default_factory=list)
 
-    def add(self, fn: Callable[..., Any], name: str | None = None) -> Tool:
+    def add(self, fn: Callable[..., Any], name: str | None = None, extra_args: str = "error") -> Tool:
+        check_extra_args(extra_args)
         try:
             signature = inspect.signature(fn)
         except (TypeError, ValueError):  # some builtins have none; accept any arguments
             signature = None
-        entry = Tool(name or fn.__name__, fn, signature)
+        entry = Tool(name or fn.__name__, fn, signature, _accepted(signature, extra_args))
         self.tools[entry.name] = entry
         return entry
 
@@ -49,10 +74,17 @@ class Registry:
 REGISTRY = Registry()
 
 
-def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None):
-    """Register ``fn`` as a tool, under ``name`` or its own name. Returns ``fn`` unchanged."""
+def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
+         extra_args: str = "error"):
+    """Register ``fn`` as a tool, under ``name`` or its own name. Returns ``fn`` unchanged.
+
+    ``extra_args="ignore"`` drops keyword arguments the function does not take instead of
+    answering InvalidParams (``"error"``, the default).
+    """
+    check_extra_args(extra_args)  # at decoration, not at the first call
+
     def register(f: Callable[..., Any]) -> Callable[..., Any]:
-        REGISTRY.add(f, name)
+        REGISTRY.add(f, name, extra_args)
         return f
     return register(fn) if fn is not None else register
 
