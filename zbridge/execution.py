@@ -5,18 +5,18 @@ Shared by the zmq worker and the stdio loop so both answer identically.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
-import platform
 import sys
 import time
-import traceback
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import Cancelled, InvalidParams, ToolError, ToolNotFound
 from .jsonrpc import resolve_tool_call
 from .tools import Registry
+
+if TYPE_CHECKING:
+    import asyncio
 
 HEALTH = "health"
 
@@ -87,6 +87,7 @@ class Executor:
             raise tool_error(exc, self.expose_tracebacks) from None
 
     def health(self, **_ignored: Any) -> dict:
+        import platform  # off the start-up path: health is rarely the first call
         return {
             "status": "ok",
             "pid": os.getpid(),
@@ -99,6 +100,7 @@ class Executor:
 
     def _await(self, awaitable: Any) -> Any:
         if self._loop is None:
+            import asyncio  # ~25 ms: paid only by daemons that serve coroutine tools
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(awaitable)
 
@@ -116,6 +118,7 @@ def _check_arguments(signature: inspect.Signature | None, name: str, positional:
 
 def tool_error(exc: BaseException, with_traceback: bool = True) -> ToolError:
     """A ToolError carrying the exception's type, message and (optionally) traceback."""
+    import traceback  # off the start-up path: needed only once a tool fails
     tb = traceback.TracebackException.from_exception(exc)
     # drop the executor's own frame so the trace starts in the tool
     if tb.stack and tb.stack[0].filename == __file__:
