@@ -10,16 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NamedTuple
 
 # click's boolean spellings, so the environment reads the same on both paths
 _TRUE = ("1", "true", "t", "yes", "y", "on")
 _FALSE = ("0", "false", "f", "no", "n", "off")
-
-
-class PipeOptions(NamedTuple):
-    tools: tuple[str, ...]
-    expose_tracebacks: bool
 
 
 def _env_flag(name: str, default: bool) -> bool | None:
@@ -30,8 +24,8 @@ def _env_flag(name: str, default: bool) -> bool | None:
     return True if value in _TRUE else False if value in _FALSE else None
 
 
-def parse_pipe_args(argv: list[str]) -> PipeOptions | None:
-    """The options of a plain ``--stdio`` command line, or None for anything else."""
+def parse_pipe_args(argv: list[str]) -> tuple[tuple[str, ...], bool] | None:
+    """(tools, expose_tracebacks) of a plain ``--stdio`` command line, or None for anything else."""
     if "--stdio" not in argv or os.environ.get("ZBRIDGE_CONNECT"):
         return None  # not a pipe, or a conflict that click words better
     tools: list[str] = []
@@ -54,7 +48,7 @@ def parse_pipe_args(argv: list[str]) -> PipeOptions | None:
     if expose is None:
         return None
     # as click does for a repeatable option: the variable only when the flag is absent
-    return PipeOptions(tuple(tools) or tuple(os.environ.get("ZBRIDGE_TOOLS", "").split()), expose)
+    return tuple(tools) or tuple(os.environ.get("ZBRIDGE_TOOLS", "").split()), expose
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,8 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     from .process_io import isolate_stdout
     from .stdio import run
+    tools, expose_tracebacks = options
     out = isolate_stdout()  # before tools load: imports may print too
-    run(options.tools, out, options.expose_tracebacks)
+    run(tools, out, expose_tracebacks)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,19 @@ tool: when the reader stops reading, the write blocks.
 
 from __future__ import annotations
 
-import inspect
 import sys
-from typing import Any, BinaryIO, Callable, Iterator
+from types import GeneratorType
 
 from zbridge.errors import BridgeError, InternalError
 from zbridge.execution import Executor
 from zbridge.jsonrpc import (STREAM_METHOD, Call, Invalid, PARTIAL_METHOD, encode_line, error_object,
                              notification_object, parse_line, resolve_stream_call, result_object)
 
-Emit = Callable[[bytes], None]
+TYPE_CHECKING = False  # typing and inspect stay off the pipe's start-up path
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, Callable, Iterator
+
+    Emit = Callable[[bytes], None]
 
 
 def _one(value: Any) -> Iterator[Any]:
@@ -38,7 +41,7 @@ def _stream(executor: Executor, item: Call, emit: Emit) -> dict:
     """Run a ``zbridge.stream`` request: one notification per item, then the count."""
     tool, args = resolve_stream_call(item.params)
     result = executor.run(tool, args, stream=True)
-    items = result if inspect.isgenerator(result) else _one(result)
+    items = result if isinstance(result, GeneratorType) else _one(result)
     count = 0
     try:
         for value in items:

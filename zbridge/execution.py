@@ -5,18 +5,21 @@ Shared by the zmq worker and the stdio loop so both answer identically.
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Awaitable
+from types import AsyncGeneratorType, GeneratorType
 
 from .errors import Cancelled, InvalidParams, ToolError, ToolNotFound
 from .jsonrpc import resolve_tool_call
 from .tools import Registry
 
+TYPE_CHECKING = False  # no typing or inspect at start-up: the pipe daemon imports this module
 if TYPE_CHECKING:
     import asyncio
+    import inspect
+    from typing import Any, Iterator
 
 HEALTH = "health"
 
@@ -38,14 +41,14 @@ class Executor:
         that raises BridgeErrors (a tool exception mid-stream surfaces at that item).
         """
         result = self._call(method, params)
-        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        if isinstance(result, (GeneratorType, AsyncGeneratorType)):
             items = self._items(result)
             return items if stream else list(items)
         return result
 
     def _items(self, gen: Any) -> Iterator[Any]:
         try:
-            if inspect.isasyncgen(gen):
+            if isinstance(gen, AsyncGeneratorType):
                 while True:
                     try:
                         yield self._await(gen.__anext__())
@@ -72,7 +75,7 @@ class Executor:
             named = {k: v for k, v in named.items() if k in entry.accepted}
         try:
             result = entry.fn(*positional, **named)
-            if inspect.isawaitable(result):
+            if isinstance(result, Awaitable):
                 result = self._await(result)
             return result
         except Cancelled:

@@ -13,8 +13,7 @@ gets exactly one line back, so a client reading one line per request never drift
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from collections import namedtuple
 
 from .errors import BridgeError, InvalidParams, InvalidRequest, ParseError
 
@@ -24,20 +23,19 @@ STREAM_METHOD = "zbridge.stream"    # request: stream this tool's items as notif
 PARTIAL_METHOD = "zbridge.partial"  # notification carrying one streamed item
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One valid request object from a line."""
-    id: Any
-    method: str
-    params: list | dict | None
-    notification: bool
+TYPE_CHECKING = False  # typing, like dataclasses, is too slow an import for the pipe's start
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@dataclass(frozen=True, slots=True)
-class Invalid:
-    """A request object that failed validation; it gets this error as its reply."""
-    id: Any
-    error: BridgeError
+class Call(namedtuple("Call", "id method params notification")):
+    """One valid request object from a line (params: list, dict or None)."""
+    __slots__ = ()
+
+
+class Invalid(namedtuple("Invalid", "id error")):
+    """A request object that failed validation; it gets this error (a BridgeError) as its reply."""
+    __slots__ = ()
 
 
 def result_object(id: Any, result: Any) -> dict:

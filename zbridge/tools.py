@@ -13,27 +13,41 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import os
 import sys
-from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any, Callable, Iterable
+from collections import namedtuple
+from types import FunctionType, ModuleType
+
+# Deliberately no typing, inspect or dataclasses at import time: the pipe daemon imports
+# this module on every start, and those three cost ~11 ms together (a third of a bare
+# interpreter's start). inspect is imported only to read a signature, which a strict tool
+# needs only once a call has failed.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import inspect
+    from typing import Any, Callable, Iterable
 
 __all__ = ["Tool", "Registry", "tool", "startup", "load_tools", "REGISTRY"]
 
-
 EXTRA_ARGS = ("error", "ignore")
-_NAMED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
-@dataclass(frozen=True)
-class Tool:
-    name: str
-    fn: Callable[..., Any]
-    signature: inspect.Signature | None
-    # keyword names to keep when unknown ones are dropped; None: pass every keyword on
-    accepted: frozenset[str] | None = None
+class Tool(namedtuple("Tool", "name fn accepted", defaults=(None,))):
+    """A registered tool. ``accepted``: the keyword names kept when unknown ones are dropped
+    (``extra_args="ignore"``); None passes every keyword on."""
+    __slots__ = ()
+
+    @property
+    def signature(self) -> inspect.Signature | None:
+        return signature_of(self.fn)
+
+
+def signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
+    import inspect
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have none; accept any arguments
+        return None
 
 
 def check_extra_args(value: str) -> str:
@@ -42,28 +56,31 @@ def check_extra_args(value: str) -> str:
     return value
 
 
-def _accepted(signature: inspect.Signature | None, extra_args: str) -> frozenset[str] | None:
+def _accepted(fn: Callable[..., Any], extra_args: str) -> frozenset[str] | None:
     """Computed once at registration so a call only filters a dict, and only when it must."""
-    if extra_args == "error" or signature is None:
+    if extra_args == "error":
         return None
+    signature = signature_of(fn)
+    if signature is None:
+        return None
+    import inspect
     params = signature.parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None  # **kwargs takes everything already
-    return frozenset(p.name for p in params if p.kind in _NAMED_KINDS)
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for p in params if p.kind in named)
 
 
-@dataclass
 class Registry:
-    tools: dict[str, Tool] = field(default_factory=dict)
-    startup_hooks: list[Callable[[], Any]] = field(default_factory=list)
+    """The tools and start-up hooks one daemon serves."""
+
+    def __init__(self) -> None:
+        self.tools: dict[str, Tool] = {}
+        self.startup_hooks: list[Callable[[], Any]] = []
 
     def add(self, fn: Callable[..., Any], name: str | None = None, extra_args: str = "error") -> Tool:
         check_extra_args(extra_args)
-        try:
-            signature = inspect.signature(fn)
-        except (TypeError, ValueError):  # some builtins have none; accept any arguments
-            signature = None
-        entry = Tool(name or fn.__name__, fn, signature, _accepted(signature, extra_args))
+        entry = Tool(name or fn.__name__, fn, _accepted(fn, extra_args))
         self.tools[entry.name] = entry
         return entry
 
@@ -119,7 +136,7 @@ def _import_path(path: str) -> ModuleType:
 
 def _public_functions(module: ModuleType) -> list[Callable[..., Any]]:
     return [obj for attr, obj in vars(module).items()
-            if not attr.startswith("_") and inspect.isfunction(obj)
+            if not attr.startswith("_") and isinstance(obj, FunctionType)
             and obj.__module__ == module.__name__]
 
 
