@@ -84,8 +84,10 @@ def stream_once(settings: Settings, tools: list[str], tool: str, args: Any,
         proc.stdin.close()
         streamed = 0
         for raw in proc.stdout:
-            message = json.loads(raw)
-            if not isinstance(message, dict):
+            message = _decode(raw)
+            if message is None:
+                if not timer.is_alive():  # the line was cut short by our kill
+                    break
                 raise WorkerLost(f"pipe daemon gave a malformed line: {raw[:200]!r}")
             if message.get("method") == PARTIAL_METHOD:
                 streamed += 1
@@ -103,6 +105,14 @@ def stream_once(settings: Settings, tools: list[str], tool: str, args: Any,
         _kill_group(proc)
         proc.stdout.close()
         proc.wait()
+
+
+def _decode(raw: bytes) -> dict | None:
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
 
 
 def _check_count(result: Any, streamed: int) -> None:
