@@ -28,6 +28,8 @@ GOALS = (
          ("zbridge.subprocess", "p50_us"), (W1, "p50_us"), 100.0, False),
     Goal("zbridge.embedded.w2/c8 calls/s >= 0.6 x floor.zmq_proxy.w2/c8 calls/s",
          ("zbridge.embedded.w2/c8", "calls_per_s"), ("floor.zmq_proxy.w2/c8", "calls_per_s"), 0.6, False),
+    Goal("zbridge.stdio.cold_start p50 <= 1.5 x floor.stdio_cold_start p50",
+         ("zbridge.stdio.cold_start", "p50_us"), ("floor.stdio_cold_start", "p50_us"), 1.5, True),
 )
 
 

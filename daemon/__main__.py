@@ -1,3 +1,3 @@
-from zbridge_daemon.main import main
+from zbridge_daemon.entry import main
 
 main()

@@ -12,28 +12,13 @@ import traceback
 import click
 
 from zbridge.endpoints import remove_if_orphaned
-from zbridge.errors import PoolUnavailable
-from zbridge.execution import Executor
 from zbridge.protocol import DEFAULT_MAX_MESSAGE
-from zbridge.tools import Registry, load_tools
 
+from .loading import load
 from .process_io import isolate_stdout, watch_lifeline
+from .stdio import run as run_stdio
 
 EXIT_LOAD_FAILED = 3
-
-
-def load(specs: tuple[str, ...]) -> Registry:
-    """Import tools and run start-up hooks; exceptions carry the user's traceback."""
-    registry = load_tools(specs)
-    for hook in registry.startup_hooks:
-        hook()
-    return registry
-
-
-def load_failure(exc: BaseException) -> PoolUnavailable:
-    text = "".join(traceback.format_exception(exc)).rstrip()
-    last = text.splitlines()[-1] if text else repr(exc)
-    return PoolUnavailable(f"tools failed to load: {last}", {"stderr": text[-4000:]})
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,16 +72,6 @@ def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: st
     run_worker(tools, lifeline, WorkerOptions(
         endpoint, identity.encode(), max_message_size, heartbeat,
         heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks))
-
-
-def run_stdio(tools: tuple[str, ...], out, expose_tracebacks: bool) -> None:
-    from . import stdio
-    try:
-        executor: Executor | PoolUnavailable = Executor(load(tools), expose_tracebacks)
-    except BaseException as exc:  # noqa: BLE001 - reported on every call instead
-        traceback.print_exc()
-        executor = load_failure(exc)
-    stdio.serve(executor, out)
 
 
 def run_worker(tools: tuple[str, ...], lifeline: bool, options) -> None:

@@ -1,42 +1,62 @@
 """The pipe protocol: one JSON-RPC 2.0 line in, one line out (nothing for notifications).
 
-A generator tool streams: each item is written at once as a notification
-``{"jsonrpc":"2.0","method":"zbridge.partial","params":{"id":ID,"seq":N,"item":...}}``,
-then the request's own reply ``{"result": {"items": count}}`` (or the error that ended it).
-The pipe itself paces the tool: when the reader stops reading, the write blocks.
+A plain request always gets exactly one line, also for a generator tool (its items as a
+list), so a client reading one line per request never drifts. Streaming is opt-in: method
+``zbridge.stream`` with ``{"tool": NAME, "args": ...}`` writes each item at once as a
+notification ``{"jsonrpc":"2.0","method":"zbridge.partial","params":{"id":ID,"seq":N,"item":...}}``,
+then the request's own reply ``{"result": {"items": count}}`` (or the error that ended it);
+a tool that is not a generator streams its result as one item. The pipe itself paces the
+tool: when the reader stops reading, the write blocks.
 """
 
 from __future__ import annotations
 
-import inspect
 import sys
-from typing import Any, BinaryIO, Callable
+from types import GeneratorType
 
 from zbridge.errors import BridgeError, InternalError
 from zbridge.execution import Executor
-from zbridge.jsonrpc import (Call, Invalid, PARTIAL_METHOD, encode_line, error_object,
-                             notification_object, parse_line, result_object)
+from zbridge.jsonrpc import (STREAM_METHOD, Call, Invalid, PARTIAL_METHOD, encode_line, error_object,
+                             notification_object, parse_line, resolve_stream_call, result_object)
 
-Emit = Callable[[bytes], None]
+TYPE_CHECKING = False  # typing and inspect stay off the pipe's start-up path
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, Callable, Iterator
+
+    Emit = Callable[[bytes], None]
+
+
+def _one(value: Any) -> Iterator[Any]:
+    yield value
+
+
+def _partial_line(id: Any, seq: int, value: Any) -> bytes:
+    try:
+        return encode_line(notification_object(PARTIAL_METHOD, {"id": id, "seq": seq, "item": value}))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InternalError(f"item {seq} cannot be encoded as JSON: {exc}"[:500]) from None
+
+
+def _stream(executor: Executor, item: Call, emit: Emit) -> dict:
+    """Run a ``zbridge.stream`` request: one notification per item, then the count."""
+    tool, args = resolve_stream_call(item.params)
+    result = executor.run(tool, args, stream=True)
+    items = result if isinstance(result, GeneratorType) else _one(result)
+    count = 0
+    try:
+        for value in items:
+            if not item.notification:  # nobody to tie the items to: run, drop them
+                emit(_partial_line(item.id, count, value))
+            count += 1
+    finally:
+        items.close()
+    return {"items": count}
 
 
 def _run(executor: Executor, item: Call, emit: Emit) -> Any:
-    result = executor.run(item.method, item.params, stream=True)
-    if not inspect.isgenerator(result):
-        return result
-    count = 0
-    try:
-        for value in result:
-            if not item.notification:
-                try:
-                    line = encode_line(notification_object(PARTIAL_METHOD, {"id": item.id, "seq": count, "item": value}))
-                except (TypeError, ValueError, RecursionError) as exc:
-                    raise InternalError(f"item {count} cannot be encoded as JSON: {exc}"[:500]) from None
-                emit(line)
-            count += 1
-    finally:
-        result.close()
-    return {"items": count}
+    if item.method == STREAM_METHOD:
+        return _stream(executor, item, emit)
+    return executor.run(item.method, item.params)
 
 
 def _reply(executor: Executor | BridgeError, item: Call | Invalid, emit: Emit) -> dict | None:
@@ -88,3 +108,15 @@ def serve(executor: Executor | BridgeError, out: BinaryIO, inp: BinaryIO | None 
         reply = handle_line(executor, line, emit)
         if reply is not None:
             emit(reply)
+
+
+def run(tools: tuple[str, ...] | list[str], out: BinaryIO, expose_tracebacks: bool) -> None:
+    """Load the tools and serve; if they fail to load, every call is answered with why."""
+    from .loading import load, load_failure
+    try:
+        executor: Executor | BridgeError = Executor(load(tools), expose_tracebacks)
+    except BaseException as exc:  # noqa: BLE001 - reported on every call instead
+        import traceback
+        traceback.print_exc()
+        executor = load_failure(exc)
+    serve(executor, out)

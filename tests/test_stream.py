@@ -96,14 +96,15 @@ def test_pipe_fallback_streams_too(bridge_factory, basic_tools):
         list(bridge.stream("count", [10, 3]))
 
 
-def test_stdio_streams_as_notifications_tied_to_the_id(basic_tools):
-    line = json.dumps({"jsonrpc": "2.0", "id": "s1", "method": "count", "params": [3]}) + "\n"
+def test_stdio_streams_as_notifications_tied_to_the_id_when_asked(basic_tools):
+    line = json.dumps({"jsonrpc": "2.0", "id": "s1", "method": "zbridge.stream",
+                       "params": {"tool": "count", "args": [3]}}) + "\n"
     out = subprocess.run([sys.executable, "-m", "zbridge_daemon", "--stdio", "--tools", basic_tools],
                          input=line.encode(), capture_output=True, timeout=30)
     lines = [json.loads(x) for x in out.stdout.decode().splitlines()]
     assert lines[:3] == [{"jsonrpc": "2.0", "method": "zbridge.partial",
                           "params": {"id": "s1", "seq": i, "item": i}} for i in range(3)]
-    assert lines[3] == {"jsonrpc": "2.0", "id": "s1", "result": {"items": 3}}
+    assert lines[3:] == [{"jsonrpc": "2.0", "id": "s1", "result": {"items": 3}}]
 
 
 def test_cli_call_stream_prints_each_item(basic_tools):

@@ -5,18 +5,21 @@ Shared by the zmq worker and the stdio loop so both answer identically.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
-import platform
 import sys
 import time
-import traceback
-from typing import Any, Iterator
+from collections.abc import Awaitable
+from types import AsyncGeneratorType, GeneratorType
 
 from .errors import Cancelled, InvalidParams, ToolError, ToolNotFound
 from .jsonrpc import resolve_tool_call
 from .tools import Registry
+
+TYPE_CHECKING = False  # no typing or inspect at start-up: the pipe daemon imports this module
+if TYPE_CHECKING:
+    import asyncio
+    import inspect
+    from typing import Any, Iterator
 
 HEALTH = "health"
 
@@ -38,14 +41,14 @@ class Executor:
         that raises BridgeErrors (a tool exception mid-stream surfaces at that item).
         """
         result = self._call(method, params)
-        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        if isinstance(result, (GeneratorType, AsyncGeneratorType)):
             items = self._items(result)
             return items if stream else list(items)
         return result
 
     def _items(self, gen: Any) -> Iterator[Any]:
         try:
-            if inspect.isasyncgen(gen):
+            if isinstance(gen, AsyncGeneratorType):
                 while True:
                     try:
                         yield self._await(gen.__anext__())
@@ -68,9 +71,11 @@ class Executor:
             raise ToolNotFound(f"unknown tool {name!r}; loaded: {', '.join(self.registry.names()) or 'none'}")
         positional = args if isinstance(args, list) else ()
         named = args if isinstance(args, dict) else {}
+        if entry.accepted is not None and named:  # extra_args="ignore"
+            named = {k: v for k, v in named.items() if k in entry.accepted}
         try:
             result = entry.fn(*positional, **named)
-            if inspect.isawaitable(result):
+            if isinstance(result, Awaitable):
                 result = self._await(result)
             return result
         except Cancelled:
@@ -85,6 +90,7 @@ class Executor:
             raise tool_error(exc, self.expose_tracebacks) from None
 
     def health(self, **_ignored: Any) -> dict:
+        import platform  # off the start-up path: health is rarely the first call
         return {
             "status": "ok",
             "pid": os.getpid(),
@@ -97,6 +103,7 @@ class Executor:
 
     def _await(self, awaitable: Any) -> Any:
         if self._loop is None:
+            import asyncio  # ~25 ms: paid only by daemons that serve coroutine tools
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(awaitable)
 
@@ -114,6 +121,7 @@ def _check_arguments(signature: inspect.Signature | None, name: str, positional:
 
 def tool_error(exc: BaseException, with_traceback: bool = True) -> ToolError:
     """A ToolError carrying the exception's type, message and (optionally) traceback."""
+    import traceback  # off the start-up path: needed only once a tool fails
     tb = traceback.TracebackException.from_exception(exc)
     # drop the executor's own frame so the trace starts in the tool
     if tb.stack and tb.stack[0].filename == __file__:

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from .config import Settings
 from .errors import CallTimeout, InvalidParams, WorkerLost, error_from_wire
-from .jsonrpc import PARTIAL_METHOD, encode_line, request_object
+from .jsonrpc import PARTIAL_METHOD, STREAM_METHOD, encode_line, request_object
 from .supervisor import _emit, describe_exit
 
 
@@ -28,9 +28,9 @@ def stdio_command(settings: Settings, tools: list[str]) -> list[str]:
     return cmd
 
 
-def _request_line(tool: str, args: Any) -> bytes:
+def _request_line(method: str, params: Any) -> bytes:
     try:
-        return encode_line(request_object(1, tool, args))
+        return encode_line(request_object(1, method, params))
     except (TypeError, ValueError) as exc:
         raise InvalidParams(f"arguments cannot be encoded as JSON: {exc}") from None
 
@@ -74,26 +74,28 @@ def _answer(out: bytes, err: bytes, returncode: int) -> Any:
 
 def stream_once(settings: Settings, tools: list[str], tool: str, args: Any,
                 timeout: float) -> Iterator[Any]:
-    """A generator tool's items from a one-shot pipe daemon, as they are written."""
-    line = _request_line(tool, args)
+    """A tool's items from a one-shot pipe daemon, as they are written (``zbridge.stream``)."""
+    line = _request_line(STREAM_METHOD, {"tool": tool, "args": args})
     proc = _start(settings, tools, None)  # stderr straight through: nothing to buffer
     timer = threading.Timer(timeout, _kill_group, args=(proc,))
     timer.start()
     try:
         proc.stdin.write(line)
         proc.stdin.close()
-        streamed = False
+        streamed = 0
         for raw in proc.stdout:
-            message = json.loads(raw)
-            if isinstance(message, dict) and message.get("method") == PARTIAL_METHOD:
-                streamed = True
+            message = _decode(raw)
+            if message is None:
+                if not timer.is_alive():  # the line was cut short by our kill
+                    break
+                raise WorkerLost(f"pipe daemon gave a malformed line: {raw[:200]!r}")
+            if message.get("method") == PARTIAL_METHOD:
+                streamed += 1
                 yield message["params"]["item"]
-                continue
-            if isinstance(message, dict) and "error" in message:
+            elif "error" in message:
                 raise error_from_wire(message["error"])
-            if isinstance(message, dict) and "result" in message:
-                if not streamed and message["result"] != {"items": 0}:
-                    yield message["result"]  # not a generator tool: its one result
+            elif "result" in message:
+                _check_count(message["result"], streamed)
                 return
         if not timer.is_alive():
             raise CallTimeout(f"stream timed out after {timeout}s (pipe fallback)")
@@ -103,6 +105,20 @@ def stream_once(settings: Settings, tools: list[str], tool: str, args: Any,
         _kill_group(proc)
         proc.stdout.close()
         proc.wait()
+
+
+def _decode(raw: bytes) -> dict | None:
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _check_count(result: Any, streamed: int) -> None:
+    """The final reply counts the items sent; a mismatch means lines were lost or mixed up."""
+    if not isinstance(result, dict) or result.get("items") != streamed:
+        raise WorkerLost(f"pipe daemon ended a stream of {streamed} item(s) with {str(result)[:200]}")
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -4,35 +4,38 @@ One line in is one JSON value: a request object or a batch (array) of them. One 
 the reply: an object, an array for a batch, or nothing for notifications. Ids come back
 exactly as sent. Seed compatibility: method ``execute_tool`` with
 ``{"tool_name": ..., "args": ...}`` is the same as calling the tool by its own name.
+
+Streaming is opt-in: method ``zbridge.stream`` with ``{"tool": ..., "args": ...}`` asks for
+each item as a ``zbridge.partial`` notification before the reply. Without it, every request
+gets exactly one line back, so a client reading one line per request never drifts.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from collections import namedtuple
 
 from .errors import BridgeError, InvalidParams, InvalidRequest, ParseError
 
 _MISSING = object()
 SEED_METHOD = "execute_tool"
+STREAM_METHOD = "zbridge.stream"    # request: stream this tool's items as notifications
 PARTIAL_METHOD = "zbridge.partial"  # notification carrying one streamed item
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One valid request object from a line."""
-    id: Any
-    method: str
-    params: list | dict | None
-    notification: bool
+TYPE_CHECKING = False  # typing, like dataclasses, is too slow an import for the pipe's start
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@dataclass(frozen=True, slots=True)
-class Invalid:
-    """A request object that failed validation; it gets this error as its reply."""
-    id: Any
-    error: BridgeError
+class Call(namedtuple("Call", "id method params notification")):
+    """One valid request object from a line (params: list, dict or None)."""
+    __slots__ = ()
+
+
+class Invalid(namedtuple("Invalid", "id error")):
+    """A request object that failed validation; it gets this error (a BridgeError) as its reply."""
+    __slots__ = ()
 
 
 def result_object(id: Any, result: Any) -> dict:
@@ -99,13 +102,23 @@ def parse_line(line: bytes | str) -> tuple[list[Call | Invalid], bool]:
     return [parse_object(value)], False
 
 
+def _unwrap(method: str, params: Any, name_key: str) -> tuple[str, Any]:
+    """(tool name, arguments) from an envelope ``{name_key: str, "args": ...}``."""
+    if not isinstance(params, dict) or not isinstance(params.get(name_key), str):
+        raise InvalidParams(f"{method} needs params {{\"{name_key}\": str, \"args\": object|array|null}}")
+    args = params.get("args")
+    if args is not None and not isinstance(args, (list, dict)):
+        raise InvalidParams(f"{method} 'args' must be an object, an array or null")
+    return params[name_key], args
+
+
 def resolve_tool_call(method: str, params: Any) -> tuple[str, Any]:
     """Map the seed's ``execute_tool`` envelope to (tool name, arguments)."""
     if method != SEED_METHOD:
         return method, params
-    if not isinstance(params, dict) or not isinstance(params.get("tool_name"), str):
-        raise InvalidParams("execute_tool needs params {\"tool_name\": str, \"args\": object|array}")
-    args = params.get("args")
-    if args is not None and not isinstance(args, (list, dict)):
-        raise InvalidParams("execute_tool 'args' must be an object, an array or null")
-    return params["tool_name"], args
+    return _unwrap(SEED_METHOD, params, "tool_name")
+
+
+def resolve_stream_call(params: Any) -> tuple[str, Any]:
+    """The (tool name, arguments) of a ``zbridge.stream`` request's params."""
+    return _unwrap(STREAM_METHOD, params, "tool")

@@ -3,7 +3,9 @@
 A tool is a plain function. Decorate it with ``@zbridge.tool`` (optionally ``name=``) in a
 module; the daemon imports that module (by module name or by a path to a ``.py`` file) and
 serves every tool it registered. A module that registers nothing exposes its public
-top-level functions instead. ``@zbridge.startup`` marks a hook that runs once in each
+top-level functions instead. ``@tool(extra_args="ignore")`` lets a tool drop keyword
+arguments it does not take (as pipe-daemon tools reading ``args.get(...)`` did); the default
+``"error"`` answers them with InvalidParams. ``@zbridge.startup`` marks a hook that runs once in each
 daemon after loading and before it reports ready: the place to load a model.
 """
 
@@ -11,34 +13,74 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import os
 import sys
-from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any, Callable, Iterable
+from collections import namedtuple
+from types import FunctionType, ModuleType
+
+# Deliberately no typing, inspect or dataclasses at import time: the pipe daemon imports
+# this module on every start, and those three cost ~11 ms together (a third of a bare
+# interpreter's start). inspect is imported only to read a signature, which a strict tool
+# needs only once a call has failed.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import inspect
+    from typing import Any, Callable, Iterable
 
 __all__ = ["Tool", "Registry", "tool", "startup", "load_tools", "REGISTRY"]
 
-
-@dataclass(frozen=True)
-class Tool:
-    name: str
-    fn: Callable[..., Any]
-    signature: inspect.Signature | None
+EXTRA_ARGS = ("error", "ignore")
 
 
-@dataclass
+class Tool(namedtuple("Tool", "name fn accepted", defaults=(None,))):
+    """A registered tool. ``accepted``: the keyword names kept when unknown ones are dropped
+    (``extra_args="ignore"``); None passes every keyword on."""
+    __slots__ = ()
+
+    @property
+    def signature(self) -> inspect.Signature | None:
+        return signature_of(self.fn)
+
+
+def signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
+    import inspect
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have none; accept any arguments
+        return None
+
+
+def check_extra_args(value: str) -> str:
+    if value not in EXTRA_ARGS:
+        raise ValueError(f"extra_args must be one of {', '.join(map(repr, EXTRA_ARGS))}, not {value!r}")
+    return value
+
+
+def _accepted(fn: Callable[..., Any], extra_args: str) -> frozenset[str] | None:
+    """Computed once at registration so a call only filters a dict, and only when it must."""
+    if extra_args == "error":
+        return None
+    signature = signature_of(fn)
+    if signature is None:
+        return None
+    import inspect
+    params = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None  # **kwargs takes everything already
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for p in params if p.kind in named)
+
+
 class Registry:
-    tools: dict[str, Tool] = field(default_factory=dict)
-    startup_hooks: list[Callable[[], Any]] = field(default_factory=list)
+    """The tools and start-up hooks one daemon serves."""
 
-    def add(self, fn: Callable[..., Any], name: str | None = None) -> Tool:
-        try:
-            signature = inspect.signature(fn)
-        except (TypeError, ValueError):  # some builtins have none; accept any arguments
-            signature = None
-        entry = Tool(name or fn.__name__, fn, signature)
+    def __init__(self) -> None:
+        self.tools: dict[str, Tool] = {}
+        self.startup_hooks: list[Callable[[], Any]] = []
+
+    def add(self, fn: Callable[..., Any], name: str | None = None, extra_args: str = "error") -> Tool:
+        check_extra_args(extra_args)
+        entry = Tool(name or fn.__name__, fn, _accepted(fn, extra_args))
         self.tools[entry.name] = entry
         return entry
 
@@ -49,10 +91,17 @@ class Registry:
 REGISTRY = Registry()
 
 
-def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None):
-    """Register ``fn`` as a tool, under ``name`` or its own name. Returns ``fn`` unchanged."""
+def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
+         extra_args: str = "error"):
+    """Register ``fn`` as a tool, under ``name`` or its own name. Returns ``fn`` unchanged.
+
+    ``extra_args="ignore"`` drops keyword arguments the function does not take instead of
+    answering InvalidParams (``"error"``, the default).
+    """
+    check_extra_args(extra_args)  # at decoration, not at the first call
+
     def register(f: Callable[..., Any]) -> Callable[..., Any]:
-        REGISTRY.add(f, name)
+        REGISTRY.add(f, name, extra_args)
         return f
     return register(fn) if fn is not None else register
 
@@ -87,7 +136,7 @@ def _import_path(path: str) -> ModuleType:
 
 def _public_functions(module: ModuleType) -> list[Callable[..., Any]]:
     return [obj for attr, obj in vars(module).items()
-            if not attr.startswith("_") and inspect.isfunction(obj)
+            if not attr.startswith("_") and isinstance(obj, FunctionType)
             and obj.__module__ == module.__name__]
 
 
