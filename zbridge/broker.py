@@ -29,7 +29,8 @@ from .backoff import restart_delay
 from .config import Settings
 from .errors import BridgeError, CallTimeout, InvalidRequest, Overloaded, PoolUnavailable, WorkerLost
 from .inflight import InFlight
-from .protocol import EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, Header, encode_disconnect, encode_error
+from .protocol import (EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, REQUEST_FLAGS, Header, encode_disconnect,
+                       encode_error, without_flags)
 from .state import (SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, Process, _secret_ident,
                     first_line, last_line)
 
@@ -128,6 +129,8 @@ class Broker(InFlight):
             return InvalidRequest("request ids start at 1 (0 is kept for errors about unparsable messages)")
         if (client, header.id) in self.jobs:
             return InvalidRequest(f"request id {header.id} is already in flight on this connection")
+        if header.flags & ~REQUEST_FLAGS:
+            return InvalidRequest(f"undefined request flag bits set: {header.flags & ~REQUEST_FLAGS:#04x}")
         return None
 
     def _overloaded(self, size: int) -> Overloaded | None:
@@ -239,6 +242,8 @@ class Broker(InFlight):
             daemon.job = None
             daemon.calls += 1
             self.counters["completed"] += 1
+            if header.flags & FLAG_RETIRE:  # between the daemon and the hub only
+                frame = without_flags(frame, FLAG_RETIRE)
             return [self._answer(job, frame)] + self._after_call(daemon, header, now)
         if daemon.state is DaemonState.STALE and daemon.stale_id == header.id:
             daemon.calls += 1  # late reply: dropped, the daemon is free again

@@ -7,13 +7,12 @@ returns a ``concurrent.futures.Future``.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import threading
 import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import zmq
 
@@ -92,9 +91,11 @@ class Client(ClientCore):
         self._executor.submit(run)
         return future
 
-    def _cancel_remote(self, owner: bytes, request_id: int) -> None:
+    @staticmethod
+    def _send_cancel(sock: zmq.Socket, request_id: int) -> None:
+        """CANCEL on the socket that sent the call: the hub honours no other."""
         try:
-            self._socket().send(encode_cancel(request_id, owner), zmq.NOBLOCK)
+            sock.send(encode_cancel(request_id), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the hub is gone: nothing runs there to cancel
 
@@ -148,15 +149,17 @@ class Client(ClientCore):
                     return
         finally:
             if not finished:  # the consumer left early, or the deadline passed
-                with contextlib.suppress(zmq.ZMQError):
-                    sock.send(encode_cancel(request_id), zmq.NOBLOCK)
+                self._send_cancel(sock, request_id)
             self._close_socket(sock, linger=100 if not finished else 0)
 
-    def _receive(self, sock: zmq.Socket, deadline: float, timeout: float) -> bytes:
+    def _receive(self, sock: zmq.Socket, deadline: float, timeout: float,
+                 on_slice: Callable[[], None] | None = None) -> bytes:
         while True:
             try:
                 return sock.recv()
             except zmq.Again:
+                if on_slice is not None:
+                    on_slice()
                 if self._closed:
                     raise Cancelled("client closed while the call was waiting") from None
                 if self._dropped(sock):
@@ -300,9 +303,13 @@ class Client(ClientCore):
     def _roundtrip(self, frame: bytes, timeout: float) -> Any:
         sock = self._socket()
         request_id = read_header(frame).id
-        tracker = getattr(self._local, "tracker", None)
-        if tracker is not None:  # lets CallFuture.cancel() name this call to the hub
-            tracker.inflight = (sock.getsockopt(zmq.IDENTITY), request_id)
+        tracker: CallFuture | None = getattr(self._local, "tracker", None)
+        on_slice = None
+        if tracker is not None:  # CallFuture.cancel() asks; this thread, owning the socket, sends
+            def on_slice() -> None:
+                if tracker.cancel_requested.is_set() and not tracker.cancel_sent:
+                    tracker.cancel_sent = True
+                    self._send_cancel(sock, request_id)
         watch = self._watches.get(sock)
         if watch is not None:
             watch.forget()  # a drop before this call is not this call's
@@ -314,12 +321,12 @@ class Client(ClientCore):
         deadline = time.monotonic() + timeout + HUB_GRACE
         try:
             while True:
-                reply = self._receive(sock, deadline, timeout)
+                reply = self._receive(sock, deadline, timeout, on_slice)
                 if reply_id(reply) != request_id:
                     continue  # a late reply to an earlier call on this socket
                 return result_of(reply, self.settings.max_message_size)
         except KeyboardInterrupt:  # Ctrl-C: the call must not keep running in the daemon
-            self._cancel_remote(sock.getsockopt(zmq.IDENTITY), request_id)
+            self._send_cancel(sock, request_id)
             raise
 
 
@@ -353,18 +360,19 @@ class ConnectionWatch:
 class CallFuture(Future):
     """A Future for one call. cancel() before it starts means it never runs; cancel() while
     it runs asks the hub to cancel it (see cancel_mode) and the future then ends with
-    zbridge.Cancelled."""
+    zbridge.Cancelled. The CANCEL leaves from the calling thread's own socket (the hub
+    honours a cancel only from the connection that sent the call), within a poll slice."""
 
     def __init__(self, client: Client) -> None:
         super().__init__()
         self._client = client
-        self.inflight: tuple[bytes, int] | None = None
+        self.cancel_requested = threading.Event()
+        self.cancel_sent = False
 
     def cancel(self) -> bool:
         if super().cancel():
             return True
-        inflight = self.inflight
-        if self.done() or inflight is None:
+        if self.done():
             return False
-        self._client._cancel_remote(*inflight)
+        self.cancel_requested.set()
         return True

@@ -31,7 +31,7 @@ from .broker import Action, Broker
 from .config import Settings
 from .endpoints import check_bindable, create_private_dir, ipc_endpoint, remove_private_dir
 from .errors import BridgeError, InvalidRequest
-from .protocol import (FLAG_PREWARM, VERSION, Kind, decode_cancel_owner, decode_credit, decode_heartbeat,
+from .protocol import (FLAG_PREWARM, VERSION, Kind, decode_credit, decode_heartbeat,
                        decode_ready, encode_cancel, encode_error, encode_heartbeat, encode_result,
                        read_header)
 from .security import HubSecurity
@@ -283,13 +283,8 @@ class Hub:
                 self._apply(self.broker.client_credit(client, header.id, decode_credit(frame), now))
             except BridgeError:
                 pass  # CREDIT is never answered; a bad one is simply not forwarded
-        elif kind is Kind.CANCEL:
-            try:
-                owner = decode_cancel_owner(frame) or client
-            except BridgeError as exc:
-                self._send_error(client, header.id, exc)
-                return
-            self._apply(self.broker.cancel(owner, header.id, now))
+        elif kind is Kind.CANCEL:  # never answered itself; only the sender's own calls
+            self._apply(self.broker.cancel(client, header.id, now))
         elif kind is Kind.STATUS:
             if header.flags & FLAG_PREWARM:
                 self._apply(self.broker.prewarm(now))

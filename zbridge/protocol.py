@@ -36,6 +36,7 @@ FLAG_IDEMPOTENT = 0x01  # requests: the caller allows a retry
 FLAG_RETIRE = 0x02      # replies: the daemon asks to be replaced (e.g. over max_rss_mb)
 FLAG_STREAM = 0x04      # requests: the caller takes a generator tool's items one by one
 FLAG_PREWARM = 0x08     # status requests: start every daemon up to `workers` now
+REQUEST_FLAGS = FLAG_IDEMPOTENT | FLAG_STREAM  # every other bit of a request must be zero
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 DEFAULT_MAX_QUEUE_BYTES = 256 * 1024 * 1024
 DEFAULT_WINDOW = 64     # stream items a daemon may send ahead of the consumer's credit
@@ -238,16 +239,14 @@ def decode_credit(frame: bytes) -> int:
     return n
 
 
-def encode_cancel(id: int, owner: bytes | None = None) -> bytes:
-    """Cancel request ``id``; ``owner`` is the routing id of the socket that sent it, when
-    the cancel travels on another socket (the sync client's threads each have their own)."""
-    return pack_header(Kind.CANCEL, id) + packb({"owner": owner} if owner else {})
+def encode_cancel(id: int) -> bytes:
+    """Cancel request ``id``; honoured only from the connection that sent the request."""
+    return pack_header(Kind.CANCEL, id) + packb({})
 
 
-def decode_cancel_owner(frame: bytes) -> bytes | None:
-    body = unpackb(body_of(frame), max_size=1024)
-    owner = body.get("owner") if isinstance(body, dict) else None
-    return owner if isinstance(owner, bytes) else None
+def without_flags(frame: bytes, flags: int) -> bytes:
+    """The same frame with some header flags cleared."""
+    return frame[:4] + bytes([frame[4] & ~flags & 0xFF]) + frame[5:]
 
 
 def encode_status_request(id: int, prewarm: bool = False) -> bytes:
