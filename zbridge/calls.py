@@ -10,6 +10,7 @@ import zmq
 
 
 from .config import Settings, load_settings
+from .endpoints import default_endpoint
 from .errors import (BridgeError, InternalError, InvalidParams, InvalidRequest, PoolUnavailable,
                      error_from_wire)
 from .protocol import (Kind, MAX_TIMEOUT_MS, decode_partial, decode_reply_body, encode_request,
@@ -79,15 +80,14 @@ class ClientCore:
     def _init_core(self, endpoint: str | None, tools: Any, settings: Settings | None,
                    connect_timeout: float, overrides: dict) -> None:
         self.settings = settings or load_settings(**overrides)
-        self.endpoint = endpoint
+        # no endpoint: the one `zbridge serve` listens on by default
+        self.endpoint = endpoint or (default_endpoint() if self.settings.pool_enabled else None)
         self.tools = tool_specs(tools)
         self.connect_timeout = connect_timeout
         self._ids = itertools.count(1)
         self._closed = False
         self._curve = client_keys(self.settings.curve_server_key, self.settings.curve_secret) \
             if self.settings.curve_server_key else None
-        if self.settings.pool_enabled and not endpoint:
-            raise ValueError(f"{type(self).__name__} needs an endpoint (or set pool_enabled=False)")
 
 
 def credit_due(consumed: int, window: int) -> bool:
