@@ -17,7 +17,7 @@ from zbridge.execution import Executor
 from zbridge.protocol import DEFAULT_MAX_MESSAGE
 from zbridge.tools import Registry, load_tools
 
-from .process_io import isolate_stdout, watch_lifeline
+from .process_io import isolate_stdout, kill_own_group, watch_lifeline
 
 EXIT_LOAD_FAILED = 3
 
@@ -108,8 +108,13 @@ def run_worker(tools: tuple[str, ...], lifeline: bool, options) -> None:
         remove_if_orphaned(options.endpoint)
         os._exit(0)
 
+    def lifeline_lost() -> None:  # EOF is also how a hub stops us: exit quietly
+        remove_if_orphaned(options.endpoint)
+        kill_own_group()  # what our tools started must not outlive the hub with ppid 1
+        os._exit(0)
+
     if lifeline:
-        watch_lifeline(hub_lost)  # EOF is also how a hub stops us: exit quietly
+        watch_lifeline(lifeline_lost)
     try:
         registry = load(tools)
     except BaseException:  # noqa: BLE001 - the hub reads this from our stderr
