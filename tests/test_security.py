@@ -78,12 +78,12 @@ def test_unknown_or_plaintext_clients_are_refused(curve_hub, keys, who):
             client.call("add", [1, 1], timeout=2)
 
 
-def remote_daemon(keys, basic_tools, daemon_port, beat_port, name, directory):
+def remote_daemon(keys, basic_tools, daemon_port, beat_port, name, directory, *extra):
     return subprocess.Popen([
         sys.executable, "-m", "zbridge_daemon", "--connect", f"tcp://127.0.0.1:{daemon_port}",
         "--heartbeat", f"tcp://127.0.0.1:{beat_port}", "--heartbeat-interval", "0.2",
         "--curve-secret", key(keys, directory, name, True), "--curve-server-key", key(keys, "hub", "server"),
-        "--tools", basic_tools], stderr=subprocess.DEVNULL)
+        "--tools", basic_tools, *extra], stderr=subprocess.DEVNULL)
 
 
 def test_daemon_with_a_known_key_joins_over_tcp(curve_hub, keys, basic_tools):
@@ -100,7 +100,8 @@ def test_daemon_with_a_known_key_joins_over_tcp(curve_hub, keys, basic_tools):
 
 def test_daemon_with_an_unknown_key_is_refused_and_leaves(curve_hub, keys, basic_tools):
     endpoint, good, daemon_port, beat_port = curve_hub
-    proc = remote_daemon(keys, basic_tools, daemon_port, beat_port, "rogue", "strangers")
+    proc = remote_daemon(keys, basic_tools, daemon_port, beat_port, "rogue", "strangers",
+                         "--exit-on-hub-loss")
     try:
         assert proc.wait(timeout=20) == 0  # never heard the hub: exits by itself
         with zbridge.Client(endpoint, fallback=False, **good) as client:
