@@ -24,15 +24,16 @@ from .activity import Activity
 
 def start_heartbeat(sock: zmq.Socket, endpoint: str, activity: Activity, interval: float,
                     misses: int, on_silence: Callable[[str], None] | None,
-                    on_heard: Callable[[], None] | None = None) -> threading.Thread:
+                    on_heard: Callable[[], None] | None = None, patience: float = 0.0) -> threading.Thread:
     """Run the heartbeat on ``sock`` (a DEALER handed over to the new thread).
 
     ``on_silence`` (None: silence means nothing) is called once when the hub has been
-    silent for interval x misses, and the thread ends; ``on_heard`` at each hub message.
+    silent for interval x misses (plus ``patience`` before its first word), and the
+    thread ends; ``on_heard`` at each hub message.
     """
     def run() -> None:
         sock.connect(endpoint)
-        last_heard = time.monotonic()
+        last_heard = time.monotonic() + patience
         next_beat = 0.0
         try:
             while True:

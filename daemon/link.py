@@ -22,10 +22,12 @@ class OnSilence(str, Enum):
 
 
 class HubLink:
-    """One connection attempt: lost once the hub has been silent too long, and whether
-    the hub was heard at all (an attempt that heard it resets the backoff)."""
+    """One connection attempt: lost once the hub has been silent too long (plus
+    ``patience`` before its first word), and whether the hub was heard at all (an
+    attempt that heard it resets the backoff)."""
 
-    def __init__(self) -> None:
+    def __init__(self, patience: float = 0.0) -> None:
+        self.patience = patience
         self.lost = threading.Event()
         self.heard = threading.Event()
         self.why = ""
@@ -36,6 +38,6 @@ class HubLink:
 
 
 def reconnect_delay(failures: int) -> float:
-    """Seconds to wait before attempt number ``failures + 1``; jittered so daemons that
-    lost the same hub do not all come back in the same instant."""
+    """Extra seconds attempt number ``failures + 1`` waits for the hub before its sockets
+    are made anew; jittered so daemons that lost the same hub do not retry in step."""
     return restart_delay(failures, RECONNECT_BASE, RECONNECT_CAP)

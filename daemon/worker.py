@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -101,7 +100,7 @@ def _over_rss(limit_mb: int) -> bool:
 
 def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str], None]) -> None:
     """Start, then serve connection after connection until told to go; a lost link is
-    retried with capped backoff (``OnSilence.RECONNECT``), or ends here in ``on_hub_lost``."""
+    tried again with capped backoff (``OnSilence.RECONNECT``), or ends in ``on_hub_lost``."""
     executor = Executor(registry, options.expose_tracebacks)
     activity = Activity()
     install_cancel_handler(activity)
@@ -109,13 +108,13 @@ def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str
     failures = 0
     try:
         while True:
-            link = HubLink()
+            # the backoff is spent with the fresh sockets open, not asleep: zmq keeps
+            # dialling meanwhile, so a hub that comes back is found within its retry interval
+            link = HubLink(patience=reconnect_delay(failures))
             if _connection(context, registry, executor, activity, options, link, on_hub_lost):
                 return
             failures = 1 if link.heard.is_set() else failures + 1
-            delay = reconnect_delay(failures)
-            log.warning("%s; reconnecting to %s in %.1fs", link.why, options.endpoint, delay)
-            time.sleep(delay)
+            log.warning("%s; reconnecting to %s", link.why, options.endpoint)
     finally:
         context.term()  # the heartbeat thread closes its socket on ETERM
 
@@ -134,7 +133,7 @@ def _connection(context: zmq.Context, registry: Registry, executor: Executor, ac
         if options.heartbeat:
             start_heartbeat(_dealer(context, options), options.heartbeat, activity,
                             options.heartbeat_interval, options.heartbeat_misses, on_silence,
-                            link.heard.set)
+                            link.heard.set, link.patience)
         sock.send(encode_ready(os.getpid(), registry.names(), __version__))
         while True:
             frame = _next_frame(sock, link, options.on_silence)
