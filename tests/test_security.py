@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import stat
@@ -165,6 +166,11 @@ def test_serve_defaults_to_a_private_ipc_socket_that_clients_find(runtime_dir, b
         assert out.returncode == 0 and out.stdout.strip() == "5", out.stderr
         with zbridge.Client(fallback=False) as client:
             assert client.endpoint == f"ipc://{sock}" and client.call("add", [1, 1]) == 2
+
+        async def twin():
+            async with zbridge.AsyncClient(fallback=False) as client:
+                return client.endpoint, await client.call("add", [2, 2])
+        assert asyncio.run(twin()) == (f"ipc://{sock}", 4)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
