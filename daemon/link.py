@@ -31,6 +31,7 @@ class HubLink:
         self.lost = threading.Event()
         self.heard = threading.Event()
         self.why = ""
+        self.streaming: int | None = None  # the request id of a stream being sent, if any
 
     def mark_lost(self, why: str) -> None:
         self.why = why

@@ -15,8 +15,8 @@ from zbridge import __version__
 from zbridge.errors import BridgeError, Cancelled, InternalError
 from zbridge.execution import Executor
 from zbridge.procinfo import rss_bytes
-from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_RETIRE, Header, Kind, add_flags, decode_request,
-                              encode_error, encode_ready, encode_result, read_header)
+from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_RETIRE, FLAG_STREAM, Header, Kind, add_flags,
+                              decode_request, encode_error, encode_ready, encode_result, read_header)
 from zbridge.security import make_client
 from zbridge.tools import Registry
 
@@ -126,8 +126,14 @@ def _connection(context: zmq.Context, registry: Registry, executor: Executor, ac
     (linger 0) drops anything the hub queued on it, so no request can arrive twice."""
     sock = _dealer(context, options)
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_message + 4096)
+
+    def lost(why: str) -> None:
+        link.mark_lost(why)
+        if link.streaming is not None:  # it waits for CREDIT that a dead link never brings
+            activity.request_cancel(link.streaming)
+
     on_silence = {OnSilence.IGNORE: None, OnSilence.EXIT: on_hub_lost,
-                  OnSilence.RECONNECT: link.mark_lost}[options.on_silence]
+                  OnSilence.RECONNECT: lost}[options.on_silence]
     try:
         sock.connect(options.endpoint)
         if options.heartbeat:
@@ -148,7 +154,9 @@ def _connection(context: zmq.Context, registry: Registry, executor: Executor, ac
                 return True
             if header.kind is not Kind.REQUEST:
                 continue
+            link.streaming = header.id if header.flags & FLAG_STREAM else None
             reply, stop = serve_request(executor, activity, sock, frame, header, options.max_message)
+            link.streaming = None
             if _over_rss(options.max_rss_mb):  # ask to be replaced, after answering
                 reply = add_flags(reply, FLAG_RETIRE)
             sock.send(reply)  # after a lost link: dropped, or a late reply the hub ignores

@@ -150,3 +150,23 @@ def _serves(client: zbridge.Client, pid: int) -> bool:
         return client.call("pid", timeout=1) == pid
     except zbridge.BridgeError:
         return False
+
+
+def test_remote_daemon_cut_off_mid_stream_reconnects(fake_hub, basic_tools):
+    backend, beats, tmp_path = fake_hub
+    proc = daemon(tmp_path, basic_tools)
+    try:
+        ready = next_kind(backend, 20)
+        assert ready and ready[1] is Kind.READY
+        beat_for(beats, ready[0], 0.3)
+        # a stream with one item of credit: the daemon waits for CREDIT that never comes
+        backend.send_multipart([ready[0], encode_request(3, "count", [100], timeout_ms=60000, window=1)])
+        assert next_kind(backend, 10)[1] is Kind.PARTIAL
+        kinds = []
+        while not kinds or kinds[-1] is not Kind.READY:
+            got = next_kind(backend, 10)
+            assert got, f"daemon stuck after {kinds}"
+            kinds.append(got[1])
+        assert proc.poll() is None
+    finally:
+        stop(proc)
