@@ -1,9 +1,11 @@
 """The daemon's heartbeat thread: proves the process is alive even mid-call, and notices
-when the hub is gone.
+when the hub has gone silent.
 
 It owns its own DEALER on the hub's heartbeat socket. Every interval it sends what the
-daemon is doing; if the hub has been silent for interval x misses, the hub is gone and the
-daemon exits (this is how daemons on other hosts avoid becoming orphans).
+daemon is doing. What silence (interval x misses without a word from the hub) means is not
+decided here: a daemon spawned by a local hub ignores it (its lifeline is authoritative, and
+an embedding program may hold the GIL for seconds), one on another host reconnects, and one
+run with --exit-on-hub-loss exits. This thread only reports it, once, and stops.
 """
 
 from __future__ import annotations
@@ -21,11 +23,17 @@ from .activity import Activity
 
 
 def start_heartbeat(sock: zmq.Socket, endpoint: str, activity: Activity, interval: float,
-                    misses: int, on_hub_lost: Callable[[str], None]) -> threading.Thread:
-    """Run the heartbeat on ``sock`` (a DEALER handed over to the new thread)."""
+                    misses: int, on_silence: Callable[[str], None] | None,
+                    on_heard: Callable[[], None] | None = None, patience: float = 0.0) -> threading.Thread:
+    """Run the heartbeat on ``sock`` (a DEALER handed over to the new thread).
+
+    ``on_silence`` (None: silence means nothing) is called once when the hub has been
+    silent for interval x misses (plus ``patience`` before its first word), and the
+    thread ends; ``on_heard`` at each hub message.
+    """
     def run() -> None:
         sock.connect(endpoint)
-        last_heard = time.monotonic()
+        last_heard = time.monotonic() + patience
         next_beat = 0.0
         try:
             while True:
@@ -39,9 +47,11 @@ def start_heartbeat(sock: zmq.Socket, endpoint: str, activity: Activity, interva
                 if sock.poll(max(0.0, next_beat - now) * 1000):
                     _on_hub_message(sock.recv(), activity)
                     last_heard = time.monotonic()
+                    if on_heard is not None:
+                        on_heard()
                 silent = time.monotonic() - last_heard
-                if silent > interval * misses:
-                    on_hub_lost(f"no heartbeat from the hub for {silent:.1f}s")
+                if on_silence is not None and silent > interval * misses:
+                    on_silence(f"no heartbeat from the hub for {silent:.1f}s")
                     return
         except zmq.ZMQError:
             return  # context terminated: the daemon is shutting down

@@ -15,7 +15,7 @@ from zbridge.endpoints import remove_if_orphaned
 from zbridge.protocol import DEFAULT_MAX_MESSAGE
 
 from .loading import load
-from .process_io import isolate_stdout, watch_lifeline
+from .process_io import isolate_stdout, kill_own_group, watch_lifeline
 from .stdio import run as run_stdio
 
 EXIT_LOAD_FAILED = 3
@@ -37,7 +37,10 @@ EXIT_LOAD_FAILED = 3
 @click.option("--heartbeat-interval", type=float, default=1.0, envvar="ZBRIDGE_HEARTBEAT_INTERVAL",
               show_default=True, help="Seconds between beats.")
 @click.option("--heartbeat-misses", type=int, default=3, envvar="ZBRIDGE_HEARTBEAT_MISSES",
-              show_default=True, help="Silent intervals after which the hub counts as gone.")
+              show_default=True, help="Silent intervals after which the hub counts as gone "
+                                      "(then reconnect, with capped backoff).")
+@click.option("--exit-on-hub-loss", is_flag=True, envvar="ZBRIDGE_EXIT_ON_HUB_LOSS",
+              help="Exit when the hub is gone instead of reconnecting (without --lifeline).")
 @click.option("--max-rss-mb", type=int, default=0, envvar="ZBRIDGE_MAX_RSS_MB", show_default=True,
               help="Ask to be replaced when RSS exceeds this after a call (0: never).")
 @click.option("--curve-secret", envvar="ZBRIDGE_CURVE_SECRET", default="",
@@ -49,8 +52,8 @@ EXIT_LOAD_FAILED = 3
 @click.option("--log-level", default="INFO", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
 def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: str | None,
          lifeline: bool, max_message_size: int, heartbeat: str | None, heartbeat_interval: float,
-         heartbeat_misses: int, max_rss_mb: int, curve_secret: str, curve_server_key: str,
-         expose_tracebacks: bool, log_level: str) -> None:
+         heartbeat_misses: int, exit_on_hub_loss: bool, max_rss_mb: int, curve_secret: str,
+         curve_server_key: str, expose_tracebacks: bool, log_level: str) -> None:
     """Keep tools warm and serve calls to them."""
     if bool(endpoint) == stdio:
         raise click.UsageError("give exactly one of --connect ENDPOINT or --stdio")
@@ -62,6 +65,7 @@ def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: st
         return
     from zbridge.security import client_keys
 
+    from .link import OnSilence
     from .worker import WorkerOptions
     try:
         curve = client_keys(curve_server_key, curve_secret)
@@ -69,9 +73,12 @@ def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: st
         raise click.UsageError(f"CURVE keys: {exc}") from None
     # one routing id for the data and heartbeat sockets, so the hub can pair them
     identity = identity or f"r-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    # a local hub's lifeline outranks its heartbeats; a remote hub can only be heard
+    on_silence = (OnSilence.IGNORE if lifeline else
+                  OnSilence.EXIT if exit_on_hub_loss else OnSilence.RECONNECT)
     run_worker(tools, lifeline, WorkerOptions(
         endpoint, identity.encode(), max_message_size, heartbeat,
-        heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks))
+        heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks, on_silence))
 
 
 def run_worker(tools: tuple[str, ...], lifeline: bool, options) -> None:
@@ -83,8 +90,13 @@ def run_worker(tools: tuple[str, ...], lifeline: bool, options) -> None:
         remove_if_orphaned(options.endpoint)
         os._exit(0)
 
+    def lifeline_lost() -> None:  # EOF is also how a hub stops us: exit quietly
+        remove_if_orphaned(options.endpoint)
+        kill_own_group()  # what our tools started must not outlive the hub with ppid 1
+        os._exit(0)
+
     if lifeline:
-        watch_lifeline(hub_lost)  # EOF is also how a hub stops us: exit quietly
+        watch_lifeline(lifeline_lost)
     try:
         registry = load(tools)
     except BaseException:  # noqa: BLE001 - the hub reads this from our stderr

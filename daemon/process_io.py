@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 TYPE_CHECKING = False  # typing costs ~2.5 ms at start-up; annotations are strings anyway
@@ -39,3 +40,16 @@ def watch_lifeline(on_lost: Callable[[], None]) -> threading.Thread:
     thread = threading.Thread(target=watch, name="zbridge-lifeline", daemon=True)
     thread.start()
     return thread
+
+
+def kill_own_group() -> None:
+    """SIGKILL our process group, ourselves included, if we lead it.
+
+    A hub spawns each daemon in a session of its own (pgid == pid), so the group is this
+    daemon and whatever its tools started; their only link to the hub was us. Anything
+    else that passes --lifeline without a new session shares its parent's group, which
+    is not ours to kill.
+    """
+    pid = os.getpid()
+    if os.getpgrp() == pid:
+        os.killpg(pid, signal.SIGKILL)

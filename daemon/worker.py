@@ -1,4 +1,5 @@
-"""The zmq daemon loop: connect, announce, serve one call at a time, leave cleanly."""
+"""The zmq daemon loop: connect, announce, serve one call at a time, reconnect after a
+lost link, leave cleanly."""
 
 from __future__ import annotations
 
@@ -14,16 +15,18 @@ from zbridge import __version__
 from zbridge.errors import BridgeError, Cancelled, InternalError
 from zbridge.execution import Executor
 from zbridge.procinfo import rss_bytes
-from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_RETIRE, Header, Kind, add_flags, decode_request,
-                              encode_error, encode_ready, encode_result, read_header)
+from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_RETIRE, FLAG_STREAM, Header, Kind, add_flags,
+                              decode_request, encode_error, encode_ready, encode_result, read_header)
 from zbridge.security import make_client
 from zbridge.tools import Registry
 
 from .activity import Activity, finish, install_cancel_handler
 from .heartbeat import start_heartbeat
+from .link import HubLink, OnSilence, reconnect_delay
 from .streaming import send_stream
 
 log = logging.getLogger("zbridge.daemon")
+LINK_CHECK_MS = 200  # how soon an idle reconnecting daemon notices that its link was lost
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class WorkerOptions:
     max_rss_mb: int = 0
     curve: tuple | None = None  # (hub public key, (our public, our secret))
     expose_tracebacks: bool = True
+    on_silence: OnSilence = OnSilence.RECONNECT
 
 
 def _dealer(context: zmq.Context, options: WorkerOptions) -> zmq.Socket:
@@ -95,36 +99,79 @@ def _over_rss(limit_mb: int) -> bool:
 
 
 def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str], None]) -> None:
-    """Start, announce, serve until told to go; the lifecycle reads top to bottom."""
+    """Start, then serve connection after connection until told to go; a lost link is
+    tried again with capped backoff (``OnSilence.RECONNECT``), or ends in ``on_hub_lost``."""
     executor = Executor(registry, options.expose_tracebacks)
     activity = Activity()
     install_cancel_handler(activity)
     context = zmq.Context()
+    failures = 0
+    try:
+        while True:
+            # the backoff is spent with the fresh sockets open, not asleep: zmq keeps
+            # dialling meanwhile, so a hub that comes back is found within its retry interval
+            link = HubLink(patience=reconnect_delay(failures))
+            if _connection(context, registry, executor, activity, options, link, on_hub_lost):
+                return
+            failures = 1 if link.heard.is_set() else failures + 1
+            log.warning("%s; reconnecting to %s", link.why, options.endpoint)
+    finally:
+        context.term()  # the heartbeat thread closes its socket on ETERM
+
+
+def _connection(context: zmq.Context, registry: Registry, executor: Executor, activity: Activity,
+                options: WorkerOptions, link: HubLink, on_hub_lost: Callable[[str], None]) -> bool:
+    """Fresh sockets, READY, serve; True when the hub told us to stop, False when the link
+    was lost. New sockets each time: the old connection may be half-open, and closing it
+    (linger 0) drops anything the hub queued on it, so no request can arrive twice."""
     sock = _dealer(context, options)
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_message + 4096)
+
+    def lost(why: str) -> None:
+        link.mark_lost(why)
+        if link.streaming is not None:  # it waits for CREDIT that a dead link never brings
+            activity.request_cancel(link.streaming)
+
+    on_silence = {OnSilence.IGNORE: None, OnSilence.EXIT: on_hub_lost,
+                  OnSilence.RECONNECT: lost}[options.on_silence]
     try:
         sock.connect(options.endpoint)
         if options.heartbeat:
             start_heartbeat(_dealer(context, options), options.heartbeat, activity,
-                            options.heartbeat_interval, options.heartbeat_misses, on_hub_lost)
+                            options.heartbeat_interval, options.heartbeat_misses, on_silence,
+                            link.heard.set, link.patience)
         sock.send(encode_ready(os.getpid(), registry.names(), __version__))
         while True:
-            frame = sock.recv()
+            frame = _next_frame(sock, link, options.on_silence)
+            if frame is None:
+                return False
             try:
                 header = read_header(frame)
             except BridgeError as exc:
                 log.warning("dropping malformed frame from hub: %s", exc)
                 continue
             if header.kind is Kind.DISCONNECT:
-                break
+                return True
             if header.kind is not Kind.REQUEST:
                 continue
+            link.streaming = header.id if header.flags & FLAG_STREAM else None
             reply, stop = serve_request(executor, activity, sock, frame, header, options.max_message)
+            link.streaming = None
             if _over_rss(options.max_rss_mb):  # ask to be replaced, after answering
                 reply = add_flags(reply, FLAG_RETIRE)
-            sock.send(reply)
+            sock.send(reply)  # after a lost link: dropped, or a late reply the hub ignores
             if stop:
-                break
+                return True
     finally:
         sock.close(0)
-        context.term()  # the heartbeat thread closes its socket on ETERM
+
+
+def _next_frame(sock: zmq.Socket, link: HubLink, on_silence: OnSilence) -> bytes | None:
+    """The next frame from the hub, or None once the link is lost. Only a reconnecting
+    daemon pays for a poll per message; local ones block in recv as before."""
+    if on_silence is not OnSilence.RECONNECT:
+        return sock.recv()
+    while not sock.poll(LINK_CHECK_MS):
+        if link.lost.is_set():
+            return None
+    return sock.recv()

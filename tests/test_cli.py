@@ -28,8 +28,8 @@ def zb(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.C
 
 
 @pytest.fixture
-def server(basic_tools):
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+def server(basic_tools, tmp_path):
+    endpoint = f"ipc://{tmp_path}/hub.sock"
     proc = subprocess.Popen(ZBRIDGE + ["serve", "--tools", basic_tools, "--workers", "2",
                                        "--bind", endpoint], stderr=subprocess.PIPE, text=True)
     try:

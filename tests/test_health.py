@@ -194,14 +194,15 @@ def test_status_reports_what_each_daemon_does(bridge_factory, basic_tools):
 
 
 def test_remote_daemon_exits_when_the_hub_stops_beating(basic_tools, tmp_path):
-    # a daemon not spawned by the hub (no lifeline) still notices that its hub is gone
+    # a daemon not spawned by the hub (no lifeline) notices that its hub is gone, and
+    # with --exit-on-hub-loss leaves (by default it reconnects: test_reconnect.py)
     ctx = zmq.Context()
     backend, beats = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
     backend.bind(f"ipc://{tmp_path}/b.sock")
     beats.bind(f"ipc://{tmp_path}/h.sock")
     proc = subprocess.Popen([sys.executable, "-m", "zbridge_daemon", "--connect", f"ipc://{tmp_path}/b.sock",
                              "--heartbeat", f"ipc://{tmp_path}/h.sock", "--heartbeat-interval", "0.1",
-                             "--tools", basic_tools], stderr=subprocess.PIPE)
+                             "--exit-on-hub-loss", "--tools", basic_tools], stderr=subprocess.PIPE)
     try:
         assert backend.poll(20000), "daemon never said ready"
         backend.recv_multipart()

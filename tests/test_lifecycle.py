@@ -67,3 +67,47 @@ def test_unclosed_bridge_is_cleaned_up_at_interpreter_exit(basic_tools):
     info = json.loads(out.stdout)
     assert info["pid"] not in daemon_pids()
     assert not os.path.exists(info["dir"])
+
+
+GRANDPARENT = textwrap.dedent("""
+    import subprocess, zbridge
+
+    @zbridge.tool
+    def start_sleeper() -> int:
+        return subprocess.Popen(["sleep", "300"]).pid
+""")
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_sigkilled_serve_leaves_no_process_a_tool_started(tmp_path):
+    from test_cli import ZBRIDGE, zb
+    tools = tmp_path / "grandparent.py"
+    tools.write_text(GRANDPARENT)
+    endpoint = f"ipc://{tmp_path}/hub.sock"
+    proc = subprocess.Popen(ZBRIDGE + ["serve", "--tools", str(tools), "--bind", endpoint],
+                            stderr=subprocess.DEVNULL)
+    sleeper = None
+    try:
+        assert wait_until(lambda: zb("status", "--endpoint", endpoint).returncode == 0, timeout=20)
+        with zbridge.Client(endpoint, fallback=False) as client:
+            sleeper = client.call("start_sleeper")
+            daemons = {d["pid"] for d in client.status()["daemons"]}
+        assert _alive(sleeper)
+        proc.kill()
+        proc.wait()
+        assert wait_until(lambda: not _alive(sleeper), timeout=5), "the tool's child outlived the hub"
+        assert wait_until(lambda: not (daemons & daemon_pids()), timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if sleeper is not None and _alive(sleeper):
+            os.kill(sleeper, 9)

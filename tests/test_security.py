@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import stat
@@ -11,7 +12,7 @@ import sys
 import pytest
 
 import zbridge
-from zbridge.endpoints import check_bindable
+from zbridge.endpoints import check_bindable, default_endpoint
 from conftest import wait_until
 from test_cli import ZBRIDGE, free_port, zb
 
@@ -78,12 +79,12 @@ def test_unknown_or_plaintext_clients_are_refused(curve_hub, keys, who):
             client.call("add", [1, 1], timeout=2)
 
 
-def remote_daemon(keys, basic_tools, daemon_port, beat_port, name, directory):
+def remote_daemon(keys, basic_tools, daemon_port, beat_port, name, directory, *extra):
     return subprocess.Popen([
         sys.executable, "-m", "zbridge_daemon", "--connect", f"tcp://127.0.0.1:{daemon_port}",
         "--heartbeat", f"tcp://127.0.0.1:{beat_port}", "--heartbeat-interval", "0.2",
         "--curve-secret", key(keys, directory, name, True), "--curve-server-key", key(keys, "hub", "server"),
-        "--tools", basic_tools], stderr=subprocess.DEVNULL)
+        "--tools", basic_tools, *extra], stderr=subprocess.DEVNULL)
 
 
 def test_daemon_with_a_known_key_joins_over_tcp(curve_hub, keys, basic_tools):
@@ -100,7 +101,8 @@ def test_daemon_with_a_known_key_joins_over_tcp(curve_hub, keys, basic_tools):
 
 def test_daemon_with_an_unknown_key_is_refused_and_leaves(curve_hub, keys, basic_tools):
     endpoint, good, daemon_port, beat_port = curve_hub
-    proc = remote_daemon(keys, basic_tools, daemon_port, beat_port, "rogue", "strangers")
+    proc = remote_daemon(keys, basic_tools, daemon_port, beat_port, "rogue", "strangers",
+                         "--exit-on-hub-loss")
     try:
         assert proc.wait(timeout=20) == 0  # never heard the hub: exits by itself
         with zbridge.Client(endpoint, fallback=False, **good) as client:
@@ -141,3 +143,114 @@ def test_private_dir_is_0700_and_under_umask_077(bridge_factory, basic_tools):
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
     for entry in os.listdir(directory):
         assert stat.S_IMODE(os.stat(os.path.join(directory, entry)).st_mode) & 0o077 == 0, entry
+
+
+# --- safe defaults (issue 11) -------------------------------------------------------------
+
+@pytest.fixture
+def runtime_dir(tmp_path, monkeypatch):
+    """A private XDG_RUNTIME_DIR for this test, seen by us and by every process we start."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    return runtime
+
+
+def test_serve_defaults_to_a_private_ipc_socket_that_clients_find(runtime_dir, basic_tools):
+    proc = subprocess.Popen(ZBRIDGE + ["serve", "--tools", basic_tools], stderr=subprocess.DEVNULL)
+    sock = runtime_dir / "zbridge" / "hub.sock"
+    try:
+        assert wait_until(lambda: zb("status").returncode == 0, timeout=20)
+        assert stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700
+        out = zb("call", "add", "--args", "[2, 3]")
+        assert out.returncode == 0 and out.stdout.strip() == "5", out.stderr
+        with zbridge.Client(fallback=False) as client:
+            assert client.endpoint == f"ipc://{sock}" and client.call("add", [1, 1]) == 2
+
+        async def twin():
+            async with zbridge.AsyncClient(fallback=False) as client:
+                return client.endpoint, await client.call("add", [2, 2])
+        assert asyncio.run(twin()) == (f"ipc://{sock}", 4)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert not sock.exists()  # serve removes its socket file on exit
+
+
+def test_default_dir_falls_back_to_a_per_user_temp_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    assert default_endpoint() == f"ipc://{tmp_path}/zbridge-{os.getuid()}/hub.sock"
+    assert stat.S_IMODE(os.stat(tmp_path / f"zbridge-{os.getuid()}").st_mode) == 0o700
+
+
+@pytest.mark.parametrize("how", ["loose mode", "other owner", "symlink"])
+def test_default_dir_is_refused_unless_private_and_ours(runtime_dir, tmp_path, how):
+    directory = runtime_dir / "zbridge"
+    if how == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        directory.symlink_to(tmp_path / "elsewhere")
+    else:
+        directory.mkdir(mode=0o700)
+        if how == "loose mode":
+            directory.chmod(0o755)
+        elif os.getuid() == 0:
+            os.chown(directory, 65534, 65534)
+        else:
+            pytest.skip("changing a directory's owner needs root")
+    with pytest.raises(PermissionError, match="refusing"):
+        default_endpoint()
+    for args in (["status"], ["serve", "--workers", "0"]):
+        out = zb(*args, timeout=30)
+        assert out.returncode != 0 and "refusing" in out.stderr, out.stderr
+
+
+def test_tcp_bind_needs_curve_even_on_loopback(basic_tools):
+    out = zb("serve", "--tools", basic_tools, "--bind", f"tcp://127.0.0.1:{free_port()}", timeout=30)
+    assert out.returncode != 0 and "without CURVE" in out.stderr and "--allow-local-users" in out.stderr
+
+
+def test_allow_local_users_serves_loopback_tcp_with_a_warning(basic_tools):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(ZBRIDGE + ["serve", "--tools", basic_tools, "--bind", endpoint,
+                                       "--allow-local-users"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: zb("status", "--endpoint", endpoint).returncode == 0, timeout=20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        stderr = proc.stderr.read()
+        proc.stderr.close()
+    assert "every local user can run the tools" in stderr
+    out = zb("serve", "--bind", "tcp://0.0.0.0:5999", "--allow-local-users", timeout=30)
+    assert out.returncode != 0 and "without CURVE" in out.stderr  # users, never other hosts
+
+
+def test_daemon_bind_needs_curve_even_on_loopback(basic_tools, tmp_path):
+    out = zb("serve", "--tools", basic_tools, "--bind", f"ipc://{tmp_path}/hub.sock",
+             "--daemon-bind", f"tcp://127.0.0.1:{free_port()}",
+             "--heartbeat-bind", f"tcp://127.0.0.1:{free_port()}", timeout=30)
+    assert out.returncode != 0 and "for daemons without CURVE" in out.stderr
+
+
+def test_serve_removes_its_ipc_socket_file_on_exit(basic_tools, tmp_path):
+    sock = tmp_path / "hub.sock"
+    proc = subprocess.Popen(ZBRIDGE + ["serve", "--tools", basic_tools, "--bind", f"ipc://{sock}"],
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: zb("status", "--endpoint", f"ipc://{sock}").returncode == 0, timeout=20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert not sock.exists()
+
+
+def test_keygen_refuses_to_overwrite_without_force(keys):
+    secret = key(keys, "hub", "server", True)
+    before = open(secret).read()
+    out = zb("keygen", str(keys / "hub"), "--name", "server")
+    assert out.returncode != 0 and "refusing to overwrite" in out.stderr and "--force" in out.stderr
+    assert open(secret).read() == before
+    out = zb("keygen", str(keys / "hub"), "--name", "server", "--force")
+    assert out.returncode == 0 and open(secret).read() != before
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600

@@ -216,7 +216,7 @@ class Broker(InFlight):
                 return [("daemon", ident, encode_disconnect("unknown daemon"))]
             daemon = self.daemons[ident] = Daemon(ident, now, name=f"r{next(self._remote_names)}")
         if daemon.state is not DaemonState.STARTING:
-            return []  # a second ready from the same daemon changes nothing
+            return self._ready_again(daemon, now)
         daemon.state, daemon.ready_at = DaemonState.IDLE, now
         daemon.last_beat, daemon.idle_since = now, now
         daemon.call_limit = health.call_limit(self.s, self.rng)
@@ -225,6 +225,16 @@ class Broker(InFlight):
         self.last_start_error, self.last_start_tail = None, ""
         self.ready.append(ident)
         return self._finish_retirements() + self._dispatch(now)
+
+    def _ready_again(self, daemon: Daemon, now: float) -> list[Action]:
+        """A daemon that says READY again has reconnected (a remote one after a network
+        loss, which this hub may not have noticed): whatever it held is gone with the old
+        connection, so that call is lost and the daemon is free."""
+        if daemon.state not in (DaemonState.BUSY, DaemonState.STALE):
+            return []
+        actions = self._lose_call(daemon, "it reconnected to the hub during the call")
+        self._make_idle(daemon, now)
+        return actions + self._dispatch(now)
 
     def daemon_beat(self, ident: bytes, info: dict, now: float) -> None:
         daemon = self.daemons.get(ident)
@@ -292,14 +302,18 @@ class Broker(InFlight):
 
     def _lose(self, daemon: Daemon, reason: str) -> list[Action]:
         """Give up on a daemon now (silent, frozen, unreachable): answer its call, kill it hard."""
-        actions: list[Action] = []
-        job, daemon.job = daemon.job, None
-        if job is not None and job.state is JobState.RUNNING:
-            self.counters["lost"] += 1
-            actions.append(self._answer_error(job, WorkerLost(
-                f"daemon {daemon.name} (pid {daemon.pid}) was lost during the call: {reason}")))
+        actions = self._lose_call(daemon, reason)
         self.kill_requested(daemon.ident, reason)
         return actions + [("kill", daemon.ident, reason, True)]
+
+    def _lose_call(self, daemon: Daemon, reason: str) -> list[Action]:
+        """WorkerLost for the call the daemon holds, if its caller still waits."""
+        job, daemon.job = daemon.job, None
+        if job is None or job.state is not JobState.RUNNING:
+            return []
+        self.counters["lost"] += 1
+        return [self._answer_error(job, WorkerLost(
+            f"daemon {daemon.name} (pid {daemon.pid}) was lost during the call: {reason}"))]
 
     def daemon_spawned(self, ident: bytes, pid: int) -> None:
         if ident in self.daemons:
@@ -317,12 +331,7 @@ class Broker(InFlight):
         detail = self._exit_detail(cause, code, tail)
         held_call = daemon.job is not None or daemon.stale_id is not None
         reason = daemon.kill_reason or detail or "exited"
-        actions: list[Action] = []
-        job, daemon.job = daemon.job, None
-        if job is not None and job.state is JobState.RUNNING:
-            self.counters["lost"] += 1
-            actions.append(self._answer_error(job, WorkerLost(
-                f"daemon {daemon.name} (pid {daemon.pid}) was lost during the call: {reason}")))
+        actions = self._lose_call(daemon, reason)
         self.history.append({"id": daemon.name, "pid": daemon.pid, "at": now,
                              "spawned": daemon.spawned, "reason": reason})
         if daemon.kill_reason is None and not self.closing:

@@ -12,6 +12,7 @@ import zmq
 
 from . import fallback
 from .config import Settings, load_settings
+from .endpoints import default_endpoint
 from .errors import (BridgeError, InternalError, InvalidParams, InvalidRequest, PoolUnavailable,
                      error_from_wire)
 from .protocol import (DEFAULT_WINDOW, Kind, MAX_TIMEOUT_MS, MAX_WINDOW, decode_partial, decode_reply_body,
@@ -83,7 +84,8 @@ class ClientCore:
     def _init_core(self, endpoint: str | None, tools: Any, settings: Settings | None,
                    connect_timeout: float, overrides: dict) -> None:
         self.settings = settings or load_settings(**overrides)
-        self.endpoint = endpoint
+        # no endpoint: the one `zbridge serve` listens on by default
+        self.endpoint = endpoint or (default_endpoint() if self.settings.pool_enabled else None)
         self.tools = tool_specs(tools)
         self.connect_timeout = connect_timeout
         self._ids = itertools.count(1)
@@ -92,8 +94,6 @@ class ClientCore:
             if self.settings.curve_server_key else None
         # one-shot subprocesses are slow and heavy: never more of them at once than daemons
         self._fallback_slots = threading.BoundedSemaphore(max(1, self.settings.workers))
-        if self.settings.pool_enabled and not endpoint:
-            raise ValueError(f"{type(self).__name__} needs an endpoint (or set pool_enabled=False)")
 
     def _can_fallback(self) -> bool:
         """The pipe fallback needs to know the tools: a bare Client of a served hub cannot."""

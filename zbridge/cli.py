@@ -18,9 +18,10 @@ from typing import Any, Callable
 import click
 
 from .config import Settings, env_name, load_settings
+from .endpoints import default_endpoint, ipc_path
 from .errors import BridgeError
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_HELP = "an ipc socket in $XDG_RUNTIME_DIR/zbridge, else in <tempdir>/zbridge-<uid>"
 _TYPES = {"int": int, "float": float, "str": str}
 
 
@@ -49,7 +50,16 @@ def _settings(values: dict[str, Any]) -> Settings:
 tools_option = click.option("--tools", "tools", multiple=True, envvar="ZBRIDGE_TOOLS",
                             metavar="MODULE|PATH", help="Tools module or .py file (repeatable). [env ZBRIDGE_TOOLS]")
 endpoint_option = click.option("--endpoint", envvar="ZBRIDGE_ENDPOINT", default=None,
-                               help=f"Hub endpoint of `zbridge serve` [default: {DEFAULT_ENDPOINT}; env ZBRIDGE_ENDPOINT].")
+                               help=f"Hub endpoint of `zbridge serve` [default: {DEFAULT_HELP}; env ZBRIDGE_ENDPOINT].")
+
+
+def resolve(endpoint: str | None) -> str:
+    """The given endpoint, or the default one (refused if its directory is not private)."""
+    try:
+        return endpoint or default_endpoint()
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "ZBRIDGE"})
@@ -62,15 +72,17 @@ def main(log_level: str) -> None:
 
 @main.command()
 @tools_option
-@click.option("--bind", envvar="ZBRIDGE_BIND", default=DEFAULT_ENDPOINT, show_default=True,
-              help="Endpoint clients connect to (tcp binds loopback only). [env ZBRIDGE_BIND]")
+@click.option("--bind", envvar="ZBRIDGE_BIND", default=None,
+              help=f"Endpoint clients connect to [default: {DEFAULT_HELP}; tcp needs CURVE or "
+                   "--allow-local-users; env ZBRIDGE_BIND]")
 @click.option("--drain-timeout", type=float, default=10.0, envvar="ZBRIDGE_DRAIN_TIMEOUT",
               show_default=True, help="Seconds running calls get to finish on SIGTERM/SIGINT.")
 @settings_options
-def serve(tools: tuple[str, ...], bind: str, drain_timeout: float, **values: Any) -> None:
+def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, **values: Any) -> None:
     """Run a hub and its daemons in this process until SIGTERM/SIGINT (twice: at once)."""
     from .hub import Hub
     settings = _settings(values)
+    bind = resolve(bind)
     try:
         hub = Hub(settings, list(tools), frontend=bind)
     except (ValueError, OSError) as exc:
@@ -89,12 +101,16 @@ def serve(tools: tuple[str, ...], bind: str, drain_timeout: float, **values: Any
 
     click.echo(f"zbridge hub {os.getpid()} serving {bind} (tools: {', '.join(tools) or 'none'}, "
                f"workers: {settings.workers})", err=True)
+    if bind.startswith("tcp://") and not settings.curve_secret:
+        click.echo(f"zbridge WARNING: {bind} has no CURVE keys (--allow-local-users): every local "
+                   "user can run the tools, as you", err=True)
     try:
         hub.run(prewarm=settings.prewarm, wake_fd=reader.fileno(), on_wake=on_signal)
     finally:
         signal.set_wakeup_fd(-1)
         reader.close()
         writer.close()
+        _remove_socket_file(bind)
     click.echo("zbridge hub stopped", err=True)
 
 
@@ -130,11 +146,21 @@ def call(tool: str, args_json: str | None, tools: tuple[str, ...], endpoint: str
     click.echo(json.dumps(result, default=repr))
 
 
+def _remove_socket_file(endpoint: str) -> None:
+    """Our ipc socket file; we bound it, and a hub that is gone should not look present."""
+    path = ipc_path(endpoint)
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 def _open(settings: Settings, tools: tuple[str, ...], endpoint: str | None):
     from .bridge import Bridge
     from .client import Client
     if endpoint or not tools:
-        return Client(endpoint or DEFAULT_ENDPOINT, tools=list(tools), settings=settings)
+        return Client(resolve(endpoint), tools=list(tools), settings=settings)
     return Bridge(list(tools), settings=settings)
 
 
@@ -147,12 +173,13 @@ def _open(settings: Settings, tools: tuple[str, ...], endpoint: str | None):
 def status(endpoint: str | None, as_json: bool, curve_secret: str, curve_server_key: str) -> None:
     """Show the daemons and queue of a running `zbridge serve`."""
     from .client import Client
+    endpoint = resolve(endpoint)
     try:
-        with Client(endpoint or DEFAULT_ENDPOINT, fallback=False, curve_secret=curve_secret,
+        with Client(endpoint, fallback=False, curve_secret=curve_secret,
                     curve_server_key=curve_server_key) as client:
             info = client.status()
     except BridgeError as exc:
-        raise click.ClickException(f"no hub at {endpoint or DEFAULT_ENDPOINT}: {exc}") from None
+        raise click.ClickException(f"no hub at {endpoint}: {exc}") from None
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -191,7 +218,8 @@ def format_status(info: dict) -> str:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--name", default="zbridge", show_default=True, help="File name stem of the keypair.")
-def keygen(directory: str, name: str) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing keypair of that name.")
+def keygen(directory: str, name: str, force: bool) -> None:
     """Write a CURVE keypair: DIRECTORY/NAME.key (public) and NAME.key_secret (mode 0600).
 
     Give the hub's .key_secret to `serve --curve-secret`, and its .key to clients and daemons
@@ -199,7 +227,10 @@ def keygen(directory: str, name: str) -> None:
     each remote daemon's .key in its --curve-daemons directory.
     """
     from .security import keygen as make_keys
-    public, secret = make_keys(directory, name)
+    try:
+        public, secret = make_keys(directory, name, force=force)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"public key: {public}\nsecret key: {secret}")
 
 

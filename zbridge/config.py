@@ -50,6 +50,7 @@ class Settings:
     curve_server_key: str = _setting("", "The hub's CURVE public key file (.key), for clients and daemons.")
     curve_clients: str = _setting("", "Hub: directory of client public keys allowed to call.")
     curve_daemons: str = _setting("", "Hub: directory of daemon public keys allowed to serve.")
+    allow_local_users: bool = _setting(False, "Hub: serve a tcp loopback --bind without CURVE, so every local user may run the tools.")
     daemon_bind: str = _setting("", "Hub: extra endpoint for daemons on other hosts, e.g. tcp://0.0.0.0:5556.")
     heartbeat_bind: str = _setting("", "Hub: heartbeat endpoint for daemons on other hosts (with daemon_bind).")
 

@@ -2,6 +2,9 @@
 
 A hub that is SIGKILLed cannot clean up, so its daemons do it when their lifeline breaks
 (``remove_if_orphaned``), and every new hub sweeps directories whose owner is dead.
+
+The default endpoint of ``zbridge serve`` lives in a per-user directory that outlives any
+one hub (``default_endpoint``): clients find it without being told, other users cannot.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ import glob
 import ipaddress
 import os
 import socket
+import stat
 import tempfile
 
 PREFIX = "zbridge-"
 PID_FILE = "hub.pid"
+HUB_SOCKET = "hub.sock"
 
 
 def base_dir() -> str:
@@ -21,6 +26,52 @@ def base_dir() -> str:
     if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK):
         return runtime
     return tempfile.gettempdir()
+
+
+def _runtime_dir() -> str | None:
+    """$XDG_RUNTIME_DIR if it is a directory of ours we may write in (systemd makes it 0700)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if not runtime or not os.path.isdir(runtime) or not os.access(runtime, os.W_OK | os.X_OK):
+        return None
+    return runtime if os.stat(runtime).st_uid == os.getuid() else None
+
+
+def user_dir() -> str:
+    """The per-user directory of the default hub socket (not created here)."""
+    runtime = _runtime_dir()
+    if runtime:
+        return os.path.join(runtime, "zbridge")
+    # not PREFIX + random: sweep_stale only removes directories holding a dead hub's pid file
+    return os.path.join(tempfile.gettempdir(), f"{PREFIX}{os.getuid()}")
+
+
+def ensure_private(directory: str) -> str:
+    """Create ``directory`` 0700, or accept it only if it is already ours and 0700.
+
+    In a shared temp dir anyone may create the path first: a directory of another user (or
+    a symlink to one) could hold a fake hub that reads every caller's arguments.
+    """
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode):
+        raise PermissionError(f"refusing {directory}: it is a symlink, not a private directory")
+    if not stat.S_ISDIR(info.st_mode):
+        raise PermissionError(f"refusing {directory}: it is not a directory")
+    if info.st_uid != os.getuid():
+        raise PermissionError(f"refusing {directory}: it belongs to uid {info.st_uid}, not to us "
+                              f"(uid {os.getuid()}); another user may be posing as the hub")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise PermissionError(f"refusing {directory}: mode {stat.S_IMODE(info.st_mode):04o} lets other "
+                              f"users in (run `chmod 700 {directory}` if you trust its contents)")
+    return directory
+
+
+def default_endpoint() -> str:
+    """Where `zbridge serve` listens and `Client()` connects when given no endpoint."""
+    return f"ipc://{os.path.join(ensure_private(user_dir()), HUB_SOCKET)}"
 
 
 def create_private_dir() -> str:
@@ -141,3 +192,25 @@ def check_bindable(endpoint: str, *, authenticated: bool = False) -> None:
             raise ValueError(f"refusing to bind {endpoint}: a live process already serves it")
     elif not endpoint.startswith("inproc://"):
         raise ValueError(f"unsupported endpoint {endpoint!r}: use ipc://PATH or tcp://127.0.0.1:PORT")
+
+
+def check_frontend(endpoint: str, *, curve: bool, allow_local_users: bool) -> None:
+    """Refuse a tcp client endpoint without CURVE: even on loopback, every local user can
+    connect to it and run tools as us, unless that is asked for by name."""
+    if not endpoint.startswith("tcp://") or curve:
+        return
+    if not allow_local_users:
+        raise ValueError(f"refusing to bind {endpoint} without CURVE keys: any local user could "
+                         "connect and run tools as you (use the default ipc endpoint, give "
+                         "--curve-secret and --curve-clients, or --allow-local-users on loopback)")
+    check_bindable(endpoint)  # loopback only: the flag opens the hub to users, not to hosts
+
+
+def check_daemon_bind(endpoint: str, *, curve: bool) -> None:
+    """A daemon socket without CURVE would let anyone who reaches it pose as a daemon: read
+    callers' arguments and forge their results. No exception, loopback included."""
+    if not curve:
+        raise ValueError(f"refusing to bind {endpoint} for daemons without CURVE keys: anyone who "
+                         "reaches it could receive calls and forge results (give --curve-secret "
+                         "and --curve-daemons)")
+    check_bindable(endpoint, authenticated=True)

@@ -126,6 +126,8 @@ class Hub:
         self.events = self._socket(zmq.PULL)
         self.heartbeat = self._socket(zmq.ROUTER)
         self.heartbeat.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+        for sock in (self.backend, self.heartbeat):  # a daemon reconnecting after a network
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # loss takes its identity back from the dead link
         for sock in (self.frontend, self.backend):
             # a send to a full or vanished peer fails at once instead of blocking or vanishing
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

@@ -19,8 +19,17 @@ CLIENTS = "clients"
 DAEMONS = "daemons"
 
 
-def keygen(directory: str, name: str) -> tuple[str, str]:
-    """Write NAME.key and NAME.key_secret in ``directory``; the secret is readable by us only."""
+def keygen(directory: str, name: str, *, force: bool = False) -> tuple[str, str]:
+    """Write NAME.key and NAME.key_secret in ``directory``; the secret is readable by us only.
+
+    An existing key is never replaced unless ``force``: losing a secret key silently locks
+    out every peer that trusted its public half.
+    """
+    existing = [p for p in (os.path.join(directory, f"{name}.key"),
+                            os.path.join(directory, f"{name}.key_secret")) if os.path.lexists(p)]
+    if existing and not force:
+        raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (give --force to replace "
+                              "the keypair; peers holding the old public key will be refused)")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     old = os.umask(0o077)
     try:
@@ -98,15 +107,16 @@ class HubSecurity:
     ephemeral keypair its own local daemons use when the daemon socket is CURVE."""
 
     def __init__(self, settings, context: zmq.Context, private_dir: str, frontend: str) -> None:
-        from .endpoints import check_bindable
+        from .endpoints import check_daemon_bind, check_frontend
         on = bool(settings.curve_secret)
         self.frontend_curve = on and frontend.startswith("tcp://")
         self.daemons_curve = on and bool(settings.daemon_bind)
         self.auth: ThreadAuthenticator | None = None
         self.local_daemon_args: list[str] = []
+        check_frontend(frontend, curve=on, allow_local_users=settings.allow_local_users)
         for endpoint in (settings.daemon_bind, settings.heartbeat_bind):
             if endpoint:
-                check_bindable(endpoint, authenticated=on)
+                check_daemon_bind(endpoint, curve=on)
         if not on:
             return
         if self.frontend_curve and not settings.curve_clients:
