@@ -30,10 +30,11 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
 
 
 @contextlib.contextmanager
-def served(directory: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``zbridge serve`` on a private ipc endpoint; stopped with SIGTERM (then SIGKILL) after."""
+def served(directory: Path, *args: str, endpoint: str | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``zbridge serve`` on a private ipc endpoint (or ``endpoint``); stopped with SIGTERM
+    (then SIGKILL) after."""
     import zbridge
-    endpoint = f"ipc://{directory / 'hub.sock'}"
+    endpoint = endpoint or f"ipc://{directory / 'hub.sock'}"
     proc = subprocess.Popen(ZBRIDGE + ["serve", "--bind", endpoint, *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -63,11 +64,14 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> int:
 
 
 @contextlib.contextmanager
-def raw_dealer(endpoint: str, context: zmq.Context | None = None) -> Iterator[zmq.Socket]:
+def raw_dealer(endpoint: str, context: zmq.Context | None = None,
+               identity: bytes | None = None) -> Iterator[zmq.Socket]:
     """A bare DEALER, as a client in another language would hold."""
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
+    if identity:
+        sock.setsockopt(zmq.IDENTITY, identity)
     sock.sndtimeo = 5000
     sock.rcvtimeo = 10000
     sock.connect(endpoint)
@@ -75,6 +79,13 @@ def raw_dealer(endpoint: str, context: zmq.Context | None = None) -> Iterator[zm
         yield sock
     finally:
         sock.close(0)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def fd_count(pid: int) -> int:
