@@ -216,3 +216,15 @@ def test_a_stream_whose_client_vanishes_keeps_its_daemon(tmp_path, basic_tools):
             # the peer is gone without a CANCEL; the daemon must come back to serve
             assert client.call("pid", timeout=10) == pid
             assert client.status()["counters"]["kills"] == 0
+
+
+def test_a_tool_catching_exception_does_not_swallow_the_interrupt(bridge_factory):
+    bridge = bridge_factory(ROUGH)
+    pid = bridge.call("pid")
+    future = bridge.submit("swallow_everything", [30.0])
+    assert wait_until(lambda: bridge.status()["daemons"][0]["state"] == "busy")
+    future.cancel()
+    with pytest.raises(zbridge.Cancelled):
+        future.result(timeout=10)
+    assert bridge.call("pid", timeout=10) == pid  # interrupted, not killed after kill_grace
+    assert bridge.status()["counters"]["kills"] == 0

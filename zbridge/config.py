@@ -43,7 +43,7 @@ class Settings:
     pool_enabled: bool = _setting(True, "Use warm daemons; false runs each call in a fresh --stdio subprocess.")
     fallback: bool = _setting(True, "Use a one-shot subprocess when the pool cannot serve a call that never ran.")
     retries: int = _setting(2, "Retries of idempotent calls that met WorkerLost.")
-    cancel_mode: str = _setting("interrupt", "A cancelled running call: interrupt (raise zbridge.Cancelled in the tool), abandon (drop its result) or kill (replace the daemon).")
+    cancel_mode: str = _setting("interrupt", "A cancelled running call: interrupt (raise zbridge.Interrupted in the tool), abandon (drop its result) or kill (replace the daemon).")
     python: str = _setting("", "Interpreter for daemons (default: this one).")
     expose_tracebacks: str = _setting("auto", "Tool tracebacks in error replies: auto (on for ipc/inproc, off for tcp), true or false.")
     curve_secret: str = _setting("", "This side's CURVE secret key file (.key_secret); on a hub, turns CURVE on for tcp.")

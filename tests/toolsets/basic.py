@@ -118,10 +118,10 @@ def grow(megabytes: int) -> int:
 
 @zbridge.tool
 def interruptible(seconds: float, marker: str) -> str:
-    """Sleeps; if cancelled, cleans up (writes the marker) and lets Cancelled go."""
+    """Sleeps; if cancelled, cleans up (writes the marker) and lets the interrupt go."""
     try:
         time.sleep(seconds)
-    except zbridge.Cancelled:
+    except zbridge.Interrupted:
         with open(marker, "w") as f:
             f.write(str(os.getpid()))
         raise
