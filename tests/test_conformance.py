@@ -163,8 +163,9 @@ def hubs(tmp_path_factory):
         def get(name: str) -> str:
             if name not in started:
                 directory = tmp_path_factory.mktemp(f"hub-{name}")
+                args = [str(ROOT / a) if a.startswith("tests/") else a for a in SPEC["hubs"][name]["args"]]
                 endpoint, proc = stack.enter_context(served(
-                    directory, "--tools", str(ROOT / SPEC["tools"]), *SPEC["hubs"][name]["args"]))
+                    directory, "--tools", str(ROOT / SPEC["tools"]), *args))
                 procs.append(proc)
                 started[name] = endpoint
             return started[name]

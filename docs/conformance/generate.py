@@ -31,6 +31,8 @@ HUBS = {
                        "--max-message-size", "8192", "--expose-tracebacks", "false"],
               "about": "one daemon, a queue of one call, a 0.5 s default deadline, 8 KiB "
                        "messages, no tracebacks or routing ids (as a tcp hub by default)"},
+    "broken": {"args": ["--workers", "1", "--tools", "tests/toolsets/broken.py"],
+               "about": "one daemon that can never start: a tools module fails to import"},
     "retire": {"args": ["--workers", "1", "--max-rss-mb", "1"],
                "about": "one daemon that sets the retire flag on every reply (RSS over 1 MB)"},
 }
@@ -286,6 +288,12 @@ def bodies() -> None:
          expect(err(1, -32000, message="ValueError: x",
                     data={"$keys": ["type", "message"], "type": "ValueError", "message": "x"})),
          hub="small")
+    case("pool_unavailable_data", "Errors: -32004 data {cause, closing?, stderr?} when the "
+         "tools cannot load (stderr for local callers only)",
+         send(req(1, "echo", ["never"])),
+         expect(err(1, -32004, data={"cause": "load_failed", "closing": {"$absent": True},
+                                     "stderr": contains("zbridge_missing_dependency_xyz")}),
+                within_ms=30000), hub="broken")
     case("unencodable_result", "Errors: a result msgpack cannot carry is -32603",
          send(req(1, "unencodable")), expect(err(1, -32603)))
 
