@@ -102,6 +102,14 @@ def _operators(pattern: dict, value, path: str) -> str | None:
             why = mismatch(arg, value, path) if not isinstance(arg, dict) else (
                 None if isinstance(value, dict) and set(value) == set(arg) and
                 all(mismatch(arg[k], value[k]) is None for k in arg) else f"expected exactly {arg!r}")
+        elif op == "$pairs":
+            if not isinstance(value, dict) or len(value) != len(arg):
+                why = f"expected a map of {len(arg)} pairs"
+            else:
+                keys = list(value)
+                for k, v in arg:
+                    match = [key for key in keys if mismatch(k, key) is None]
+                    why = why or (f"no key {k!r}" if not match else mismatch(v, value[match[0]], f"{path}[{k!r}]"))
         elif op == "$keys":
             why = None if isinstance(value, dict) and set(value) == set(arg) else f"expected exactly the keys {sorted(arg)}"
         elif op == "$values":
@@ -313,6 +321,8 @@ def test_vector(case, hubs):
     ({"$gte": 1}, 0, False),
     ({"$each": {"s": "idle"}, "$min_len": 1}, [], False),
     ({"$values": {"$type": "int"}}, {"a": 1, "b": "x"}, False),
+    ({"$pairs": [[1, "one"]]}, {1: "one"}, True),
+    ({"$pairs": [[1, "one"]]}, {"1": "one"}, False),
     ({"$contains": "5"}, "request id 5 is already in flight", True),
     ([1, 2], [1, 2, 3], False),
 ])

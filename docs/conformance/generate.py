@@ -193,6 +193,9 @@ def values() -> None:
         steps += [send(req(i, "echo", [value])), expect(ok(i, expected))]
     case("values_round_trip", "Values: nil, bool, integers -2^63..2^64-1, float64, str, bin, "
          "array, map survive a round trip", *steps)
+    case("non_string_map_keys_in_results", "Values: results may have any key type the tool "
+         "returns, so clients decode replies without strict map keys",
+         send(req(1, "int_keys")), expect(ok(1, {"$pairs": [[1, "one"], [2, [3]]]})))
     case("non_string_map_key_in_request", "Values: request bodies need string map keys; "
          "otherwise -32700 with the request's id (from the daemon)",
          send(req(1, "", body={1: "x", "method": "echo"})), expect(err(1, -32700)),
@@ -202,8 +205,13 @@ def values() -> None:
 def ids() -> None:
     case("id_zero_refused", "Ids: request ids start at 1; a REQUEST with id 0 gets -32600 (id 0)",
          send(req(0, "echo", ["x"])), expect(err(0, -32600)), silence(200))
-    case("id_max_u64", "Ids: any u64 from 1 to 2^64-1 is a valid id",
-         send(req(U64, "echo", ["top"])), expect(ok(U64, "top")))
+    case("id_max_u64", "Ids: any u64 from 1 to 2^64-1 is a valid id; Deadlines: timeout_ms "
+         "up to 2^32-1",
+         send(req(U64, "echo", ["top"], timeout_ms=2**32 - 1)), expect(ok(U64, "top")))
+    case("id_reuse_after_timeout", "Ids: an answered call's id is free again, even while its "
+         "daemon still runs it; that late reply is never delivered",
+         send(req(1, "span", [0.6, "old"], timeout_ms=100)), expect(err(1, -32001)),
+         send(req(1, "echo", ["new"])), expect(ok(1, "new")), silence(900))
     case("duplicate_in_flight_id_refused", "Ids: an id already in flight on the connection is "
          "refused with -32600 naming it; the first call still answers; after its reply the id is free",
          send(req(5, "span", [0.5, "first"])), send(req(5, "echo", ["second"])),
@@ -331,7 +339,7 @@ def cancels() -> None:
          expect(err(1, -32005), within_ms=1500), silence(300))
     case("cancel_body_is_ignored", "Cancel: the body is ignored (the old owner member has no effect)",
          send(req(1, "span", [2.0])), sleep(200),
-         send(frame(CANCEL, 1, {"owner": b"somebody-else", "junk": 1})),
+         send(frame(CANCEL, 1, {"owner": b"somebody-else", "junk": 1}, timeout_ms=1)),
          expect(err(1, -32005), within_ms=1500))
     case("cancel_is_never_answered", "Cancel: no reply to the CANCEL itself; an unknown or "
          "finished id is ignored",
@@ -356,6 +364,12 @@ def credits() -> None:
          send(stream(1, "count", [5], window=2)), expect(part(1, 0), part(1, 1)), silence(300),
          send(frame(CREDIT, 1, {"n": 2})), expect(part(1, 2), part(1, 3)), silence(300),
          send(frame(CREDIT, 1, {"n": 2})), expect(part(1, 4), ok(1, {"items": 5})))
+    case("credit_from_another_connection_ignored", "Streams: only the connection that owns a "
+         "stream can give it credit; timeout_ms is ignored on CREDIT",
+         send(stream(1, "count", [4], window=2), conn="a"), expect(part(1, 0), part(1, 1), conn="a"),
+         send(frame(CREDIT, 1, {"n": 2}), conn="b"), silence(300, conn="a"), silence(100, conn="b"),
+         send(frame(CREDIT, 1, {"n": 2}, timeout_ms=1), conn="a"),
+         expect(part(1, 2), part(1, 3), ok(1, {"items": 4}), conn="a"))
     case("stream_credit_capped_by_delivered", "Streams: the hub forwards no more credit in "
          "total than the items it delivered; extra credit is dropped",
          send(stream(1, "count", [6], window=2)), expect(part(1, 0), part(1, 1)),
