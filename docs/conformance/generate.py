@@ -448,6 +448,9 @@ def status() -> None:
          hub="small")
     oversized = frame(REQUEST, 2, {"method": "echo", "params": [b"\x00" * (8192 + 4096 + 100)]},
                       timeout_ms=TIMEOUT)
+    case("request_over_max_message_size", "Frames: a body over max_message_size (8192 "
+         "here) in a frame within the 4096-byte margin is -32700 with the request's id",
+         send(req(1, "echo", [b"\x00" * 9000])), expect(err(1, -32700)), hub="small")
     case("oversized_frame_drops_connection", "Frames: a frame over max_message_size + 4096 "
          "makes the hub drop the connection, and every reply in flight on it",
          send(req(1, "span", [0.4, "lost"])), send(oversized), silence(1000),
