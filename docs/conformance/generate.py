@@ -226,6 +226,11 @@ def flags() -> None:
     case("undefined_request_flags_refused", "Flags: a REQUEST may set only bits 0 and 2", *steps)
     case("idempotent_flag_is_accepted", "Flags: bit 0 (idempotent) is informational for the hub",
          send(req(1, "add", [1, 1], flags=IDEMPOTENT)), expect(ok(1, 2)))
+    case("worker_lost_and_no_retry_by_the_hub", "Flags/Errors: a daemon dying mid-call is "
+         "-32002; the hub does not retry, even a call marked idempotent",
+         send(req(1, "exit_hard", [7])), expect(err(1, -32002, no_data=True), within_ms=10000),
+         send(req(2, "exit_hard", [7], flags=IDEMPOTENT)), expect(err(2, -32002), within_ms=10000),
+         send(req(3, "add", [1, 2])), expect(ok(3, 3), within_ms=10000))
     case("retire_flag_never_reaches_clients", "Flags: bit 1 (retire) is cleared by the hub; "
          "the daemon set it (RSS over max_rss_mb), so the hub replaces that daemon",
          send(req(1, "echo", ["r"])), expect(ok(1, "r")),
