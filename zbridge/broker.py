@@ -129,6 +129,8 @@ class Broker(InFlight):
         return None
 
     def _overloaded(self, size: int) -> Overloaded | None:
+        if self.ready and not self.queued:
+            return None  # an idle daemon takes it at once: nothing will wait
         if self.queued >= self.s.max_queue:
             why = f"{self.queued} calls already waiting (max_queue={self.s.max_queue})"
         elif self.queued and self.queued_bytes + size > self.s.max_queue_bytes:
@@ -510,6 +512,7 @@ class Broker(InFlight):
             "closing": self.closing,
             "failures": self.failures,
             "last_start_error": self.last_start_error,
+            "last_start_cause": self.start_cause if self.last_start_error else None,
             "counters": dict(self.counters),
             "daemons": [self._daemon_status(d, now) for d in self.daemons.values()],
             "restarts": [{"id": h["id"], "pid": h["pid"], "reason": h["reason"],

@@ -155,5 +155,7 @@ def readiness(status: dict, wanted: int, settings: Settings) -> str:
 def not_ready_error(status: dict, wanted: int, timeout: float) -> PoolUnavailable:
     cause = status.get("last_start_error")
     why = f": {cause.strip().splitlines()[0]}" if cause else ""
-    return PoolUnavailable(f"{ready_count(status)} of {wanted} daemons ready after {timeout}s{why}",
-                           {"stderr": cause} if cause else None)
+    data = {"cause": status.get("last_start_cause") or "start_failed"}
+    if cause:
+        data["stderr"] = cause
+    return PoolUnavailable(f"{ready_count(status)} of {wanted} daemons ready after {timeout}s{why}", data)

@@ -149,3 +149,9 @@ def count(n: int, fail_after: int = -1, log: str = ""):
 async def acount(n: int):
     for i in range(n):
         yield {"i": i}
+
+
+@zbridge.tool
+def int_keys() -> dict:
+    """A result whose map keys are not strings: replies may carry any key type."""
+    return {1: "one", 2: [3]}
