@@ -20,7 +20,7 @@ from collections import deque
 from typing import Any, Callable
 
 from . import health
-from .actions import Action, Interrupt, Kill, Spawn, ToClient, ToDaemon
+from .actions import Action, Kill, Spawn, ToClient, ToDaemon
 from .backoff import restart_delay
 from .config import Settings
 from .errors import BridgeError, CallTimeout, InvalidRequest, Overloaded, PoolUnavailable, WorkerLost

@@ -95,6 +95,18 @@ class ClientCore:
         # one-shot subprocesses are slow and heavy: never more of them at once than daemons
         self._fallback_slots = threading.BoundedSemaphore(max(1, self.settings.workers))
 
+    def timeout_of(self, timeout: float | None) -> float:
+        """A call's timeout in seconds: the given one, or the ``timeout`` setting."""
+        if timeout is None:
+            return self.settings.timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        return float(timeout)
+
+    def _unreachable(self) -> PoolUnavailable:
+        return PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)",
+                               {"cause": "unreachable"})
+
     def _can_fallback(self) -> bool:
         """The pipe fallback needs to know the tools: a bare Client of a served hub cannot."""
         return self.settings.fallback and not self._closed and bool(self.tools)
