@@ -58,6 +58,7 @@ def test_unknown_variables_are_warned_about_once(monkeypatch):
     with pytest.warns(UserWarning, match="ZBRIDGE_WROKERS") as record:
         load_settings()
     assert "ZBRIDGE_TOOLS" not in str(record[0].message)
+    assert record[0].filename == __file__  # points at the caller, not into zbridge
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_settings()  # once per process

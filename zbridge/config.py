@@ -119,7 +119,17 @@ def warn_unknown_variables(env: Mapping[str, str]) -> None:
         _warned = True
         warnings.warn(f"unknown zbridge environment variable(s) ignored: {', '.join(unknown)} "
                       f"(settings are listed in zbridge.config.describe() and the README)",
-                      stacklevel=3)
+                      stacklevel=_outside_zbridge())
+
+
+def _outside_zbridge() -> int:
+    """The stacklevel of the first caller outside this package, so the warning names user code."""
+    import sys
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(2), 2  # 1 is warn_unknown_variables itself
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def env_name(name: str) -> str:
