@@ -59,6 +59,8 @@ def test_call_help_shows_client_options_only():
     for client in ("--timeout", "--endpoint", "--tools", "--idempotent", "--stream", "--connect-timeout",
                    "--curve-secret", "--set", "--log-level"):
         assert client in call_help
+    for client_only in ("--max-in-flight", "--retries", "--pool-enabled", "--fallback", "--curve-server-key"):
+        assert client_only not in serve_help
 
 
 def test_embedded_call_takes_hub_settings_with_set(basic_tools):

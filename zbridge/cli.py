@@ -28,9 +28,15 @@ DEFAULT_HELP = "an ipc socket in $XDG_RUNTIME_DIR/zbridge, else in <tempdir>/zbr
 _TYPES = {"int": int, "float": float, "str": str}
 
 
+# settings only a calling side reads: `serve` does not show them
+CLIENT_ONLY = ("max_in_flight", "pool_enabled", "fallback", "retries", "curve_server_key")
+
+
 def settings_options(fn: Callable) -> Callable:
-    """Add one option per Settings field (--kebab-name, envvar ZBRIDGE_NAME, default unset)."""
+    """Add one option per hub Settings field (--kebab-name, envvar ZBRIDGE_NAME, default unset)."""
     for f in reversed(fields(Settings)):
+        if f.name in CLIENT_ONLY:
+            continue
         flag = f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} [default: {f.default!r}; env {env_name(f.name)}]"
         if f.type == "bool":
