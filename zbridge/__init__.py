@@ -1,10 +1,8 @@
 """zbridge: keep Python tools warm in daemon processes and call them fast over ZeroMQ.
 
 ``import zbridge`` stays cheap (tool modules and pipe daemons import it): the clients,
-which import zmq, load on first use.
+which import zmq, and the version, which needs importlib.metadata, load on first use.
 """
-
-__version__ = "0.1.0"
 
 from .errors import (BridgeError, CallTimeout, Cancelled, ConnectionLost, DidNotRun,  # noqa: E402
                      InternalError, Interrupted, InvalidParams, InvalidRequest, MayHaveRun, Overloaded,
@@ -17,6 +15,8 @@ if TYPE_CHECKING:
     from .bridge import Bridge
     from .client import Client
 
+    __version__: str
+
 __all__ = [
     "__version__", "tool", "startup", "Bridge", "Client", "AsyncBridge", "AsyncClient",
     "BridgeError", "DidNotRun", "MayHaveRun", "Interrupted",
@@ -28,12 +28,23 @@ __all__ = [
 _LAZY = {"Bridge": ".bridge", "Client": ".client", "AsyncBridge": ".aio", "AsyncClient": ".aio"}
 
 
+def _read_version() -> str:
+    """The installed distribution's version: pyproject.toml is the one place it is written."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("zbridge")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
+    if name == "__version__":
+        value: object = _read_version()
+    elif name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    else:
         raise AttributeError(f"module 'zbridge' has no attribute {name!r}")
-    import importlib
-    value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # once loaded, a plain attribute
     return value
 

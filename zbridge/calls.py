@@ -12,7 +12,7 @@ import zmq
 
 from . import fallback
 from .config import Settings, load_settings
-from .endpoints import default_endpoint
+from .endpoints import check_endpoint, default_endpoint
 from .errors import (BridgeError, InternalError, InvalidParams, InvalidRequest, PoolUnavailable,
                      error_from_wire)
 from .protocol import (DEFAULT_WINDOW, Kind, MAX_TIMEOUT_MS, MAX_WINDOW, decode_partial, decode_reply_body,
@@ -86,6 +86,7 @@ class ClientCore:
         self.settings = settings or load_settings(**overrides)
         # no endpoint: the one `zbridge serve` listens on by default
         self.endpoint = endpoint or (default_endpoint() if self.settings.pool_enabled else None)
+        check_endpoint(self.endpoint)  # before zmq, which only says "Invalid argument"
         self.tools = tool_specs(tools)
         self.connect_timeout = connect_timeout
         self._ids = itertools.count(1)
