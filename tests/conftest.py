@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-import uuid
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from helpers import TOOLSETS, child_pids, daemon_pids, leftovers, wait_until
 
 # `--hypothesis-profile=fuzz` turns the property tests into a long fuzz run (outside CI).
 settings.register_profile("ci", max_examples=300, deadline=None)
@@ -17,65 +16,14 @@ settings.register_profile("fuzz", max_examples=50_000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci")
 
-TOOLSETS = Path(__file__).parent / "toolsets"
+# Tests that start no process and open no socket: `python -m pytest -m pure` runs in seconds.
+PURE = {"test_broker.py", "test_protocol.py", "test_jsonrpc.py", "test_policy_config.py",
+        "test_plans.py", "test_codec.py", "test_stats.py"}
 
 
-# Every process this test session starts inherits this tag, so the leak check sees our
-# daemons (even orphaned ones) and never another program's.
-SESSION_TAG = f"ZBRIDGE_TEST_SESSION={uuid.uuid4().hex}".encode()
-os.environ["ZBRIDGE_TEST_SESSION"] = SESSION_TAG.split(b"=", 1)[1].decode()
-
-
-def daemon_pids() -> set[int]:
-    """Pids of live zbridge daemon processes started by this test session."""
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-            if b"zbridge_daemon" not in cmdline:
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if SESSION_TAG in environ and state != "Z":
-            pids.add(int(entry))
-    return pids
-
-
-def child_pids() -> set[int]:
-    """Live (not zombie) direct children of this test process: serve hubs, pipes, embedders."""
-    me = str(os.getpid())
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me and fields[0] != "Z":
-            pids.add(int(entry))
-    return pids
-
-
-def leftovers(before: set[int]) -> set[int]:
-    return (daemon_pids() | child_pids()) - before
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+def pytest_collection_modifyitems(items):
+    for item in items:
+        item.add_marker(pytest.mark.pure if item.path.name in PURE else pytest.mark.process)
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,6 +19,58 @@ from zbridge import protocol
 
 TOOLSETS = Path(__file__).parent / "toolsets"
 ZBRIDGE = [sys.executable, "-m", "zbridge.cli"]
+
+# Every process this test session starts inherits this tag, so the leak check sees our
+# daemons (even orphaned ones) and never another program's.
+SESSION_TAG = f"ZBRIDGE_TEST_SESSION={uuid.uuid4().hex}".encode()
+os.environ["ZBRIDGE_TEST_SESSION"] = SESSION_TAG.split(b"=", 1)[1].decode()
+
+
+def daemon_pids() -> set[int]:
+    """Pids of live zbridge daemon processes started by this test session."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            if b"zbridge_daemon" not in cmdline:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if SESSION_TAG in environ and state != "Z":
+            pids.add(int(entry))
+    return pids
+
+
+def child_pids() -> set[int]:
+    """Live (not zombie) direct children of this test process: serve hubs, pipes, embedders."""
+    me = str(os.getpid())
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            pids.add(int(entry))
+    return pids
+
+
+def leftovers(before: set[int]) -> set[int]:
+    return (daemon_pids() | child_pids()) - before
+
+
+
+
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:

@@ -8,7 +8,7 @@ import random
 import pytest
 
 import zbridge
-from conftest import daemon_pids
+from helpers import daemon_pids
 
 
 def run(coro):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import zbridge
-from conftest import daemon_pids, wait_until
+from helpers import daemon_pids, wait_until
 
 
 def test_warm_state_is_reused(bridge_factory, basic_tools):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import daemon_pids, wait_until
+from helpers import daemon_pids, wait_until
 
 ZBRIDGE = [sys.executable, "-m", "zbridge.cli"]
 

@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 import zbridge
-from conftest import daemon_pids, wait_until
+from helpers import daemon_pids, wait_until
 
 
 def busy(bridge) -> bool:
@@ -217,7 +217,7 @@ def test_remote_daemon_exits_when_the_hub_stops_beating(basic_tools, tmp_path):
 
 
 def test_idle_restart_runs_the_startup_hook_again(bridge_factory, tmp_path, monkeypatch):
-    from conftest import TOOLSETS
+    from helpers import TOOLSETS
     log = tmp_path / "startups"
     monkeypatch.setenv("ZBRIDGE_TEST_STARTUP_LOG", str(log))
     bridge = bridge_factory(str(TOOLSETS / "warm.py"), idle_timeout=0.4, idle_action="restart")

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 import zbridge
-from conftest import daemon_pids, wait_until
+from helpers import daemon_pids, wait_until
 
 
 def test_close_leaves_no_process_and_no_ipc_file(basic_tools):

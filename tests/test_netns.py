@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOOLSETS
+from helpers import TOOLSETS
 from test_cli import zb
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]

@@ -13,7 +13,7 @@ import zmq
 
 import zbridge
 from zbridge.protocol import encode_disconnect, encode_heartbeat, encode_request, read_header, Kind
-from conftest import wait_until
+from helpers import wait_until
 from test_cli import ZBRIDGE, free_port
 from test_security import key, keys  # noqa: F401 - keys is a fixture
 

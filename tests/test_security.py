@@ -13,7 +13,7 @@ import pytest
 
 import zbridge
 from zbridge.endpoints import check_bindable, default_endpoint
-from conftest import wait_until
+from helpers import wait_until
 from test_cli import ZBRIDGE, free_port, zb
 
 

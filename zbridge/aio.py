@@ -84,7 +84,7 @@ class AsyncClient(ClientCore):
         self._closed = True
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(PoolUnavailable("client closed", {"closing": True}))
+                future.set_exception(plans.closed_error())
         for task in (self._reader, self._watcher):
             if task is not None:
                 task.cancel()

@@ -18,7 +18,7 @@ from .calls import (HUB_GRACE, ClientCore, build_request, credit_due, not_ready_
                     readiness)
 from .errors import BridgeError, CallTimeout, InvalidParams, InvalidRequest, PoolUnavailable
 from .policy import Step, after_error
-from .protocol import encode_status_request, read_header
+from .protocol import MAX_WINDOW, encode_status_request, read_header
 
 # --- the operations a driver performs ------------------------------------------------------
 
@@ -137,6 +137,8 @@ def stream(core: ClientCore, tool: str, args: Any, timeout: float | None, window
     plan does not run to its end."""
     if core._closed:
         raise closed_error()
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
+        raise ValueError(f"window must be an integer from 1 to {MAX_WINDOW}, not {window!r}")
     timeout = core.timeout_of(timeout)
     if not core.settings.pool_enabled:
         yield OneShotItems(tool, args, timeout)
