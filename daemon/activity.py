@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from zbridge.errors import Interrupted
 from zbridge.procinfo import rss_bytes
@@ -56,14 +57,14 @@ class Activity:
             return True
         return False
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         busy = self.request_id is not None
         return {"pid": os.getpid(), "state": "busy" if busy else "idle", "request": self.request_id,
                 "busy_since": self.busy_since, "calls": self.calls, "rss": rss_bytes()}
 
 
 def install_cancel_handler(activity: Activity) -> None:
-    def on_cancel(signum, frame) -> None:
+    def on_cancel(signum: int, frame: object) -> None:
         if activity.take_cancel():
             raise Interrupted("cancelled by the caller")
     signal.signal(CANCEL_SIGNAL, on_cancel)

@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import struct
 import sys
-from types import GeneratorType
 
 from zbridge.errors import BridgeError, InternalError, InvalidRequest
-from zbridge.execution import Executor
-from zbridge.protocol import (DEFAULT_MAX_MESSAGE, Kind, decode_request, encode_error, encode_partial,
-                              encode_result, read_header)
+from zbridge.execution import Executor, as_items
+from zbridge.protocol import (
+    DEFAULT_MAX_MESSAGE,
+    Kind,
+    decode_request,
+    encode_error,
+    encode_partial,
+    encode_result,
+    read_header,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO, Iterator
+    from typing import Any, BinaryIO
 
 LENGTH = struct.Struct(">I")
 
@@ -50,16 +56,13 @@ def read_frame(inp: BinaryIO, max_size: int) -> bytes | None:
 def _encoded(what: str, encode: Any, max_message: int) -> bytes:
     """Same wording as the zmq worker, so both paths fail alike."""
     try:
-        frame = encode()
+        frame: bytes = encode()
     except (TypeError, ValueError, OverflowError) as exc:
         raise InternalError(f"{what} cannot be encoded: {type(exc).__name__}: {exc}"[:500]) from None
     if len(frame) > max_message:
         raise InternalError(f"{what} is {len(frame)} bytes, over the {max_message}-byte limit")
     return frame
 
-
-def _one(value: Any) -> Iterator[Any]:
-    yield value
 
 
 def answer(executor: Executor | BridgeError, frame: bytes, out: BinaryIO, max_message: int) -> None:
@@ -79,7 +82,7 @@ def answer(executor: Executor | BridgeError, frame: bytes, out: BinaryIO, max_me
                              lambda: encode_result(request_id, result), max_message)
             write_frame(out, reply)
             return
-        items = result if isinstance(result, GeneratorType) else _one(result)
+        items = as_items(result)
         sent = 0
         try:
             for item in items:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
@@ -22,7 +22,7 @@ from zbridge.protocol import Kind, encode_heartbeat, read_header
 from .activity import Activity
 
 
-def start_heartbeat(sock: zmq.Socket, endpoint: str, activity: Activity, interval: float,
+def start_heartbeat(sock: zmq.Socket[Any], endpoint: str, activity: Activity, interval: float,
                     misses: int, on_silence: Callable[[str], None] | None,
                     on_heard: Callable[[], None] | None = None, patience: float = 0.0) -> threading.Thread:
     """Run the heartbeat on ``sock`` (a DEALER handed over to the new thread).
@@ -44,7 +44,7 @@ def start_heartbeat(sock: zmq.Socket, endpoint: str, activity: Activity, interva
                     except zmq.Again:
                         pass  # not connected (yet): silence is what the hub judges
                     next_beat = now + interval
-                if sock.poll(max(0.0, next_beat - now) * 1000):
+                if sock.poll(int(max(0.0, next_beat - now) * 1000)):
                     _on_hub_message(sock.recv(), activity)
                     last_heard = time.monotonic()
                     if on_heard is not None:

@@ -8,6 +8,7 @@ import secrets
 import socket
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +20,9 @@ from .process_io import isolate_stdout, kill_own_group, watch_lifeline
 from .stdio import run as run_stdio
 
 EXIT_LOAD_FAILED = 3
+
+if TYPE_CHECKING:
+    from .worker import WorkerOptions
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -115,12 +119,13 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
     # a local hub's lifeline outranks its heartbeats; a remote hub can only be heard
     on_silence = (OnSilence.IGNORE if lifeline else
                   OnSilence.EXIT if exit_on_hub_loss else OnSilence.RECONNECT)
+    assert endpoint is not None  # exactly one of --connect and --stdio was given
     run_worker(tools, lifeline, WorkerOptions(
         endpoint, identity.encode(), max_message_size, heartbeat,
         heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks, on_silence))
 
 
-def run_worker(tools: tuple[str, ...], lifeline: bool, options) -> None:
+def run_worker(tools: tuple[str, ...], lifeline: bool, options: WorkerOptions) -> None:
     from . import worker
 
     def hub_lost(why: str = "") -> None:

@@ -12,22 +12,28 @@ tool: when the reader stops reading, the write blocks.
 from __future__ import annotations
 
 import sys
-from types import GeneratorType
 
 from zbridge.errors import BridgeError, InternalError
-from zbridge.execution import Executor
-from zbridge.jsonrpc import (STREAM_METHOD, Call, Invalid, PARTIAL_METHOD, encode_line, error_object,
-                             notification_object, parse_line, resolve_stream_call, result_object)
+from zbridge.execution import Executor, as_items
+from zbridge.jsonrpc import (
+    PARTIAL_METHOD,
+    STREAM_METHOD,
+    Call,
+    Invalid,
+    encode_line,
+    error_object,
+    notification_object,
+    parse_line,
+    resolve_stream_call,
+    result_object,
+)
 
 TYPE_CHECKING = False  # typing and inspect stay off the pipe's start-up path
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO, Callable, Iterator
+    from typing import Any, BinaryIO, Callable
 
     Emit = Callable[[bytes], None]
 
-
-def _one(value: Any) -> Iterator[Any]:
-    yield value
 
 
 def _partial_line(id: Any, seq: int, value: Any) -> bytes:
@@ -37,11 +43,11 @@ def _partial_line(id: Any, seq: int, value: Any) -> bytes:
         raise InternalError(f"item {seq} cannot be encoded as JSON: {exc}"[:500]) from None
 
 
-def _stream(executor: Executor, item: Call, emit: Emit) -> dict:
+def _stream(executor: Executor, item: Call, emit: Emit) -> dict[str, Any]:
     """Run a ``zbridge.stream`` request: one notification per item, then the count."""
     tool, args = resolve_stream_call(item.params)
     result = executor.run(tool, args, stream=True)
-    items = result if isinstance(result, GeneratorType) else _one(result)
+    items = as_items(result)
     count = 0
     try:
         for value in items:
@@ -59,7 +65,7 @@ def _run(executor: Executor, item: Call, emit: Emit) -> Any:
     return executor.run(item.method, item.params)
 
 
-def _reply(executor: Executor | BridgeError, item: Call | Invalid, emit: Emit) -> dict | None:
+def _reply(executor: Executor | BridgeError, item: Call | Invalid, emit: Emit) -> dict[str, Any] | None:
     if isinstance(item, Invalid):
         return error_object(item.id, item.error)
     try:

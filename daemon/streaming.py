@@ -10,13 +10,21 @@ stream leaves a warm daemon behind instead of one the hub has to kill.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Generator
 
 import zmq
 
 from zbridge.errors import BridgeError, Cancelled, InternalError, PoolUnavailable
-from zbridge.protocol import (DEFAULT_WINDOW, Kind, Request, decode_credit, encode_error, encode_partial,
-                              encode_result, read_header)
+from zbridge.protocol import (
+    DEFAULT_WINDOW,
+    Kind,
+    Request,
+    decode_credit,
+    encode_error,
+    encode_partial,
+    encode_result,
+    read_header,
+)
 
 
 class Stopping(Exception):
@@ -27,7 +35,8 @@ class StreamCancelled(Exception):
     """The hub told this daemon that nobody consumes the stream any more."""
 
 
-def send_stream(sock: zmq.Socket, request: Request, items: Iterator, max_message: int) -> tuple[bytes, bool]:
+def send_stream(sock: zmq.Socket[Any], request: Request, items: Generator[Any, None, None],
+                max_message: int) -> tuple[bytes, bool]:
     """Stream every item; returns (final reply frame, whether the hub asked us to stop)."""
     credits, sent = request.window or DEFAULT_WINDOW, 0
     try:
@@ -61,13 +70,13 @@ def _partial(request: Request, item: object, seq: int, max_message: int) -> byte
     return frame
 
 
-def _control(sock: zmq.Socket, request_id: int, block: bool) -> int:
+def _control(sock: zmq.Socket[Any], request_id: int, block: bool) -> int:
     """Read what the hub sent (waiting for one message if ``block``); returns new credit.
     Raises StreamCancelled or Stopping when told so."""
     credit = 0
     flags = 0 if block else zmq.NOBLOCK
     while True:
-        if flags and not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if flags and not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             return credit  # cheaper than a failed recv per item
         try:
             frame = sock.recv(flags)

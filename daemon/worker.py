@@ -3,20 +3,31 @@ lost link, leave cleanly."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
 from zbridge import __version__
 from zbridge.errors import BridgeError, Cancelled, InternalError, Interrupted
-from zbridge.execution import Executor
+from zbridge.execution import Executor, as_items
 from zbridge.procinfo import rss_bytes
-from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_RETIRE, FLAG_STREAM, Header, Kind, add_flags,
-                              decode_request, encode_error, encode_ready, encode_result, read_header)
+from zbridge.protocol import (
+    DEFAULT_MAX_MESSAGE,
+    Request,
+    FLAG_RETIRE,
+    FLAG_STREAM,
+    Header,
+    Kind,
+    add_flags,
+    decode_request,
+    encode_error,
+    encode_ready,
+    encode_result,
+    read_header,
+)
 from zbridge.security import make_client
 from zbridge.tools import Registry
 
@@ -38,13 +49,13 @@ class WorkerOptions:
     heartbeat_interval: float = 1.0
     heartbeat_misses: int = 3
     max_rss_mb: int = 0
-    curve: tuple | None = None  # (hub public key, (our public, our secret))
+    curve: tuple[bytes, tuple[bytes, bytes]] | None = None  # (hub public key, (our public, our secret))
     expose_tracebacks: bool = True
     on_silence: OnSilence = OnSilence.RECONNECT
 
 
-def _dealer(context: zmq.Context, options: WorkerOptions) -> zmq.Socket:
-    sock = context.socket(zmq.DEALER)
+def _dealer(context: zmq.Context[Any], options: WorkerOptions) -> zmq.Socket[Any]:
+    sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
     sock.linger = 0
     if options.identity:
         sock.setsockopt(zmq.IDENTITY, options.identity)
@@ -54,7 +65,7 @@ def _dealer(context: zmq.Context, options: WorkerOptions) -> zmq.Socket:
 
 
 def handle_request(executor: Executor, frame: bytes, header: Header, max_message: int,
-                   sock: zmq.Socket | None = None) -> tuple[bytes, bool]:
+                   sock: zmq.Socket[Any] | None = None) -> tuple[bytes, bool]:
     """Answer one request: exactly one final reply frame (after any streamed items), and
     whether the hub asked this daemon to stop meanwhile."""
     request_id = header.id
@@ -64,12 +75,12 @@ def handle_request(executor: Executor, frame: bytes, header: Header, max_message
     except BridgeError as exc:
         return encode_error(request_id, exc), False
     if request.stream and sock is not None:  # a plain result streams as one item
-        items = result if inspect.isgenerator(result) else (x for x in (result,))
+        items = as_items(result)
         return send_stream(sock, request, items, max_message)
     return _final_reply(request, result, max_message), False
 
 
-def _final_reply(request, result, max_message: int) -> bytes:
+def _final_reply(request: Request, result: Any, max_message: int) -> bytes:
     request_id = request.id
     try:
         reply = encode_result(request_id, result)
@@ -82,7 +93,7 @@ def _final_reply(request, result, max_message: int) -> bytes:
     return reply
 
 
-def serve_request(executor: Executor, activity: Activity, sock: zmq.Socket, frame: bytes,
+def serve_request(executor: Executor, activity: Activity, sock: zmq.Socket[Any], frame: bytes,
                   header: Header, max_message: int) -> tuple[bytes, bool]:
     activity.begin(header.id)
     try:
@@ -119,7 +130,7 @@ def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str
         context.term()  # the heartbeat thread closes its socket on ETERM
 
 
-def _connection(context: zmq.Context, registry: Registry, executor: Executor, activity: Activity,
+def _connection(context: zmq.Context[Any], registry: Registry, executor: Executor, activity: Activity,
                 options: WorkerOptions, link: HubLink, on_hub_lost: Callable[[str], None]) -> bool:
     """Fresh sockets, READY, serve; True when the hub told us to stop, False when the link
     was lost. New sockets each time: the old connection may be half-open, and closing it
@@ -166,7 +177,7 @@ def _connection(context: zmq.Context, registry: Registry, executor: Executor, ac
         sock.close(0)
 
 
-def _next_frame(sock: zmq.Socket, link: HubLink, on_silence: OnSilence) -> bytes | None:
+def _next_frame(sock: zmq.Socket[Any], link: HubLink, on_silence: OnSilence) -> bytes | None:
     """The next frame from the hub, or None once the link is lost. Only a reconnecting
     daemon pays for a poll per message; local ones block in recv as before."""
     if on_silence is not OnSilence.RECONNECT:

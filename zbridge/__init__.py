@@ -4,9 +4,24 @@
 which import zmq, and the version, which needs importlib.metadata, load on first use.
 """
 
-from .errors import (BridgeError, CallTimeout, Cancelled, ConnectionLost, DidNotRun,  # noqa: E402
-                     InternalError, Interrupted, InvalidParams, InvalidRequest, MayHaveRun, Overloaded,
-                     ParseError, PoolUnavailable, ToolError, ToolNotFound, WorkerLost)
+from .errors import (  # noqa: E402
+    BridgeError,
+    CallTimeout,
+    Cancelled,
+    ConnectionLost,
+    DidNotRun,
+    InternalError,
+    Interrupted,
+    InvalidParams,
+    InvalidRequest,
+    MayHaveRun,
+    Overloaded,
+    ParseError,
+    PoolUnavailable,
+    ToolError,
+    ToolNotFound,
+    WorkerLost,
+)
 from .tools import startup, tool  # noqa: E402
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the pipe daemon's start

@@ -18,10 +18,17 @@ import zmq
 import zmq.asyncio
 
 from . import plans
-from .calls import (HUB_GRACE, STREAM_WINDOW, ClientCore, configure_dealer, read_stream_message,
-                    reply_id, result_of)
+from .calls import (
+    HUB_GRACE,
+    STREAM_WINDOW,
+    ClientCore,
+    configure_dealer,
+    read_stream_message,
+    reply_id,
+    result_of,
+)
 from .config import Settings, load_settings
-from .errors import BridgeError, ConnectionLost, PoolUnavailable
+from .errors import BridgeError, ConnectionLost
 from .hub import start_embedded
 from .protocol import encode_cancel, encode_credit, read_header
 from .tools import tool_specs
@@ -31,16 +38,16 @@ class AsyncClient(ClientCore):
     """Await calls on a hub at ``endpoint`` (as started by ``zbridge serve``)."""
 
     def __init__(self, endpoint: str | None = None, *, tools: Any = None,
-                 settings: Settings | None = None, context: zmq.Context | None = None,
+                 settings: Settings | None = None, context: zmq.Context[Any] | None = None,
                  connect_timeout: float = 5.0, **overrides: Any) -> None:
         self._init_core(endpoint, tools, settings, connect_timeout, overrides)
         self._own_context = context is None
         self.context = zmq.asyncio.Context.shadow(context) if context else zmq.asyncio.Context()
-        self._pending: dict[int, asyncio.Future] = {}
-        self._streams: dict[int, asyncio.Queue] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._streams: dict[int, asyncio.Queue[tuple[str, Any]]] = {}
         self._sock: zmq.asyncio.Socket | None = None
-        self._reader: asyncio.Task | None = None
-        self._watcher: asyncio.Task | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._window: asyncio.Semaphore | None = None  # made in the loop that uses it
 
     # --- public API --------------------------------------------------------------------
@@ -72,11 +79,13 @@ class AsyncClient(ClientCore):
 
     async def wait_ready(self, timeout: float = 60.0, count: int | None = None) -> dict[str, Any]:
         """Wait until ``count`` daemons (default: ``workers``, at least 1) are up."""
-        return await self._drive(plans.wait_ready(self, timeout, count))
+        status: dict[str, Any] = await self._drive(plans.wait_ready(self, timeout, count))
+        return status
 
     async def status(self, timeout: float = 5.0, *, prewarm: bool = False) -> dict[str, Any]:
         """The hub's view: daemons, queue, counters (see Client.status)."""
-        return await self._drive(plans.status(self, timeout, prewarm))
+        status: dict[str, Any] = await self._drive(plans.status(self, timeout, prewarm))
+        return status
 
     async def close(self) -> None:
         if self._closed:
@@ -96,7 +105,7 @@ class AsyncClient(ClientCore):
         if self._own_context:
             self.context.destroy(linger=0)
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -109,6 +118,7 @@ class AsyncClient(ClientCore):
             sock = self.context.socket(zmq.DEALER)
             configure_dealer(sock, self.settings, self._curve, self.connect_timeout)
             sock.rcvtimeo = -1  # the reader task waits for as long as the client lives
+            assert self.endpoint is not None  # set whenever the pool is enabled
             sock.connect(self.endpoint)
             self._sock = sock
             self._reader = asyncio.ensure_future(self._read_replies())
@@ -140,12 +150,13 @@ class AsyncClient(ClientCore):
 
     async def _read_replies(self) -> None:
         sock = self._sock
+        assert sock is not None  # started by _socket() once the socket exists
         while True:
             reply = await sock.recv()
             if self._streams:
                 if self._to_stream(reply):
                     continue
-            future = self._pending.get(reply_id(reply))
+            future = self._pending.get(reply_id(reply) or 0)
             if future is None or future.done():
                 continue  # the caller gave up (timeout, cancel): dropped
             try:
@@ -159,10 +170,11 @@ class AsyncClient(ClientCore):
         except BridgeError:
             return False
         queue = self._streams.get(request_id)
-        message = queue is not None and read_stream_message(frame, request_id, self.settings.max_message_size)
-        if message:
-            queue.put_nowait(message)  # bounded by the credit window
-        return bool(message)
+        message = read_stream_message(frame, request_id, self.settings.max_message_size) if queue else None
+        if queue is None or message is None:
+            return False
+        queue.put_nowait(message)  # bounded by the credit window
+        return True
 
     async def astream(self, tool: str, args: Any = None, *, timeout: float | None = None,
                       window: int = STREAM_WINDOW) -> AsyncIterator[Any]:
@@ -195,6 +207,7 @@ class AsyncClient(ClientCore):
                         except asyncio.TimeoutError:
                             error = plans.timed_out(timeout)
                     case plans.Credit(n):
+                        assert sock is not None  # Open comes first
                         await sock.send(encode_credit(request_id, n))
                 try:
                     op = plan.send(outcome) if error is None else plan.throw(error)

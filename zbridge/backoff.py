@@ -17,4 +17,4 @@ def restart_delay(failures: int, base: float, cap: float, jitter: float = 0.5,
         return 0.0
     raw = min(cap, base * (2 ** min(failures - 1, 62)))
     factor = 1.0 + jitter * ((rng or random).random() - 0.5)
-    return min(cap, raw * factor)
+    return float(min(cap, raw * factor))

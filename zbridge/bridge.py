@@ -47,7 +47,7 @@ class Bridge(Client):
         return self._hub.private_dir if self._hub else None
 
 
-def _close_at_exit(ref: weakref.ref) -> None:
+def _close_at_exit(ref: weakref.ref[Bridge]) -> None:
     bridge = ref()
     if bridge is not None:
         bridge.close(drain_timeout=0.0)

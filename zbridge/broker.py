@@ -23,12 +23,36 @@ from . import health
 from .actions import Action, Kill, Spawn, ToClient, ToDaemon
 from .backoff import restart_delay
 from .config import Settings
-from .errors import BridgeError, CallTimeout, InvalidRequest, Overloaded, PoolUnavailable, WorkerLost
+from .errors import (
+    BridgeError,
+    CallTimeout,
+    InvalidRequest,
+    Overloaded,
+    PoolUnavailable,
+    WorkerLost,
+)
 from .inflight import InFlight
-from .protocol import (EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, REQUEST_FLAGS, Header, encode_disconnect,
-                       encode_error, without_flags)
-from .state import (SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, Process, _secret_ident,
-                    first_line, last_line)
+from .protocol import (
+    EXIT_LOAD_FAILED,
+    FLAG_RETIRE,
+    FLAG_STREAM,
+    REQUEST_FLAGS,
+    Header,
+    encode_disconnect,
+    encode_error,
+    without_flags,
+)
+from .state import (
+    SHUTTING_DOWN,
+    Daemon,
+    DaemonState,
+    Job,
+    JobState,
+    Process,
+    _secret_ident,
+    first_line,
+    last_line,
+)
 
 Probe = Callable[[bytes], "Process | None"]
 HISTORY = 50  # exits remembered for status()
@@ -67,7 +91,7 @@ class Broker(InFlight):
             ("accepted", "completed", "timeouts", "lost", "overloaded", "unavailable",
              "spawns", "start_failures", "crashes", "kills", "recycled", "cancelled",
              "abandoned", "dropped_replies"), 0)
-        self.history: deque[dict] = deque(maxlen=HISTORY)
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
 
     # --- answering calls: the only ways a job ends -------------------------------------
 
@@ -206,7 +230,7 @@ class Broker(InFlight):
 
     # --- daemon events -----------------------------------------------------------------
 
-    def daemon_ready(self, ident: bytes, info: dict, now: float) -> list[Action]:
+    def daemon_ready(self, ident: bytes, info: dict[str, Any], now: float) -> list[Action]:
         daemon = self.daemons.get(ident)
         if daemon is None:
             if not self.remote_ok or self.closing:
@@ -233,7 +257,7 @@ class Broker(InFlight):
         self._make_idle(daemon, now)
         return actions + self._dispatch(now)
 
-    def daemon_beat(self, ident: bytes, info: dict, now: float) -> None:
+    def daemon_beat(self, ident: bytes, info: dict[str, Any], now: float) -> None:
         daemon = self.daemons.get(ident)
         if daemon is not None and daemon.ready_at is not None:
             daemon.last_beat, daemon.vouched_at = now, None

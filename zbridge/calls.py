@@ -3,20 +3,33 @@ setting up a DEALER. No I/O happens here."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
-from typing import Any, Iterator
+from typing import Any, Generator
 
 import zmq
 
 from . import fallback
 from .config import Settings, load_settings
 from .endpoints import check_endpoint, default_endpoint
-from .errors import (BridgeError, InternalError, InvalidParams, InvalidRequest, PoolUnavailable,
-                     error_from_wire)
-from .protocol import (DEFAULT_WINDOW, Kind, MAX_TIMEOUT_MS, MAX_WINDOW, decode_partial, decode_reply_body,
-                       encode_request, read_header)
+from .errors import (
+    BridgeError,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    PoolUnavailable,
+    error_from_wire,
+)
+from .protocol import (
+    DEFAULT_WINDOW,
+    MAX_TIMEOUT_MS,
+    MAX_WINDOW,
+    Kind,
+    decode_partial,
+    decode_reply_body,
+    encode_request,
+    read_header,
+)
 from .security import client_keys, make_client
 from .tools import tool_specs
 
@@ -68,7 +81,7 @@ def result_of(reply: bytes, max_size: int) -> Any:
     return body["result"]
 
 
-def configure_dealer(sock: zmq.Socket, settings: Settings, curve: Any, connect_timeout: float) -> None:
+def configure_dealer(sock: zmq.Socket[Any], settings: Settings, curve: Any, connect_timeout: float) -> None:
     sock.linger = 0
     sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue a request for a hub we are not connected to
     sock.setsockopt(zmq.SNDTIMEO, int(connect_timeout * 1000))
@@ -82,7 +95,7 @@ class ClientCore:
     """What every client twin holds: settings, endpoint, tools for the fallback, ids, keys."""
 
     def _init_core(self, endpoint: str | None, tools: Any, settings: Settings | None,
-                   connect_timeout: float, overrides: dict) -> None:
+                   connect_timeout: float, overrides: dict[str, Any]) -> None:
         self.settings = settings or load_settings(**overrides)
         # no endpoint: the one `zbridge serve` listens on by default
         self.endpoint = endpoint or (default_endpoint() if self.settings.pool_enabled else None)
@@ -116,10 +129,13 @@ class ClientCore:
         with self._fallback_slots:
             return fallback.call_once(self.settings, self.tools, tool, args, timeout)
 
-    def _one_shot_stream(self, tool: str, args: Any, timeout: float) -> Iterator[Any]:
-        with self._fallback_slots, contextlib.closing(
-                fallback.stream_once(self.settings, self.tools, tool, args, timeout)) as items:
-            yield from items
+    def _one_shot_stream(self, tool: str, args: Any, timeout: float) -> Generator[Any, None, None]:
+        with self._fallback_slots:
+            items = fallback.stream_once(self.settings, self.tools, tool, args, timeout)
+            try:
+                yield from items
+            finally:
+                items.close()
 
 
 def credit_due(consumed: int, window: int) -> bool:
@@ -151,12 +167,12 @@ def read_stream_message(frame: bytes, request_id: int, max_size: int) -> tuple[s
     return None
 
 
-def ready_count(status: dict) -> int:
+def ready_count(status: dict[str, Any]) -> int:
     """Daemons that can take a call now or after their current one."""
     return sum(1 for d in status.get("daemons", []) if d.get("state") in ("idle", "busy"))
 
 
-def readiness(status: dict, wanted: int, settings: Settings) -> str:
+def readiness(status: dict[str, Any], wanted: int, settings: Settings) -> str:
     """"ready", "wait", or "failed" (starts keep failing: waiting longer will not help)."""
     if status.get("pool_enabled") is False or ready_count(status) >= wanted:
         return "ready"
@@ -165,7 +181,7 @@ def readiness(status: dict, wanted: int, settings: Settings) -> str:
     return "failed" if failed and not starting and status.get("last_start_error") else "wait"
 
 
-def not_ready_error(status: dict, wanted: int, timeout: float) -> PoolUnavailable:
+def not_ready_error(status: dict[str, Any], wanted: int, timeout: float) -> PoolUnavailable:
     cause = status.get("last_start_error")
     why = f": {cause.strip().splitlines()[0]}" if cause else ""
     data = {"cause": status.get("last_start_cause") or "start_failed"}

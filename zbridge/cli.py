@@ -16,7 +16,10 @@ import signal
 import socket
 import sys
 from dataclasses import fields
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .client import Client
 
 import click
 
@@ -32,7 +35,7 @@ _TYPES = {"int": int, "float": float, "str": str}
 CLIENT_ONLY = ("max_in_flight", "pool_enabled", "fallback", "retries", "curve_server_key")
 
 
-def settings_options(fn: Callable) -> Callable:
+def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add one option per hub Settings field (--kebab-name, envvar ZBRIDGE_NAME, default unset)."""
     for f in reversed(fields(Settings)):
         if f.name in CLIENT_ONLY:
@@ -86,7 +89,7 @@ def _set_log_level(ctx: click.Context, _param: click.Parameter, value: str | Non
     logging.getLogger().setLevel(level)
 
 
-def log_level_option(fn: Callable) -> Callable:
+def log_level_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--log-level after the subcommand too (``zbridge serve --log-level INFO``)."""
     return click.option("--log-level", default=None, expose_value=False, callback=_set_log_level,
                         metavar="LEVEL", help="Logging level (overrides the one before the subcommand).")(fn)
@@ -230,7 +233,8 @@ def _remove_socket_file(endpoint: str) -> None:
             pass
 
 
-def _open(settings: Settings, tools: tuple[str, ...], endpoint: str | None, connect_timeout: float):
+def _open(settings: Settings, tools: tuple[str, ...], endpoint: str | None,
+          connect_timeout: float) -> Client:
     from .bridge import Bridge
     from .client import Client
     if endpoint or not tools:
@@ -267,7 +271,7 @@ def _cell(value: Any, fmt: str = "") -> str:
 
 
 # (heading, value of a daemon's status map, left-aligned)
-_COLUMNS: list[tuple[str, Callable[[dict], str], bool]] = [
+_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str], bool]] = [
     ("id", lambda d: str(d["id"]), True),
     ("pid", lambda d: _cell(d.get("pid")), False),
     ("state", lambda d: str(d["state"]) + (" (unresponsive)" if d.get("unresponsive") else ""), True),
@@ -290,7 +294,7 @@ def format_table(headings: list[str], rows: list[list[str]], left: list[bool]) -
     return [line(headings)] + [line(r) for r in rows]
 
 
-def format_status(info: dict) -> str:
+def format_status(info: dict[str, Any]) -> str:
     """The status map as a table a person can read."""
     queue = f"queue depth {info['queue_depth']}"
     if info.get("queue_bytes") is not None:

@@ -17,8 +17,16 @@ from typing import Any, Callable, Iterable, Iterator
 import zmq
 
 from . import fanout, plans
-from .calls import (HUB_GRACE, STREAM_WINDOW, ClientCore, build_request, configure_dealer,
-                    read_stream_message, reply_id, result_of)
+from .calls import (
+    HUB_GRACE,
+    STREAM_WINDOW,
+    ClientCore,
+    build_request,
+    configure_dealer,
+    read_stream_message,
+    reply_id,
+    result_of,
+)
 from .config import Settings
 from .errors import BridgeError, Cancelled, ConnectionLost
 from .protocol import encode_cancel, encode_credit, read_header
@@ -30,16 +38,16 @@ class Client(ClientCore):
     """A connection to a hub at ``endpoint`` (as started by ``zbridge serve``)."""
 
     def __init__(self, endpoint: str | None = None, *, tools: Any = None,
-                 settings: Settings | None = None, context: zmq.Context | None = None,
+                 settings: Settings | None = None, context: zmq.Context[Any] | None = None,
                  connect_timeout: float = 5.0, **overrides: Any) -> None:
         self._init_core(endpoint, tools, settings, connect_timeout, overrides)
         self._own_context = context is None
         self.context = context or zmq.Context()
         self._local = threading.local()
-        self._sockets: list[tuple[weakref.ref, zmq.Socket]] = []
+        self._sockets: list[tuple[weakref.ref[threading.Thread], zmq.Socket[Any]]] = []
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
-        self._watches: dict[zmq.Socket, ConnectionWatch] = {}
+        self._watches: dict[zmq.Socket[Any], ConnectionWatch] = {}
 
     # --- public API --------------------------------------------------------------------
 
@@ -128,11 +136,13 @@ class Client(ClientCore):
         """Block until ``count`` daemons (default: ``workers``, at least 1) are up; returns
         the status. Starts any not yet started. Raises PoolUnavailable on timeout, or at once
         when starts keep failing."""
-        return self._drive(plans.wait_ready(self, timeout, count))
+        status: dict[str, Any] = self._drive(plans.wait_ready(self, timeout, count))
+        return status
 
     def status(self, timeout: float = 5.0, *, prewarm: bool = False) -> dict[str, Any]:
         """The hub's view: daemons (pid, state, calls, uptime, current call), queue, counters."""
-        return self._drive(plans.status(self, timeout, prewarm))
+        status: dict[str, Any] = self._drive(plans.status(self, timeout, prewarm))
+        return status
 
     def close(self) -> None:
         """Close sockets; waiting calls in other threads end with Cancelled."""
@@ -185,7 +195,7 @@ class Client(ClientCore):
     def _drive_stream(self, plan: plans.Plan, op: plans.Op) -> Iterator[Any]:
         """Run a stream plan: its own socket (other calls on this thread stay apart), items
         handed to the consumer, and a CANCEL whenever the plan does not reach its end."""
-        sock: zmq.Socket | None = None
+        sock: zmq.Socket[Any] | None = None
         request_id, finished = 0, False
         try:
             while True:
@@ -200,11 +210,13 @@ class Client(ClientCore):
                         sock, request_id = self._new_socket(), plans.request_id(frame)
                         error = self._try(lambda: self._send(sock, frame))
                     case plans.Receive(deadline, timeout):
+                        assert sock is not None  # Open comes first
                         try:
                             outcome = self._next_stream_message(sock, request_id, deadline, timeout)
                         except BridgeError as exc:
                             error = exc
                     case plans.Credit(n):
+                        assert sock is not None
                         sock.send(encode_credit(request_id, n))
                 try:
                     op = plan.send(outcome) if error is None else plan.throw(error)
@@ -225,7 +237,7 @@ class Client(ClientCore):
             return exc
         return None
 
-    def _next_stream_message(self, sock: zmq.Socket, request_id: int, deadline: float,
+    def _next_stream_message(self, sock: zmq.Socket[Any], request_id: int, deadline: float,
                              timeout: float) -> tuple[str, Any]:
         while True:
             message = read_stream_message(self._receive(sock, deadline, timeout), request_id,
@@ -233,21 +245,21 @@ class Client(ClientCore):
             if message is not None:
                 return message
 
-    def _send(self, sock: zmq.Socket, frame: bytes) -> None:
+    def _send(self, sock: zmq.Socket[Any], frame: bytes) -> None:
         try:
-            sock.send(frame, copy=len(frame) < 65536)
+            sock.send(frame, 0, copy=len(frame) < 65536)
         except zmq.Again:
             raise self._unreachable() from None
 
     @staticmethod
-    def _send_cancel(sock: zmq.Socket, request_id: int) -> None:
+    def _send_cancel(sock: zmq.Socket[Any], request_id: int) -> None:
         """CANCEL on the socket that sent the call: the hub honours no other."""
         try:
             sock.send(encode_cancel(request_id), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the hub is gone: nothing runs there to cancel
 
-    def _receive(self, sock: zmq.Socket, deadline: float, timeout: float,
+    def _receive(self, sock: zmq.Socket[Any], deadline: float, timeout: float,
                  on_slice: Callable[[], None] | None = None) -> bytes:
         while True:
             try:
@@ -266,28 +278,29 @@ class Client(ClientCore):
         return ConnectionLost(f"the hub at {self.endpoint} dropped the connection while the call was "
                               "in flight (e.g. a message over its max_message_size); it may have run")
 
-    def _dropped(self, sock: zmq.Socket) -> bool:
+    def _dropped(self, sock: zmq.Socket[Any]) -> bool:
         watch = self._watches.get(sock)
         return watch is not None and watch.dropped()
 
     # --- internals ---------------------------------------------------------------------
 
-    def _new_socket(self) -> zmq.Socket:
+    def _new_socket(self) -> zmq.Socket[Any]:
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, b"c-" + secrets.token_hex(8).encode())  # named by cancels
         configure_dealer(sock, self.settings, self._curve, self.connect_timeout)
+        assert self.endpoint is not None  # set whenever the pool is enabled
         sock.connect(self.endpoint)
         if not self.endpoint.startswith("inproc://"):  # inproc connections never drop
             self._watches[sock] = ConnectionWatch(sock)
         return sock
 
-    def _close_socket(self, sock: zmq.Socket, linger: int = 0) -> None:
+    def _close_socket(self, sock: zmq.Socket[Any], linger: int = 0) -> None:
         watch = self._watches.pop(sock, None)
         if watch is not None:
             watch.close(sock)
         sock.close(linger)
 
-    def _socket(self) -> zmq.Socket:
+    def _socket(self) -> zmq.Socket[Any]:
         sock = getattr(self._local, "sock", None)
         if sock is None:
             sock = self._new_socket()
@@ -295,7 +308,8 @@ class Client(ClientCore):
             with self._lock:  # close sockets of threads that have ended
                 alive = []
                 for thread, other in self._sockets:
-                    if thread() is not None and thread().is_alive():
+                    owner = thread()
+                    if owner is not None and owner.is_alive():
                         alive.append((thread, other))
                     else:
                         self._close_socket(other)
@@ -333,11 +347,11 @@ class ConnectionWatch:
     """Tells whether the connection behind a socket dropped, from libzmq's monitor events
     (the hub closes a connection that sent a frame over its MAXMSGSIZE, for instance)."""
 
-    def __init__(self, sock: zmq.Socket) -> None:
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
         self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
 
     def forget(self) -> None:
-        while self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while int(self.monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             self.monitor.recv_multipart()
 
     def dropped(self) -> bool:
@@ -347,7 +361,7 @@ class ConnectionWatch:
             seen = True
         return seen
 
-    def close(self, sock: zmq.Socket) -> None:
+    def close(self, sock: zmq.Socket[Any]) -> None:
         try:
             sock.disable_monitor()
         except zmq.ZMQError:
@@ -355,7 +369,7 @@ class ConnectionWatch:
         self.monitor.close(0)
 
 
-class CallFuture(Future):
+class CallFuture(Future[Any]):
     """A Future for one call. cancel() before it starts means it never runs; cancel() while
     it runs asks the hub to cancel it (see cancel_mode) and the future then ends with
     zbridge.Cancelled. The CANCEL leaves from the calling thread's own socket (the hub

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field, fields, replace
+from types import FrameType
 from typing import Any, Mapping
 
 from .protocol import DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUE_BYTES
@@ -57,7 +58,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            check_type(f.name, f.type, getattr(self, f.name))
+            check_type(f.name, str(f.type), getattr(self, f.name))
         if self.workers < 0:
             raise ValueError(f"workers must be at least 0, not {self.workers}")
         if self.expose_tracebacks not in ("auto", "true", "false"):
@@ -127,8 +128,9 @@ def _outside_zbridge() -> int:
     import sys
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
     frame, level = sys._getframe(2), 2  # 1 is warn_unknown_variables itself
-    while frame is not None and frame.f_code.co_filename.startswith(package):
-        frame, level = frame.f_back, level + 1
+    current: FrameType | None = frame
+    while current is not None and current.f_code.co_filename.startswith(package):
+        current, level = current.f_back, level + 1
     return level
 
 

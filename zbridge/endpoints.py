@@ -188,7 +188,7 @@ def check_bindable(endpoint: str, *, authenticated: bool = False) -> None:
                              "endpoint would let any host that reaches it run tools "
                              "(bind 127.0.0.1, or give --curve-secret and --curve-clients)")
     elif endpoint.startswith("ipc://"):
-        if ipc_in_use(ipc_path(endpoint)):
+        if ipc_in_use(ipc_path(endpoint) or ""):
             raise ValueError(f"refusing to bind {endpoint}: a live process already serves it")
     elif not endpoint.startswith("inproc://"):
         raise ValueError(f"unsupported endpoint {endpoint!r}: use ipc://PATH or tcp://127.0.0.1:PORT")

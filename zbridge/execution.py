@@ -19,7 +19,7 @@ TYPE_CHECKING = False  # no typing or inspect at start-up: the pipe daemon impor
 if TYPE_CHECKING:
     import asyncio
     import inspect
-    from typing import Any, Iterator
+    from typing import Any, Generator
 
 HEALTH = "health"
 
@@ -46,7 +46,7 @@ class Executor:
             return items if stream else list(items)
         return result
 
-    def _items(self, gen: Any) -> Iterator[Any]:
+    def _items(self, gen: Any) -> Generator[Any, None, None]:
         try:
             if isinstance(gen, AsyncGeneratorType):
                 while True:
@@ -87,7 +87,7 @@ class Executor:
         except (Exception, SystemExit) as exc:
             raise tool_error(exc, self.expose_tracebacks) from None
 
-    def health(self, **_ignored: Any) -> dict:
+    def health(self, **_ignored: Any) -> dict[str, Any]:
         import platform  # off the start-up path: health is rarely the first call
         return {
             "status": "ok",
@@ -107,7 +107,7 @@ class Executor:
 
 
 def _check_arguments(signature: inspect.Signature | None, name: str, positional: Any,
-                     named: dict) -> None:
+                     named: dict[str, Any]) -> None:
     """Raise InvalidParams, with the reason, if the arguments do not fit the signature."""
     if signature is None:
         return
@@ -131,3 +131,9 @@ def tool_error(exc: BaseException, with_traceback: bool = True) -> ToolError:
         data["traceback"] = "".join(tb.format())
     return ToolError(f"{type_name}: {message}" if message else type_name, data)
 
+
+def as_items(result: Any) -> Generator[Any, None, None]:
+    """A streamed call's items: the tool's generator, or its one plain result as one item."""
+    if isinstance(result, GeneratorType):
+        return result
+    return (item for item in (result,))

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any, Iterator
+from typing import Any, Generator
 
 from .config import Settings
 from .errors import BridgeError, CallTimeout, WorkerLost, error_from_wire
@@ -33,13 +33,14 @@ def stdio_command(settings: Settings, tools: list[str]) -> list[str]:
 
 def _request(settings: Settings, tool: str, args: Any, timeout: float, stream: bool) -> bytes:
     """The request frame with its length prefix; InvalidParams/InvalidRequest as the pool raises."""
-    from .calls import build_request  # calls imports this module
     from zbridge_daemon.framed import LENGTH
+
+    from .calls import build_request  # calls imports this module
     frame = build_request(settings, REQUEST_ID, tool, args, timeout, False, window=1 if stream else 0)
     return LENGTH.pack(len(frame)) + frame
 
 
-def _start(settings: Settings, tools: list[str], stderr: Any) -> subprocess.Popen:
+def _start(settings: Settings, tools: list[str], stderr: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(stdio_command(settings, tools), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
 
@@ -92,19 +93,20 @@ def _read_message(settings: Settings, stream: Any) -> tuple[Kind, Any]:
         raise WorkerLost(f"pipe daemon gave a malformed frame: {exc}") from None
 
 
-def _outcome(body: dict) -> Any:
+def _outcome(body: dict[str, Any]) -> Any:
     if "error" in body:
         raise error_from_wire(body["error"])
     return body["result"]
 
 
 def stream_once(settings: Settings, tools: list[str], tool: str, args: Any,
-                timeout: float) -> Iterator[Any]:
+                timeout: float) -> Generator[Any, None, None]:
     """A tool's items from a one-shot pipe daemon, as they are written."""
     data = _request(settings, tool, args, timeout, stream=True)
     proc = _start(settings, tools, None)  # stderr straight through: nothing to buffer
     timer = threading.Timer(timeout, _kill_group, args=(proc,))
     timer.start()
+    assert proc.stdin is not None and proc.stdout is not None  # spawned with pipes
     try:
         proc.stdin.write(data)
         proc.stdin.close()
@@ -138,7 +140,7 @@ def _check_count(result: Any, streamed: int) -> None:
         raise WorkerLost(f"pipe daemon ended a stream of {streamed} item(s) with {str(result)[:200]}")
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -12,12 +12,12 @@ from typing import Any, Callable
 import zmq
 
 from .errors import BridgeError, CallTimeout, PoolUnavailable
-from .protocol import Kind, read_header
+from .protocol import Header, Kind, read_header
 
 WINDOW = 64
 
 
-def pipeline(sock: zmq.Socket, frames: list[bytes], deadline: float,
+def pipeline(sock: zmq.Socket[Any], frames: list[bytes], deadline: float,
              decode: Callable[[bytes], Any], window: int = WINDOW,
              lost: Callable[[], BridgeError | None] = lambda: None) -> list[Any]:
     """Send every frame and wait for all replies: a result or a BridgeError per frame, in order.
@@ -59,7 +59,7 @@ def pipeline(sock: zmq.Socket, frames: list[bytes], deadline: float,
     return [outcomes[id] for id in ids]
 
 
-def _header(reply: bytes):
+def _header(reply: bytes) -> Header | None:
     try:
         header = read_header(reply)
     except BridgeError:

@@ -23,18 +23,33 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
 from .actions import Action, Interrupt, Kill, Spawn, ToClient, ToDaemon
 from .broker import Broker
 from .config import Settings
-from .endpoints import check_bindable, create_private_dir, ipc_endpoint, remove_private_dir
+from .endpoints import (
+    check_bindable,
+    create_private_dir,
+    ipc_endpoint,
+    remove_private_dir,
+)
 from .errors import BridgeError, InvalidRequest
-from .protocol import (FLAG_PREWARM, VERSION, Kind, decode_credit, decode_heartbeat,
-                       decode_ready, encode_cancel, encode_error, encode_heartbeat, encode_result,
-                       read_header)
+from .protocol import (
+    FLAG_PREWARM,
+    VERSION,
+    Kind,
+    decode_credit,
+    decode_heartbeat,
+    decode_ready,
+    encode_cancel,
+    encode_error,
+    encode_heartbeat,
+    encode_result,
+    read_header,
+)
 from .security import HubSecurity
 from .state import describe_exit
 from .supervisor import Supervisor
@@ -68,7 +83,7 @@ def daemon_command(settings: Settings, endpoint: str, heartbeat: str, tools: lis
     return cmd
 
 
-def _discard_rest(sock: zmq.Socket, limit: int | None = None) -> tuple[int, bool]:
+def _discard_rest(sock: zmq.Socket[Any], limit: int | None = None) -> tuple[int, bool]:
     """Drop the remaining frames of a message: (frames dropped, whether the message ended)."""
     dropped = 0
     while limit is None or dropped < limit:
@@ -81,7 +96,7 @@ def _discard_rest(sock: zmq.Socket, limit: int | None = None) -> tuple[int, bool
 
 class Hub:
     def __init__(self, settings: Settings, tools: list[str], *, frontend: str,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context[Any] | None = None) -> None:
         self.settings = settings
         self.context = context or zmq.Context()
         self._own_context = context is None
@@ -92,9 +107,9 @@ class Hub:
         self.frontend_endpoint = frontend
         self._stop_at: float | None = None   # drain deadline once stopping
         self._stopped = threading.Event()
-        self._failed: list[tuple] = []       # sends that failed while applying actions
+        self._failed: list[tuple[str, bytes, Any, bool]] = []  # sends that failed while applying actions
         self._warned: OrderedDict[bytes, None] = OrderedDict()
-        self._discarding: list | None = None  # [client, frames] of an over-long message
+        self._discarding: list[Any] | None = None  # [client, frames] of an over-long message
         self.security: HubSecurity | None = None
         try:
             self.security = HubSecurity(settings, self.context, self.private_dir, frontend)
@@ -115,7 +130,7 @@ class Hub:
             remove_private_dir(self.private_dir)
             raise
 
-    def _socket(self, kind: int) -> zmq.Socket:
+    def _socket(self, kind: int) -> zmq.Socket[Any]:
         sock = self.context.socket(kind)
         sock.linger = 0
         return sock
@@ -133,6 +148,7 @@ class Hub:
             # a send to a full or vanished peer fails at once instead of blocking or vanishing
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.MAXMSGSIZE, max_size)
+        assert self.security is not None  # made before the sockets
         check_bindable(self.frontend_endpoint, authenticated=self.security.frontend_curve)
         self.security.secure(self.frontend, [self.backend, self.heartbeat])
         old = os.umask(0o077)  # ipc socket files readable by us only
@@ -189,7 +205,7 @@ class Hub:
                 wait = REAP_INTERVAL if wait is None else min(wait, REAP_INTERVAL)
                 wait = max(0.0, min(wait, next_beat - now))
                 due = now + wait
-                ready = dict(poller.poll(wait * 1000.0))
+                ready = dict(poller.poll(int(wait * 1000.0)))
                 now = time.monotonic()
                 if self.backend in ready:
                     self._drain_daemons(now)
@@ -224,7 +240,7 @@ class Hub:
     def _drain_daemons(self, now: float) -> None:
         self._drain(self.backend, self._on_backend, now)
 
-    def _drain(self, sock: zmq.Socket, handle: Callable[[bytes, float], None], now: float,
+    def _drain(self, sock: zmq.Socket[Any], handle: Callable[[bytes, float], None], now: float,
                limit: int = DRAIN_LIMIT) -> int:
         """Handle what is queued on a ROUTER without a poll per message."""
         for n in range(limit):
@@ -264,6 +280,7 @@ class Hub:
 
     def _discard_client_frames(self) -> bool:
         """Drop frames of a message with more than one; True once it ended (and was answered)."""
+        assert self._discarding is not None
         dropped, ended = _discard_rest(self.frontend, DISCARD_CHUNK)
         self._discarding[1] += dropped
         if ended:
@@ -379,7 +396,7 @@ class Hub:
                         self._send_beat(daemon, encode_cancel(request_id))
             actions = self._take_failures()
 
-    def _send(self, sock: zmq.Socket, ident: bytes, frame: bytes, role: str) -> None:
+    def _send(self, sock: zmq.Socket[Any], ident: bytes, frame: bytes, role: str) -> None:
         try:
             sock.send(ident, _SNDMORE | _NOBLOCK)
             sock.send(frame, _NOBLOCK, copy=len(frame) < COPY_THRESHOLD)
@@ -420,7 +437,7 @@ class Hub:
         except OSError as exc:
             self._failed.append(("remote", ident, f"cannot start daemon: {exc}", True))
 
-    def status(self, now: float | None = None) -> dict:
+    def status(self, now: float | None = None) -> dict[str, Any]:
         status = self.broker.status(time.monotonic() if now is None else now)
         status["endpoint"] = self.frontend_endpoint
         status["hub_pid"] = os.getpid()
@@ -442,13 +459,14 @@ class Hub:
             self.supervisor.stop_all()
         finally:
             self._close_sockets()
-            self.security.stop()
+            if self.security is not None:
+                self.security.stop()
             remove_private_dir(self.private_dir)
             if self._own_context:
                 self.context.term()
 
 
-def start_embedded(settings: Settings, tools: list[str]) -> tuple[Hub | None, threading.Thread | None, zmq.Context, str]:
+def start_embedded(settings: Settings, tools: list[str]) -> tuple[Hub | None, threading.Thread | None, zmq.Context[Any], str]:
     """A hub in a background thread of this process, on a fresh context and a private
     inproc endpoint: what Bridge and AsyncBridge embed. No hub when the pool is disabled."""
     context = zmq.Context()

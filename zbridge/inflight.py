@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 from .actions import Action, Interrupt, Kill, ToClient, ToDaemon
 from .config import Settings
 from .errors import BridgeError, Cancelled
-from .protocol import Header, Kind, encode_cancel, encode_credit, encode_heartbeat, read_header
+from .protocol import (
+    Header,
+    Kind,
+    encode_cancel,
+    encode_credit,
+    encode_heartbeat,
+    read_header,
+)
 from .state import Daemon, DaemonState, Job, JobState
 
 PROBE = encode_heartbeat()
@@ -52,7 +59,8 @@ class InFlight:
         """One streamed item: to the caller if this daemon holds that stream, else dropped."""
         daemon = self.daemons.get(ident)
         job = daemon.job if daemon is not None else None
-        if job is None or job.id != header.id or not job.stream or daemon.state is not DaemonState.BUSY:
+        if daemon is None or job is None or job.id != header.id or not job.stream \
+                or daemon.state is not DaemonState.BUSY:
             return []
         job.delivered += 1
         job.touched = now
@@ -63,7 +71,9 @@ class InFlight:
         it was given, so no peer can make the hub flood a daemon with credit."""
         job = self.jobs.get((client, id))
         daemon = self._holder(job) if job is not None and job.stream else None
-        n = min(n, job.delivered - job.credited) if daemon is not None else 0
+        if job is None or daemon is None:
+            return []
+        n = min(n, job.delivered - job.credited)
         if n <= 0:
             return []
         job.credited += n

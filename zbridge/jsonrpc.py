@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 class Call(namedtuple("Call", "id method params notification")):
-    """One valid request object from a line (params: list, dict or None)."""
+    """One valid request object from a line (params: list[Any], dict or None)."""
     __slots__ = ()
 
 
@@ -38,19 +38,19 @@ class Invalid(namedtuple("Invalid", "id error")):
     __slots__ = ()
 
 
-def result_object(id: Any, result: Any) -> dict:
+def result_object(id: Any, result: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id, "result": result}
 
 
-def error_object(id: Any, error: BridgeError) -> dict:
+def error_object(id: Any, error: BridgeError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id, "error": error.to_wire()}
 
 
-def notification_object(method: str, params: Any) -> dict:
+def notification_object(method: str, params: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "method": method, "params": params}
 
 
-def request_object(id: Any, method: str, params: Any = None) -> dict:
+def request_object(id: Any, method: str, params: Any = None) -> dict[str, Any]:
     obj: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
     if params is not None:
         obj["params"] = params

@@ -14,9 +14,21 @@ import time
 from dataclasses import dataclass
 from typing import Any, Generator, Iterable, Union
 
-from .calls import (HUB_GRACE, ClientCore, build_request, credit_due, not_ready_error,
-                    readiness)
-from .errors import BridgeError, CallTimeout, InvalidParams, InvalidRequest, PoolUnavailable
+from .calls import (
+    HUB_GRACE,
+    ClientCore,
+    build_request,
+    credit_due,
+    not_ready_error,
+    readiness,
+)
+from .errors import (
+    BridgeError,
+    CallTimeout,
+    InvalidParams,
+    InvalidRequest,
+    PoolUnavailable,
+)
 from .policy import Step, after_error
 from .protocol import MAX_WINDOW, encode_status_request, read_header
 

@@ -100,7 +100,8 @@ def read_header(frame: bytes | memoryview) -> Header:
 
 
 def packb(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpackb(data: bytes | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE,
@@ -129,7 +130,7 @@ def body_of(frame: bytes | memoryview) -> memoryview:
 class Request:
     id: int
     method: str
-    params: list | dict | None = None
+    params: list[Any] | dict[str, Any] | None = None
     timeout_ms: int = 0
     flags: int = 0
     window: int = 0  # streams: items the daemon may send before it waits for CREDIT
@@ -181,7 +182,7 @@ def encode_error(id: int, error: BridgeError) -> bytes:
     return pack_header(Kind.REPLY, id) + packb({"error": error.to_wire()})
 
 
-def decode_reply_body(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> dict:
+def decode_reply_body(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> dict[str, Any]:
     """Body of a REPLY frame; the caller already checked the header."""
     body = unpackb(body_of(frame), max_size=max_size, strict_map_key=False)
     if not isinstance(body, dict) or ("result" not in body and "error" not in body):
@@ -195,18 +196,18 @@ def encode_ready(pid: int, tools: list[str], version: str) -> bytes:
     return pack_header(Kind.READY, 0) + packb({"pid": pid, "tools": tools, "version": version})
 
 
-def decode_ready(frame: bytes) -> dict:
+def decode_ready(frame: bytes) -> dict[str, Any]:
     body = unpackb(body_of(frame), max_size=1024 * 1024)
     if not isinstance(body, dict) or not isinstance(body.get("pid"), int):
         raise InvalidRequest("ready body must be a map with an integer 'pid'")
     return body
 
 
-def encode_heartbeat(info: dict | None = None) -> bytes:
+def encode_heartbeat(info: dict[str, Any] | None = None) -> bytes:
     return pack_header(Kind.HEARTBEAT, 0) + packb(info or {})
 
 
-def decode_heartbeat(frame: bytes) -> dict:
+def decode_heartbeat(frame: bytes) -> dict[str, Any]:
     body = unpackb(body_of(frame), max_size=64 * 1024)
     if not isinstance(body, dict):
         raise InvalidRequest("heartbeat body must be a map")

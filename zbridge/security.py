@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 CLIENTS = "clients"
 DAEMONS = "daemons"
@@ -66,18 +70,18 @@ class Allowlist:
         return key in zmq.auth.load_certificates(self.directory)
 
 
-def make_server(sock: zmq.Socket, keypair: tuple[bytes, bytes], domain: str) -> None:
+def make_server(sock: zmq.Socket[Any], keypair: tuple[bytes, bytes], domain: str) -> None:
     sock.curve_publickey, sock.curve_secretkey = keypair
     sock.curve_server = True
     sock.zap_domain = domain.encode()
 
 
-def make_client(sock: zmq.Socket, server_public: bytes, keypair: tuple[bytes, bytes]) -> None:
+def make_client(sock: zmq.Socket[Any], server_public: bytes, keypair: tuple[bytes, bytes]) -> None:
     sock.curve_serverkey = server_public
     sock.curve_publickey, sock.curve_secretkey = keypair
 
 
-def start_authenticator(context: zmq.Context, domains: dict[str, Allowlist]) -> ThreadAuthenticator:
+def start_authenticator(context: zmq.Context[Any], domains: dict[str, Allowlist]) -> ThreadAuthenticator:
     auth = ThreadAuthenticator(context)
     auth.start()
     for domain, allowlist in domains.items():
@@ -106,7 +110,7 @@ class HubSecurity:
     """CURVE for one hub: which of its sockets are servers, its authenticator, and the
     ephemeral keypair its own local daemons use when the daemon socket is CURVE."""
 
-    def __init__(self, settings, context: zmq.Context, private_dir: str, frontend: str) -> None:
+    def __init__(self, settings: Settings, context: zmq.Context[Any], private_dir: str, frontend: str) -> None:
         from .endpoints import check_daemon_bind, check_frontend
         on = bool(settings.curve_secret)
         self.frontend_curve = on and frontend.startswith("tcp://")
@@ -131,7 +135,7 @@ class HubSecurity:
             self.local_daemon_args = ["--curve-secret", secret_file, "--curve-server-key", hub_public]
         self.auth = start_authenticator(context, domains)
 
-    def secure(self, frontend: zmq.Socket, daemon_sockets: list[zmq.Socket]) -> None:
+    def secure(self, frontend: zmq.Socket[Any], daemon_sockets: list[zmq.Socket[Any]]) -> None:
         if self.frontend_curve:
             make_server(frontend, self.keypair, CLIENTS)
         if self.daemons_curve:

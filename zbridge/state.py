@@ -6,6 +6,7 @@ import secrets
 import signal
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from .errors import PoolUnavailable
 
@@ -67,7 +68,7 @@ class Daemon:
     pid: int | None = None
     ready_at: float | None = None
     calls: int = 0
-    tools: list = field(default_factory=list)
+    tools: list[Any] = field(default_factory=list)
     kill_reason: str | None = None   # set when the hub kills it on purpose (not a failure)
     note: str | None = None          # why the hub gave up on a start
     last_beat: float | None = None

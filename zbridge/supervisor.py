@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .procinfo import run_state
-from .state import Process as ProcessState, describe_exit
+from .state import Process as ProcessState
+from .state import describe_exit
 
 __all__ = ["Supervisor", "describe_exit"]
 
@@ -33,8 +34,8 @@ Notify = Callable[[bytes, "int | None", str], None]  # (daemon id, exit status, 
 @dataclass
 class Process:
     ident: bytes
-    popen: subprocess.Popen
-    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+    popen: subprocess.Popen[bytes]
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     reported: bool = False
 
 
@@ -71,6 +72,7 @@ class Supervisor:
     def _watch(self, proc: Process) -> None:
         """Forward stderr; at EOF the process is exiting: wait for it and report."""
         pid = proc.popen.pid
+        assert proc.popen.stderr is not None  # spawned with stderr=PIPE
         for raw in proc.popen.stderr:
             line = raw.decode(errors="replace").rstrip("\n")
             proc.tail.append(line)
@@ -130,7 +132,8 @@ class Supervisor:
             procs = list(self.procs.values())
         for proc in procs:
             try:
-                proc.popen.stdin.close()
+                if proc.popen.stdin is not None:
+                    proc.popen.stdin.close()
             except OSError:
                 pass
         deadline = time.monotonic() + self.stop_timeout
@@ -143,7 +146,7 @@ class Supervisor:
 
 
 
-def _signal_group(popen: subprocess.Popen, sig: int) -> None:
+def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
     try:
         os.killpg(popen.pid, sig)  # start_new_session made pid the group id
     except (ProcessLookupError, PermissionError):

@@ -25,7 +25,10 @@ from types import FunctionType, ModuleType
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import inspect
-    from typing import Any, Callable, Iterable
+    from typing import Any, Callable, Iterable, ParamSpec, TypeVar, overload
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
 
 __all__ = ["Tool", "Registry", "tool", "startup", "load_tools", "REGISTRY"]
 
@@ -91,13 +94,7 @@ class Registry:
 REGISTRY = Registry()
 
 
-def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
-         extra_args: str = "error"):
-    """Register ``fn`` as a tool, under ``name`` or its own name. Returns ``fn`` unchanged.
-
-    ``extra_args="ignore"`` drops keyword arguments the function does not take instead of
-    answering InvalidParams (``"error"``, the default).
-    """
+def _tool(fn: Any, name: str | None, extra_args: str) -> Any:
     check_extra_args(extra_args)  # at decoration, not at the first call
 
     def register(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -106,7 +103,26 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
     return register(fn) if fn is not None else register
 
 
-def startup(fn: Callable[[], Any]) -> Callable[[], Any]:
+if TYPE_CHECKING:  # the decorated function keeps its exact type (typing is not imported at run time)
+    @overload
+    def tool(fn: Callable[P, R], *, name: str | None = None, extra_args: str = "error") -> Callable[P, R]: ...
+
+    @overload
+    def tool(fn: None = None, *, name: str | None = None,
+             extra_args: str = "error") -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+    def tool(fn: Any = None, *, name: str | None = None, extra_args: str = "error") -> Any: ...
+else:
+    def tool(fn=None, *, name=None, extra_args="error"):
+        """Register ``fn`` as a tool, under ``name`` or its own name. Returns ``fn`` unchanged.
+
+        ``extra_args="ignore"`` drops keyword arguments the function does not take instead of
+        answering InvalidParams (``"error"``, the default).
+        """
+        return _tool(fn, name, extra_args)
+
+
+def startup(fn: Callable[[], R]) -> Callable[[], R]:
     """Run ``fn()`` once in every daemon before it reports ready (e.g. to load a model)."""
     if fn not in REGISTRY.startup_hooks:
         REGISTRY.startup_hooks.append(fn)
@@ -215,7 +231,7 @@ def _module_spec(module: ModuleType) -> str:
     if name == "__main__" or name.startswith("zbridge_tools_"):
         if not file:
             raise ValueError(f"module {name!r} has no file a daemon could load")
-        return os.path.abspath(file)
+        return os.path.abspath(str(file))
     if not file:  # a namespace package or a built-in: the daemon finds it by name or not at all
         return name
     root = os.path.dirname(os.path.abspath(file))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Any, Callable
 
 import zbridge
 
 
-def timed(label: str, fn, *args, **kwargs):
+def timed(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     print(f"{label:<44} {(time.perf_counter() - start) * 1000:9.3f} ms  -> {result}")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import zbridge
 
-MODEL: dict | None = None
+MODEL: dict[str, Any] | None = None
 LOAD_SECONDS = float(os.environ.get("ZBRIDGE_EXAMPLE_LOAD_SECONDS", "1.0"))
 
 
@@ -22,8 +23,9 @@ def load_model() -> None:
 
 
 @zbridge.tool
-def predict(text: str) -> dict:
+def predict(text: str) -> dict[str, Any]:
     """Classify text with the model loaded at start-up."""
+    assert MODEL is not None, "load_model runs before any call"
     words = set(text.lower().split())
     score = len(words & MODEL["positive"])
     return {"label": "positive" if score else "neutral", "score": score,
@@ -31,13 +33,13 @@ def predict(text: str) -> dict:
 
 
 @zbridge.tool
-def echo(value=None):
+def echo(value: Any = None) -> Any:
     """Return the argument unchanged."""
     return value
 
 
 @zbridge.tool
-def sleep(seconds: float = 0.1) -> dict:
+def sleep(seconds: float = 0.1) -> dict[str, Any]:
     """Sleep, and say when, so callers can see calls overlap."""
     start = time.time()
     time.sleep(seconds)
