@@ -46,4 +46,13 @@ class Interrupt:
     request_id: int
 
 
-Action = Union[ToClient, ToDaemon, Spawn, Kill, Interrupt]
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Log one lifecycle event (``daemon_ready``, ``daemon_exit``...) at ``level`` (a
+    ``logging`` level) on ``zbridge.hub``; ``fields`` become the record's structured extras."""
+    event: str
+    level: int
+    fields: dict
+
+
+Action = Union[ToClient, ToDaemon, Spawn, Kill, Interrupt, Note]
