@@ -42,9 +42,10 @@ def configure(log_format: str, stream: Any = None) -> None:
     logger = logging.getLogger("zbridge")
     ours = [h for h in logger.handlers if getattr(h, _MARK, False)]
     if log_format != "json":
-        for handler in ours:
-            logger.removeHandler(handler)
-        logger.propagate = True
+        if ours:  # undo only what we did
+            for handler in ours:
+                logger.removeHandler(handler)
+            logger.propagate = True
         return
     if not ours:
         handler = logging.StreamHandler(stream)
