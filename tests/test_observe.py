@@ -150,6 +150,27 @@ def test_broker_notes_kills_hung_calls_and_cancels():
     assert [n.event for n in _notes(b.cancel(b"c", 2, 4.1))] == ["call_cancelled"]
 
 
+def test_broker_notes_start_failures_recycles_and_refused_peers():
+    b = Broker(Settings(max_calls=1, backoff_base=0.5), rng=random.Random(0), new_ident=lambda n: b"w%d" % n)
+    frame = encode_request(1, "t", None)
+    b.submit(b"c", read_header(frame), frame, 0.0)
+    b.daemon_spawned(b"w1", 11)
+    notes = {n.event: n for n in _notes(b.daemon_exited(b"w1", 0.1, "exited with code 3", 3))}
+    assert notes["daemon_exit"].fields["reason"] == "start_failed" and notes["daemon_exit"].fields["exit_code"] == 3
+    assert notes["restart_delay"].fields["delay_s"] > 0 and notes["restart_delay"].level == logging.WARNING
+    assert b.status(0.1)["exits"]["start_failed"] == 1
+    spawned = _notes(b.tick(5.0))
+    assert [n.event for n in spawned] == ["daemon_spawn"]
+    b.daemon_ready(b"w2", {"pid": 12, "tools": ["t"]}, 5.0)
+    after = _notes(b.daemon_reply(b"w2", Header(Kind.REPLY, 1), encode_result(1, None), 5.1))
+    assert [n.event for n in after] == ["daemon_recycle", "daemon_spawn"]
+    b.daemon_ready(b"w3", {"pid": 13, "tools": ["t"]}, 5.5)  # w2 is let go once w3 is ready
+    planned = _notes(b.daemon_exited(b"w2", 5.6, "exited with code 0", 0))
+    assert planned[0].fields["reason"] == "recycled" and planned[0].level == logging.INFO
+    refused = _notes(b.daemon_ready(b"intruder", {"pid": 99}, 6.0))
+    assert refused[0].event == "peer_refused" and refused[0].fields["pid"] == 99
+
+
 def test_json_formatter_writes_extras_on_one_line():
     record = logging.LogRecord("zbridge.hub", logging.WARNING, __file__, 1, "%s", ("daemon_exit",), None)
     record.__dict__.update({"event": "daemon_exit", "pid": 12, "reason": "crashed", "exit_code": 9})
@@ -307,6 +328,12 @@ def test_metrics_in_an_embedded_bridge_and_refused_off_loopback(bridge_factory):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
 
 
+def test_serve_refuses_metrics_off_loopback(tmp_path):
+    out = subprocess.run(ZBRIDGE + ["serve", "--tools", OBSERVE, "--bind", f"ipc://{tmp_path}/hub.sock",
+                                    "--metrics", "0.0.0.0:9464"], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "loopback" in out.stderr
+
+
 def test_traceparent_reaches_the_tool_through_a_raw_dealer(tmp_path):
     with serving(tmp_path) as (endpoint, _):
         with raw_dealer(endpoint) as sock:
@@ -318,6 +345,13 @@ def test_traceparent_reaches_the_tool_through_a_raw_dealer(tmp_path):
             assert before + 19 < info["deadline"] < time.time() + 21
             sock.send(encode_request(42, "whoami", None))
             assert protocol.decode_reply_body(sock.recv())["result"]["traceparent"] is None
+            sock.send(encode_request(43, "whoami_stream", {"n": 2}, window=4, trace=TRACE))
+            frames = [sock.recv() for _ in range(3)]
+            assert [read_header(f).kind for f in frames] == [Kind.PARTIAL, Kind.PARTIAL, Kind.REPLY]
+            assert [protocol.decode_partial(f) for f in frames[:2]] == [TRACE, TRACE]
+            bad = protocol.pack_header(Kind.REQUEST, 44) + protocol.packb({"method": "whoami", "trace": "nope"})
+            sock.send(bad)
+            assert protocol.decode_reply_body(sock.recv())["error"]["code"] == -32600
     assert zbridge.current_call() is None  # outside a call
 
 
