@@ -203,8 +203,8 @@ class Hub:
                 due = now + wait
                 ready = dict(poller.poll(wait * 1000.0))
                 now = time.monotonic()
-                if not ready and now - due > self.loop_lag:
-                    self.loop_lag = now - due  # woke late for a timer: the thread was starved
+                if now - due > self.loop_lag:  # woke after its timer was due: the thread was starved
+                    self.loop_lag = now - due
                 if self.backend in ready:
                     self._drain_daemons(now)
                 if self.frontend in ready:
