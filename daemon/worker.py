@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import zmq
 
 from zbridge import __version__
+from zbridge import context as call_context
 from zbridge.errors import BridgeError, Cancelled, InternalError, Interrupted
 from zbridge.execution import Executor, as_items
 from zbridge.procinfo import rss_bytes
@@ -71,13 +73,22 @@ def handle_request(executor: Executor, frame: bytes, header: Header, max_message
     request_id = header.id
     try:
         request = decode_request(frame, max_size=max_message, header=header)
-        result = executor.run(request.method, request.params, stream=request.stream)
     except BridgeError as exc:
         return encode_error(request_id, exc), False
-    if request.stream and sock is not None:  # a plain result streams as one item
-        items = as_items(result)
-        return send_stream(sock, request, items, max_message)
-    return _final_reply(request, result, max_message), False
+    # zbridge.current_call() for the tool, through its stream's last item too
+    token = call_context.begin(call_context.CallInfo(
+        request_id, request.method,
+        time.time() + request.timeout_ms / 1000.0 if request.timeout_ms else None, request.trace))
+    try:
+        try:
+            result = executor.run(request.method, request.params, stream=request.stream)
+        except BridgeError as exc:
+            return encode_error(request_id, exc), False
+        if request.stream and sock is not None:  # a plain result streams as one item
+            return send_stream(sock, request, as_items(result), max_message)
+        return _final_reply(request, result, max_message), False
+    finally:
+        call_context.end(token)
 
 
 def _final_reply(request: Request, result: Any, max_message: int) -> bytes:

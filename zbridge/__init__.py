@@ -29,18 +29,20 @@ if TYPE_CHECKING:
     from .aio import AsyncBridge, AsyncClient
     from .bridge import Bridge
     from .client import Client
+    from .context import current_call
 
     __version__: str
 
 __all__ = [
-    "__version__", "tool", "startup", "Bridge", "Client", "AsyncBridge", "AsyncClient",
+    "__version__", "tool", "startup", "current_call", "Bridge", "Client", "AsyncBridge", "AsyncClient",
     "BridgeError", "DidNotRun", "MayHaveRun", "Interrupted",
     "CallTimeout", "Cancelled", "ConnectionLost", "InternalError", "InvalidParams",
     "InvalidRequest", "Overloaded", "ParseError", "PoolUnavailable", "ToolError",
     "ToolNotFound", "WorkerLost",
 ]
 
-_LAZY = {"Bridge": ".bridge", "Client": ".client", "AsyncBridge": ".aio", "AsyncClient": ".aio"}
+_LAZY = {"Bridge": ".bridge", "Client": ".client", "AsyncBridge": ".aio", "AsyncClient": ".aio",
+         "current_call": ".context"}
 
 
 def _read_version() -> str:

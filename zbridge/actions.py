@@ -7,7 +7,7 @@ sends back as new broker events, so the broker never learns of I/O any other way
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,4 +46,13 @@ class Interrupt:
     request_id: int
 
 
-Action = Union[ToClient, ToDaemon, Spawn, Kill, Interrupt]
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Log one lifecycle event (``daemon_ready``, ``daemon_exit``...) at ``level`` (a
+    ``logging`` level) on ``zbridge.hub``; ``fields`` become the record's structured extras."""
+    event: str
+    level: int
+    fields: dict[str, Any]
+
+
+Action = Union[ToClient, ToDaemon, Spawn, Kill, Interrupt, Note]

@@ -2,7 +2,8 @@
 
 Every event (a request arrives, a daemon is ready, replies, exits; time passes) is a method
 that returns the actions the hub must carry out, typed in ``zbridge/actions.py``:
-``ToClient``, ``ToDaemon``, ``Spawn``, ``Kill`` and ``Interrupt``.
+``ToClient``, ``ToDaemon``, ``Spawn``, ``Kill``, ``Interrupt``, and ``Note`` (a lifecycle
+event for the hub's log). It also keeps the per-tool numbers (``zbridge/stats.py``).
 
 Guarantees kept here: a request goes only to an idle daemon (least recently used first);
 every accepted request is answered exactly once (``_answer`` is the only way a call gets
@@ -15,12 +16,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from logging import INFO, WARNING
 import random
 from collections import deque
 from typing import Any, Callable
 
 from . import health
-from .actions import Action, Kill, Spawn, ToClient, ToDaemon
+from .actions import Action, Kill, Note, Spawn, ToClient, ToDaemon
 from .backoff import restart_delay
 from .config import Settings
 from .errors import (
@@ -32,27 +34,11 @@ from .errors import (
     WorkerLost,
 )
 from .inflight import InFlight
-from .protocol import (
-    EXIT_LOAD_FAILED,
-    FLAG_RETIRE,
-    FLAG_STREAM,
-    REQUEST_FLAGS,
-    Header,
-    encode_disconnect,
-    encode_error,
-    without_flags,
-)
-from .state import (
-    SHUTTING_DOWN,
-    Daemon,
-    DaemonState,
-    Job,
-    JobState,
-    Process,
-    _secret_ident,
-    first_line,
-    last_line,
-)
+from .protocol import (EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, REQUEST_FLAGS, Header, encode_disconnect,
+                       encode_error, peek_error_code, peek_method, without_flags)
+from .state import (EXIT_KINDS, SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, Process, _secret_ident,
+                    first_line, last_line)
+from .stats import ToolTable
 
 Probe = Callable[[bytes], "Process | None"]
 HISTORY = 50  # exits remembered for status()
@@ -92,17 +78,22 @@ class Broker(InFlight):
              "spawns", "start_failures", "crashes", "kills", "recycled", "cancelled",
              "abandoned", "dropped_replies"), 0)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.tools = ToolTable()
+        self.exits = dict.fromkeys(EXIT_KINDS, 0)  # daemon exits by kind, shutdown aside
 
     # --- answering calls: the only ways a job ends -------------------------------------
 
-    def _answer(self, job: Job, frame: bytes) -> Action:
-        """The call's one reply. Asserting here makes "exactly once" hold by construction."""
+    def _answer(self, job: Job, frame: bytes, code: int | None = None) -> Action:
+        """The call's one reply (``code``: its error code, None for a result). Asserting
+        here makes "exactly once" hold by construction."""
         assert job.state is not JobState.DONE, f"call {job.id} would be answered twice"
         self._end(job)
+        if job.stats is not None:
+            job.stats.answered(code)
         return ToClient(job.client, frame)
 
     def _answer_error(self, job: Job, error: BridgeError) -> Action:
-        return self._answer(job, encode_error(job.id, error))
+        return self._answer(job, encode_error(job.id, error), error.code)
 
     def _end(self, job: Job) -> None:
         """Finish a job without a reply (its caller is gone) or before replying."""
@@ -118,15 +109,18 @@ class Broker(InFlight):
     # --- requests ----------------------------------------------------------------------
 
     def submit(self, client: bytes, header: Header, frame: bytes, now: float) -> list[Action]:
+        tool = peek_method(frame)
         if self.closing:
-            return self._refuse(client, header.id, SHUTTING_DOWN())
+            return self._refuse(client, header.id, SHUTTING_DOWN(), tool)
         refusal = self._invalid(client, header) or self._overloaded(len(frame))
         if refusal is not None:
+            self.tools.get(tool).answered(refusal.code)
             return [ToClient(client, encode_error(header.id, refusal))]
         if self._unavailable(now):
-            return self._refuse(client, header.id, self._unavailable_error())
+            return self._refuse(client, header.id, self._unavailable_error(), tool)
         timeout = header.timeout_ms / 1000.0 if header.timeout_ms else self.s.timeout
-        job = Job(client, header.id, frame, now + timeout, now, bool(header.flags & FLAG_STREAM))
+        job = Job(client, header.id, frame, now + timeout, now, bool(header.flags & FLAG_STREAM),
+                  tool=tool, stats=self.tools.get(tool))
         self.counters["accepted"] += 1
         self.jobs[job.key] = job
         self.queue.append(job)
@@ -165,8 +159,9 @@ class Broker(InFlight):
         self.counters["overloaded"] += 1
         return Overloaded(why)
 
-    def _refuse(self, client: bytes, id: int, error: BridgeError) -> list[Action]:
+    def _refuse(self, client: bytes, id: int, error: BridgeError, tool: str | None) -> list[Action]:
         self.counters["unavailable"] += 1
+        self.tools.get(tool).answered(error.code)
         return [ToClient(client, encode_error(id, error))]
 
     def _unavailable(self, now: float) -> bool:
@@ -212,6 +207,8 @@ class Broker(InFlight):
             self.queued_bytes -= job.size
             daemon = self.daemons[self.ready.popleft()]
             job.state, job.started, job.daemon, job.touched = JobState.RUNNING, now, daemon.ident, now
+            if job.stats is not None:
+                job.stats.queue.add(now - job.accepted)
             daemon.state, daemon.job = DaemonState.BUSY, job
             actions.append(ToDaemon(daemon.ident, job.frame))
         return actions
@@ -226,6 +223,7 @@ class Broker(InFlight):
             self.daemons[ident] = Daemon(ident, now, name=f"w{n}")
             self.counters["spawns"] += 1
             actions.append(Spawn(ident))
+            actions.append(Note("daemon_spawn", INFO, {"daemon": f"w{n}"}))
         return actions
 
     # --- daemon events -----------------------------------------------------------------
@@ -234,7 +232,10 @@ class Broker(InFlight):
         daemon = self.daemons.get(ident)
         if daemon is None:
             if not self.remote_ok or self.closing:
-                return [ToDaemon(ident, encode_disconnect("unknown daemon"))]
+                return [ToDaemon(ident, encode_disconnect("unknown daemon")),
+                        Note("peer_refused", WARNING, {"peer": ident[:64].decode(errors="replace"),
+                                                       "pid": info.get("pid"),
+                                                       "reason": "unknown daemon said READY"})]
             daemon = self.daemons[ident] = Daemon(ident, now, name=f"r{next(self._remote_names)}")
         if daemon.state is not DaemonState.STARTING:
             return self._ready_again(daemon, now)
@@ -245,7 +246,10 @@ class Broker(InFlight):
         self.start_failures = 0
         self.last_start_error, self.last_start_tail = None, ""
         self.ready.append(ident)
-        return self._finish_retirements() + self._dispatch(now)
+        note = Note("daemon_ready", INFO, {"daemon": daemon.name, "pid": daemon.pid,
+                                           "startup_s": round(now - daemon.spawned, 6),
+                                           "tools": len(daemon.tools)})
+        return [note] + self._finish_retirements() + self._dispatch(now)
 
     def _ready_again(self, daemon: Daemon, now: float) -> list[Action]:
         """A daemon that says READY again has reconnected (a remote one after a network
@@ -275,7 +279,9 @@ class Broker(InFlight):
             self.counters["completed"] += 1
             if header.flags & FLAG_RETIRE:  # between the daemon and the hub only
                 frame = without_flags(frame, FLAG_RETIRE)
-            return [self._answer(job, frame)] + self._after_call(daemon, header, now)
+            if job.stats is not None and job.started is not None:
+                job.stats.run.add(now - job.started)
+            return [self._answer(job, frame, peek_error_code(frame))] + self._after_call(daemon, header, now)
         if daemon.state is DaemonState.STALE and daemon.stale_id == header.id:
             daemon.calls += 1  # late reply: dropped, the daemon is free again
             return self._after_call(daemon, header, now)
@@ -302,7 +308,9 @@ class Broker(InFlight):
             return []
         daemon.retiring = reason
         self.counters["recycled"] += 1
-        return self._finish_retirements() + self._scale(now)
+        note = Note("daemon_recycle", INFO, {"daemon": daemon.name, "pid": daemon.pid, "reason": reason,
+                                             "calls": daemon.calls})
+        return [note] + self._finish_retirements() + self._scale(now)
 
     def _finish_retirements(self) -> list[Action]:
         """Let idle retiring daemons go once the others cover what is wanted."""
@@ -311,21 +319,27 @@ class Broker(InFlight):
         actions: list[Action] = []
         for daemon in list(self.daemons.values()):
             if daemon.retiring and daemon.state is DaemonState.IDLE and active >= self.wanted:
-                actions += self._let_go(daemon, daemon.retiring)
+                actions += self._let_go(daemon, daemon.retiring, "recycled")
         return actions
 
-    def _let_go(self, daemon: Daemon, reason: str) -> list[Action]:
+    def _let_go(self, daemon: Daemon, reason: str, kind: str) -> list[Action]:
         """Ask an idle daemon to exit cleanly; its exit is not a failure."""
         if daemon.ident in self.ready:
             self.ready.remove(daemon.ident)
-        daemon.state, daemon.kill_reason = DaemonState.STOPPING, reason
+        daemon.state, daemon.kill_reason, daemon.exit_kind = DaemonState.STOPPING, reason, kind
         return [ToDaemon(daemon.ident, encode_disconnect(reason))]
 
     def _lose(self, daemon: Daemon, reason: str) -> list[Action]:
         """Give up on a daemon now (silent, frozen, unreachable): answer its call, kill it hard."""
         actions = self._lose_call(daemon, reason)
-        self.kill_requested(daemon.ident, reason)
-        return actions + [Kill(daemon.ident, reason, True)]
+        return actions + self._kill(daemon, reason, True, "lost")
+
+    def _kill(self, daemon: Daemon, reason: str, hard: bool, kind: str) -> list[Action]:
+        """Kill a daemon on purpose (``kind``: killed or lost), logged with why."""
+        self.kill_requested(daemon.ident, reason, kind)
+        return [Note("daemon_kill", WARNING, {"daemon": daemon.name, "pid": daemon.pid, "reason": reason,
+                                              "kind": kind, "hard": hard}),
+                Kill(daemon.ident, reason, hard)]
 
     def _lose_call(self, daemon: Daemon, reason: str) -> list[Action]:
         """WorkerLost for the call the daemon holds, if its caller still waits."""
@@ -336,9 +350,12 @@ class Broker(InFlight):
         return [self._answer_error(job, WorkerLost(
             f"daemon {daemon.name} (pid {daemon.pid}) was lost during the call: {reason}"))]
 
-    def daemon_spawned(self, ident: bytes, pid: int) -> None:
-        if ident in self.daemons:
-            self.daemons[ident].pid = pid
+    def daemon_spawned(self, ident: bytes, pid: int) -> list[Action]:
+        daemon = self.daemons.get(ident)
+        if daemon is None:
+            return []
+        daemon.pid = pid
+        return [Note("daemon_started", INFO, {"daemon": daemon.name, "pid": pid})]
 
     def daemon_exited(self, ident: bytes, now: float, cause: str = "", code: int | None = None,
                       tail: str = "") -> list[Action]:
@@ -352,12 +369,34 @@ class Broker(InFlight):
         detail = self._exit_detail(cause, code, tail)
         held_call = daemon.job is not None or daemon.stale_id is not None
         reason = daemon.kill_reason or detail or "exited"
+        job = daemon.job
+        note = self._exit_note(daemon, reason, code, now, job)
         actions = self._lose_call(daemon, reason)
         self.history.append({"id": daemon.name, "pid": daemon.pid, "at": now,
                              "spawned": daemon.spawned, "reason": reason})
         if daemon.kill_reason is None and not self.closing:
-            self._count_failure(daemon, now, detail, code, tail, held_call)
-        return actions + self._fail_hopeless(now) + self._dispatch(now) + self._scale(now)
+            actions += self._count_failure(daemon, now, detail, code, tail, held_call)
+        return [note] + actions + self._fail_hopeless(now) + self._dispatch(now) + self._scale(now)
+
+    def _exit_note(self, daemon: Daemon, reason: str, code: int | None, now: float,
+                   job: Job | None) -> Note:
+        if daemon.exit_kind:
+            kind = daemon.exit_kind
+        elif self.closing and daemon.kill_reason is None:
+            kind = "stopped"
+        else:
+            kind = "start_failed" if daemon.ready_at is None else "crashed"
+        if kind in self.exits:
+            self.exits[kind] += 1
+        fields = {"daemon": daemon.name, "pid": daemon.pid, "reason": kind, "detail": reason,
+                  "exit_code": code if code is None or code >= 0 else None,
+                  "signal": -code if code is not None and code < 0 else None,
+                  "uptime_s": round(now - daemon.ready_at, 6) if daemon.ready_at is not None else None,
+                  "calls": daemon.calls}
+        if job is not None and job.state is JobState.RUNNING:
+            fields["request_id"], fields["tool"] = job.id, job.tool
+        planned = kind in ("recycled", "idle", "stopped")
+        return Note("daemon_exit", INFO if planned else WARNING, fields)
 
     def _exit_detail(self, cause: str, code: int | None, tail: str) -> str:
         """How a daemon ended, as callers may read it: its last stderr line only where
@@ -383,7 +422,7 @@ class Broker(InFlight):
         return self._lose(daemon, "unreachable (its socket refused a message)")
 
     def _count_failure(self, daemon: Daemon, now: float, detail: str, code: int | None,
-                       tail: str, held_call: bool) -> None:
+                       tail: str, held_call: bool) -> list[Action]:
         """Back off only for daemons that fail to start or die before serving: one that
         started fine and then died in a call is replaced at once (the call is to blame)."""
         if daemon.ready_at is None:
@@ -401,6 +440,10 @@ class Broker(InFlight):
             self.failures = 1 if now - daemon.ready_at >= self.s.stable_after else self.failures + 1
         delay = restart_delay(self.failures, self.s.backoff_base, self.s.backoff_cap, rng=self.rng)
         self.spawn_allowed_at = max(self.spawn_allowed_at, now + delay)
+        if not delay:
+            return []
+        return [Note("restart_delay", WARNING, {"daemon": daemon.name, "delay_s": round(delay, 3),
+                                                "failures": self.failures})]
 
     def _fail_hopeless(self, now: float) -> list[Action]:
         """Queued calls no daemon can serve get PoolUnavailable now, not CallTimeout later:
@@ -421,10 +464,10 @@ class Broker(InFlight):
         self.counters["unavailable"] += len(hopeless)
         return [self._answer_error(job, error) for job in hopeless]
 
-    def kill_requested(self, ident: bytes, reason: str) -> None:
+    def kill_requested(self, ident: bytes, reason: str, kind: str = "killed") -> None:
         daemon = self.daemons.get(ident)
         if daemon is not None and daemon.state is not DaemonState.STOPPING:
-            daemon.state, daemon.kill_reason = DaemonState.STOPPING, reason
+            daemon.state, daemon.kill_reason, daemon.exit_kind = DaemonState.STOPPING, reason, kind
             self.counters["kills"] += 1
             if ident in self.ready:
                 self.ready.remove(ident)
@@ -444,13 +487,15 @@ class Broker(InFlight):
                 actions += self._judge_silence(daemon, silent, now)
             elif daemon.kill_at is not None and now >= daemon.kill_at and daemon.state is DaemonState.STALE:
                 reason = f"call {daemon.stale_id} ran past its deadline + {self.s.kill_grace}s grace"
-                self.kill_requested(daemon.ident, reason)
-                actions.append(Kill(daemon.ident, reason, False))
+                actions += self._kill(daemon, reason, False, "killed")
             elif daemon.state is DaemonState.IDLE and health.idle_expired(daemon, now, self.s):
                 actions += self._on_idle(daemon, now)
             elif daemon.state is DaemonState.STARTING and now - daemon.spawned > self.s.start_timeout:
                 daemon.note = f"not ready after start_timeout={self.s.start_timeout}s"
                 daemon.state = DaemonState.STOPPING
+                actions.append(Note("daemon_kill", WARNING, {"daemon": daemon.name, "pid": daemon.pid,
+                                                             "reason": daemon.note, "kind": "start_failed",
+                                                             "hard": False}))
                 actions.append(Kill(daemon.ident, daemon.note, False))
         return actions + self.probe_quiet_streams(now) + self._fail_hopeless(now) + \
             self._finish_retirements() + self._scale(now)
@@ -472,7 +517,7 @@ class Broker(InFlight):
             return self._retire(daemon, f"idle for {self.s.idle_timeout}s (idle_action=restart)", now)
         if self._live() > self.s.min_workers:
             self.wanted = max(self.s.min_workers, min(self.wanted, self._live() - 1))
-            return self._let_go(daemon, f"idle for {self.s.idle_timeout}s (idle_action=stop)")
+            return self._let_go(daemon, f"idle for {self.s.idle_timeout}s (idle_action=stop)", "idle")
         return []
 
     def _expire(self, job: Job, now: float) -> list[Action]:
@@ -486,6 +531,10 @@ class Broker(InFlight):
         daemon = self.daemons.get(job.daemon) if job.daemon else None
         actions = [self._answer_error(job, CallTimeout(f"call timed out after {waited:.3f}s"))]
         if daemon is not None and daemon.job is job:
+            actions.append(Note("call_hung", WARNING, {
+                "daemon": daemon.name, "pid": daemon.pid, "tool": job.tool, "request_id": job.id,
+                "ran_s": round(now - job.started, 6) if job.started is not None else None,
+                "kill_in_s": self.s.kill_grace}))
             actions += self._make_stale(daemon, job, now + self.s.kill_grace)
         return actions
 
@@ -542,6 +591,8 @@ class Broker(InFlight):
             "restarts": [{"id": h["id"], "pid": h["pid"], "reason": h["reason"],
                           "ago_s": round(now - h["at"], 3),
                           "spawned_ago_s": round(now - h["spawned"], 3)} for h in self.history],
+            "exits": dict(self.exits),
+            "tools": self.tools.status(),
         }
 
     def _daemon_status(self, d: Daemon, now: float) -> dict[str, Any]:
@@ -552,6 +603,7 @@ class Broker(InFlight):
             "calls": d.calls,
             "uptime_s": round(now - d.ready_at, 3) if d.ready_at else None,
             "current_call": d.job.id if d.job else d.stale_id,
+            "current_tool": d.job.tool if d.job else None,
             "call_age_s": round(now - d.job.started, 3) if d.job and d.job.started else None,
             "tools": d.tools,
             "rss": d.rss,

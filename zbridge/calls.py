@@ -24,6 +24,7 @@ from .protocol import (
     DEFAULT_WINDOW,
     MAX_TIMEOUT_MS,
     MAX_WINDOW,
+    check_traceparent,
     Kind,
     decode_partial,
     decode_reply_body,
@@ -41,18 +42,21 @@ STREAM_WINDOW = DEFAULT_WINDOW  # items a stream may run ahead of its consumer
 
 
 def build_request(settings: Settings, request_id: int, tool: str, args: Any, timeout: float,
-                  idempotent: bool, window: int = 0) -> bytes:
-    """The request frame, or InvalidRequest/InvalidParams before anything is sent."""
+                  idempotent: bool, window: int = 0, trace: str | None = None) -> bytes:
+    """The request frame, or InvalidRequest/InvalidParams before anything is sent;
+    ValueError for a ``trace`` that is not a W3C traceparent."""
     if not isinstance(tool, str) or not tool:
         raise InvalidRequest("tool name must be a non-empty string")
     if args is not None and not isinstance(args, (list, tuple, dict)):
         raise InvalidParams("args must be a list, a tuple, a dict or None")
     if window and not (isinstance(window, int) and 1 <= window <= MAX_WINDOW):
         raise ValueError(f"window must be an integer from 1 to {MAX_WINDOW}, not {window!r}")
+    if trace is not None:
+        check_traceparent(trace)
     timeout_ms = max(1, min(MAX_TIMEOUT_MS, int(timeout * 1000)))
     try:
         frame = encode_request(request_id, tool, args, timeout_ms=timeout_ms, idempotent=idempotent,
-                               window=window)
+                               window=window, trace=trace)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidParams(f"arguments cannot be encoded: {exc}") from None
     if len(frame) > settings.max_message_size:

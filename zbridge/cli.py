@@ -250,10 +250,16 @@ def _open(settings: Settings, tools: tuple[str, ...], endpoint: str | None,
 @click.option("--curve-server-key", envvar="ZBRIDGE_CURVE_SERVER_KEY", default="",
               help="The hub's CURVE public key file.")
 @log_level_option
-def status(endpoint: str | None, as_json: bool, curve_secret: str, curve_server_key: str) -> None:
+@click.option("--watch", type=float, is_flag=False, flag_value=2.0, default=None, metavar="[SECONDS]",
+              help="Redraw a live view every SECONDS (default 2) until Ctrl-C; over a pipe, "
+                   "print successive snapshots separated by a blank line.")
+def status(endpoint: str | None, as_json: bool, curve_secret: str, curve_server_key: str,
+           watch: float | None) -> None:
     """Show the daemons and queue of a running `zbridge serve`."""
     from .client import Client
     endpoint = resolve(endpoint)
+    if watch is not None:
+        sys.exit(watch_status(endpoint, watch, curve_secret, curve_server_key))
     try:
         with Client(endpoint, fallback=False, curve_secret=curve_secret,
                     curve_server_key=curve_server_key) as client:
@@ -264,6 +270,9 @@ def status(endpoint: str | None, as_json: bool, curve_secret: str, curve_server_
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(format_status(info))
+    tools = format_tools(info)
+    if tools:
+        click.echo(tools)
 
 
 def _cell(value: Any, fmt: str = "") -> str:
@@ -315,6 +324,55 @@ def format_status(info: dict[str, Any]) -> str:
     c = info.get("counters", {})
     lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     return "\n".join(lines)
+
+
+def format_tools(info: dict[str, Any]) -> str:
+    """The per-tool section of `zbridge status`: calls, errors by code, latency quantiles."""
+    tools = info.get("tools") or {}
+    if not tools:
+        return ""
+    lines = [f"{'tool':<20} {'calls':>7} {'errors':<22} {'run p50/p90/p99 ms':>21} "
+             f"{'wait p50/p90/p99 ms':>21}"]
+
+    def q(h: dict[str, Any]) -> str:
+        return "/".join("-" if h.get(k) is None else f"{h[k] * 1000:.2f}" for k in ("p50", "p90", "p99"))
+    for name, t in tools.items():
+        errors = ",".join(f"{code}:{n}" for code, n in (t.get("errors") or {}).items()) or "-"
+        lines.append(f"{name[:20]:<20} {t['calls']:>7} {errors:<22} {q(t['run_s']):>21} {q(t['queue_s']):>21}")
+    return "\n".join(lines)
+
+
+def watch_status(endpoint: str, interval: float, curve_secret: str = "", curve_server_key: str = "",
+                 out: Any = None) -> int:
+    """The --watch loop: fetch status, draw a frame (clear the screen on a tty, else a blank
+    line between frames), sleep; 0 when interrupted (Ctrl-C, SIGINT)."""
+    import time
+    from .client import Client
+    from .watch import CLEAR, render, render_unreachable
+    out = out or sys.stdout
+    tty = out.isatty()
+    interval = max(0.1, interval)
+    prev, prev_at, frames = None, 0.0, 0
+    try:
+        with Client(endpoint, fallback=False, curve_secret=curve_secret,
+                    curve_server_key=curve_server_key) as client:
+            while True:
+                try:
+                    info = client.status(timeout=max(1.0, interval))
+                    at = time.monotonic()
+                    text = render(info, prev, at - prev_at if prev else None, interval)
+                    prev, prev_at = info, at
+                except BridgeError as exc:
+                    text = render_unreachable(endpoint, str(exc))
+                out.write((CLEAR if tty else "\n" if frames else "") + text + "\n")
+                out.flush()
+                frames += 1
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        if tty:
+            out.write("\n")
+        out.flush()
+        return 0
 
 
 @main.command()

@@ -55,6 +55,8 @@ class Settings:
     allow_local_users: bool = _setting(False, "Hub: serve a tcp loopback --bind without CURVE, so every local user may run the tools.")
     daemon_bind: str = _setting("", "Hub: extra endpoint for daemons on other hosts, e.g. tcp://0.0.0.0:5556.")
     heartbeat_bind: str = _setting("", "Hub: heartbeat endpoint for daemons on other hosts (with daemon_bind).")
+    log_format: str = _setting("text", "Hub log records: text (for people) or json (one object per line).")
+    metrics: str = _setting("", "Hub: serve Prometheus metrics on this loopback ADDRESS:PORT, e.g. 127.0.0.1:9464 (needs zbridge[metrics]).")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -73,6 +75,8 @@ class Settings:
             raise ValueError("heartbeat_interval must be > 0 and heartbeat_misses >= 1")
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {self.max_in_flight}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if self.timeout <= 0 or self.max_queue < 0 or self.max_queue_bytes < 0:
             raise ValueError("timeout must be > 0, max_queue and max_queue_bytes >= 0")
 

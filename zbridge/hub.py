@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import zmq
 
-from .actions import Action, Interrupt, Kill, Spawn, ToClient, ToDaemon
+from .actions import Action, Interrupt, Kill, Note, Spawn, ToClient, ToDaemon
 from .broker import Broker
 from .config import Settings
 from .endpoints import (
@@ -37,19 +37,11 @@ from .endpoints import (
     remove_private_dir,
 )
 from .errors import BridgeError, InvalidRequest
-from .protocol import (
-    FLAG_PREWARM,
-    VERSION,
-    Kind,
-    decode_credit,
-    decode_heartbeat,
-    decode_ready,
-    encode_cancel,
-    encode_error,
-    encode_heartbeat,
-    encode_result,
-    read_header,
-)
+from .logs import configure as configure_logs
+from .logs import note_text
+from .protocol import (FLAG_PREWARM, VERSION, Kind, decode_credit, decode_heartbeat,
+                       decode_ready, encode_cancel, encode_error, encode_heartbeat, encode_result,
+                       read_header)
 from .security import HubSecurity
 from .state import describe_exit
 from .supervisor import Supervisor
@@ -61,6 +53,7 @@ DRAIN_LIMIT = 100_000    # daemon messages read before judging time (bounds a fl
 DISCARD_CHUNK = 1_000    # frames of an over-long message dropped per loop, so others still get turns
 COPY_THRESHOLD = 65536   # below this, copying is cheaper than zero-copy bookkeeping
 WARNED_PEERS = 1024      # peers remembered for "logged once"
+SNAPSHOT_INTERVAL = 0.5  # how stale the metrics exporter's copy of status() may be
 
 _RCVMORE, _SNDMORE, _NOBLOCK = int(zmq.RCVMORE), int(zmq.SNDMORE), int(zmq.NOBLOCK)
 
@@ -110,7 +103,12 @@ class Hub:
         self._failed: list[tuple[str, bytes, Any, bool]] = []  # sends that failed while applying actions
         self._warned: OrderedDict[bytes, None] = OrderedDict()
         self._discarding: list[Any] | None = None  # [client, frames] of an over-long message
+        self._pending: list[Action] = []     # actions a handler produced while actions ran
         self.security: HubSecurity | None = None
+        self.snapshot: dict[str, Any] | None = None    # status() + histograms for the metrics thread
+        self.loop_lag = 0.0                  # worst late wake-up since the last snapshot
+        self._exporter = None
+        configure_logs(settings.log_format)
         try:
             self.security = HubSecurity(settings, self.context, self.private_dir, frontend)
             expose = expose_tracebacks(settings, frontend)
@@ -123,6 +121,10 @@ class Hub:
             self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind),
                                  probe=self.supervisor.process_state, expose_errors=expose)
             self._bind()
+            if settings.metrics:
+                from .metrics import start_exporter
+                self.snapshot = self.publish_snapshot()
+                self._exporter = start_exporter(settings.metrics, self)
         except BaseException:
             self._close_sockets()
             if self.security is not None:
@@ -194,7 +196,8 @@ class Hub:
             poller.register(sock, zmq.POLLIN)
         if wake_fd is not None:
             poller.register(wake_fd, zmq.POLLIN)
-        next_reap = next_beat = 0.0
+        next_reap = next_beat = next_snapshot = 0.0
+        publish = self._exporter is not None
         try:
             if prewarm:
                 self._apply(self.broker.start(time.monotonic()))
@@ -207,6 +210,8 @@ class Hub:
                 due = now + wait
                 ready = dict(poller.poll(int(wait * 1000.0)))
                 now = time.monotonic()
+                if now - due > self.loop_lag:  # woke after its timer was due: the thread was starved
+                    self.loop_lag = now - due
                 if self.backend in ready:
                     self._drain_daemons(now)
                 if self.frontend in ready:
@@ -225,6 +230,9 @@ class Hub:
                 if now >= next_beat:
                     self._beat()
                     next_beat = now + self.settings.heartbeat_interval
+                if publish and now >= next_snapshot:
+                    self.snapshot = self.publish_snapshot(now)
+                    next_snapshot = now + SNAPSHOT_INTERVAL
         finally:
             self._shutdown()
 
@@ -394,6 +402,8 @@ class Hub:
                         self._kill(daemon, reason, hard)
                     case Interrupt(daemon, request_id):  # via the heartbeat thread: the main one is busy
                         self._send_beat(daemon, encode_cancel(request_id))
+                    case Note(event, level, fields):
+                        log_note(event, level, fields)
             actions = self._take_failures()
 
     def _send(self, sock: zmq.Socket[Any], ident: bytes, frame: bytes, role: str) -> None:
@@ -404,9 +414,11 @@ class Hub:
             self._failed.append((role, ident, frame, exc.errno == zmq.EHOSTUNREACH))
 
     def _take_failures(self) -> list[Action]:
+        actions, self._pending = self._pending, []
+        if not self._failed:
+            return actions
         failed, self._failed = self._failed, []
         now = time.monotonic()
-        actions: list[Action] = []
         for role, ident, frame, gone in failed:
             if role == "client":
                 self._warn_once(ident, gone)
@@ -423,17 +435,17 @@ class Hub:
         self._warned[client] = None
         if len(self._warned) > WARNED_PEERS:
             self._warned.popitem(last=False)
-        log.warning("client %r %s: dropping its replies (counted in status as dropped_replies)",
-                    client, "is gone" if gone else "is not reading (its queue is full)")
+        log_note("replies_dropped", logging.WARNING, {
+            "peer": repr(client)[:80], "why": "gone" if gone else "not reading (its queue is full)",
+            "counted_as": "dropped_replies"})
 
     def _kill(self, ident: bytes, reason: str, hard: bool) -> None:
-        log.warning("killing daemon %s: %s", ident.decode(errors="replace"), reason)
         if not self.supervisor.kill(ident, hard):
             self._failed.append(("remote", ident, reason, True))
 
     def _spawn(self, ident: bytes) -> None:
         try:
-            self.broker.daemon_spawned(ident, self.supervisor.spawn(ident))
+            self._pending += self.broker.daemon_spawned(ident, self.supervisor.spawn(ident))
         except OSError as exc:
             self._failed.append(("remote", ident, f"cannot start daemon: {exc}", True))
 
@@ -445,9 +457,20 @@ class Hub:
         status["max_message_size"] = self.settings.max_message_size
         return status
 
+    def publish_snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """A fresh copy of status() and the per-tool histograms, for another thread to read
+        (the metrics exporter); it is replaced whole, never changed in place."""
+        snapshot = self.status(now)
+        snapshot["histograms"] = self.broker.tools.histograms()
+        snapshot["loop_lag_s"], self.loop_lag = self.loop_lag, 0.0
+        return snapshot
+
     # --- teardown ----------------------------------------------------------------------
 
     def _close_sockets(self) -> None:
+        exporter = getattr(self, "_exporter", None)
+        if exporter is not None:
+            exporter.stop()
         for name in ("frontend", "backend", "events", "heartbeat"):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -455,6 +478,8 @@ class Hub:
 
     def _shutdown(self) -> None:
         self._stopped.set()
+        if self._exporter is not None:
+            self._exporter.stop()
         try:
             self.supervisor.stop_all()
         finally:
@@ -464,6 +489,12 @@ class Hub:
             remove_private_dir(self.private_dir)
             if self._own_context:
                 self.context.term()
+
+
+def log_note(event: str, level: int, fields: dict[str, Any]) -> None:
+    """One broker note as one record on ``zbridge.hub``, its fields as structured extras."""
+    if log.isEnabledFor(level):
+        log.log(level, "%s", note_text(event, fields), extra={"event": event, **fields})
 
 
 def start_embedded(settings: Settings, tools: list[str]) -> tuple[Hub | None, threading.Thread | None, zmq.Context[Any], str]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .actions import Action, Interrupt, Kill, ToClient, ToDaemon
+from logging import INFO
+
+from .actions import Action, Interrupt, Note, ToClient, ToDaemon
 from .config import Settings
 from .errors import BridgeError, Cancelled
 from .protocol import (
@@ -37,7 +39,7 @@ class InFlight:
     if TYPE_CHECKING:  # provided by Broker
         def _answer_error(self, job: Job, error: BridgeError) -> Action: ...
         def _end(self, job: Job) -> None: ...
-        def kill_requested(self, ident: bytes, reason: str) -> None: ...
+        def _kill(self, daemon: Daemon, reason: str, hard: bool, kind: str) -> list[Action]: ...
 
     def _holder(self, job: Job) -> Daemon | None:
         """The daemon running ``job``, if it still does."""
@@ -131,9 +133,11 @@ class InFlight:
         if job is None:
             return []
         self.counters["cancelled"] += 1
+        note = Note("call_cancelled", INFO, {"tool": job.tool, "request_id": id, "state": job.state.value,
+                                             "mode": self.s.cancel_mode})
         if job.state is JobState.QUEUED:
-            return [self._answer_error(job, Cancelled("cancelled before it ran"))]
-        return self._cancel_running(job, now)
+            return [note, self._answer_error(job, Cancelled("cancelled before it ran"))]
+        return [note] + self._cancel_running(job, now)
 
     def _cancel_running(self, job: Job, now: float) -> list[Action]:
         mode = self.s.cancel_mode
@@ -144,9 +148,7 @@ class InFlight:
             return actions
         if mode == "kill":
             daemon.job = None
-            reason = f"call {job.id} was cancelled (cancel_mode=kill)"
-            self.kill_requested(daemon.ident, reason)
-            return actions + [Kill(daemon.ident, reason, False)]
+            return actions + self._kill(daemon, f"call {job.id} was cancelled (cancel_mode=kill)", False, "killed")
         if mode == "interrupt":  # a tool that ignores the interrupt is killed after kill_grace
             return actions + self._make_stale(daemon, job, now + self.s.kill_grace) + \
                 [Interrupt(daemon.ident, job.id)]

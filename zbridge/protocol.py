@@ -19,6 +19,7 @@ The hub reads only the header, so tool arguments are never decoded on the way.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -58,6 +59,7 @@ class Kind(IntEnum):
     CREDIT = 9      # client -> hub -> daemon: the consumer can take `n` more items
 
 
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", re.IGNORECASE)
 _KINDS = {k.value: k for k in Kind}  # a dict lookup is ~10x cheaper than Kind(value)
 
 
@@ -134,19 +136,30 @@ class Request:
     timeout_ms: int = 0
     flags: int = 0
     window: int = 0  # streams: items the daemon may send before it waits for CREDIT
+    trace: str | None = None  # the caller's W3C traceparent, if it sent one
 
     @property
     def stream(self) -> bool:
         return bool(self.flags & FLAG_STREAM)
 
 
+def check_traceparent(trace: str) -> str:
+    """A W3C traceparent, checked loosely (shape only): ``00-<32 hex>-<16 hex>-<2 hex>``."""
+    if not (isinstance(trace, str) and _TRACEPARENT.fullmatch(trace)):
+        raise ValueError(f"not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>): {trace!r:.80}")
+    return trace
+
+
 def encode_request(id: int, method: str, params: Any = None, *, timeout_ms: int = 0,
-                   idempotent: bool = False, window: int = 0) -> bytes:
-    """A request; ``window`` > 0 asks for a stream with that many items of credit."""
+                   idempotent: bool = False, window: int = 0, trace: str | None = None) -> bytes:
+    """A request; ``window`` > 0 asks for a stream with that many items of credit;
+    ``trace`` is a W3C traceparent the daemon shows the tool (``zbridge.current_call()``)."""
     flags = (FLAG_IDEMPOTENT if idempotent else 0) | (FLAG_STREAM if window else 0)
-    body = {"method": method, "params": params}
+    body = {"method": method, "params": params}  # "method" first: the hub peeks at it
     if window:
         body["window"] = window
+    if trace is not None:
+        body["trace"] = check_traceparent(trace)
     return pack_header(Kind.REQUEST, id, timeout_ms, flags) + packb(body)
 
 
@@ -168,7 +181,75 @@ def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
     window = body.get("window", 0)
     if not isinstance(window, int) or isinstance(window, bool) or not 0 <= window <= MAX_WINDOW:
         raise InvalidRequest(f"request 'window' must be an integer from 1 to {MAX_WINDOW}")
-    return Request(header.id, method, params, header.timeout_ms, header.flags, window)
+    trace = body.get("trace")
+    if trace is not None and not (isinstance(trace, str) and _TRACEPARENT.fullmatch(trace)):
+        raise InvalidRequest("request 'trace' must be a W3C traceparent string")
+    return Request(header.id, method, params, header.timeout_ms, header.flags, window, trace)
+
+
+# --- peeking (the hub's per-tool numbers; never a full decode) ----------------------------
+
+_METHOD_KEY = b"\xa6method"
+_ERROR_KEY = b"\xa5error"
+_CODE_KEY = b"\xa4code"
+
+
+def _map_start(frame: bytes, at: int) -> int:
+    """Offset just past a msgpack map header at ``at``, or -1."""
+    tag = frame[at]
+    if 0x80 <= tag <= 0x8F:
+        return at + 1
+    if tag == 0xDE:
+        return at + 3
+    if tag == 0xDF:
+        return at + 5
+    return -1
+
+
+def peek_method(frame: bytes) -> str | None:
+    """The "method" of a request frame, read from the start of its body (a map whose first
+    key is "method", as every encoder here writes it); None for anything else."""
+    try:
+        at = _map_start(frame, HEADER_SIZE)
+        if at < 0 or not frame.startswith(_METHOD_KEY, at):
+            return None
+        at += 7
+        tag = frame[at]
+        if 0xA0 <= tag <= 0xBF:
+            n, at = tag & 0x1F, at + 1
+        elif tag == 0xD9:
+            n, at = frame[at + 1], at + 2
+        elif tag == 0xDA:
+            n, at = int.from_bytes(frame[at + 1:at + 3], "big"), at + 3
+        else:
+            return None
+        if n > 256 or at + n > len(frame):
+            return None
+        return frame[at:at + n].decode()
+    except (IndexError, UnicodeDecodeError):
+        return None
+
+
+def peek_error_code(frame: bytes) -> int | None:
+    """The error code of a REPLY frame whose body is ``{"error": {"code": ...}}``; None for
+    a result. An error whose code cannot be read counts as -32603 (internal)."""
+    try:
+        at = _map_start(frame, HEADER_SIZE)
+        if at < 0 or not frame.startswith(_ERROR_KEY, at):
+            return None
+        at = _map_start(frame, at + 6)
+        if at < 0 or not frame.startswith(_CODE_KEY, at):
+            return -32603
+        at += 5
+        tag = frame[at]
+        if tag <= 0x7F or tag >= 0xE0:
+            return tag if tag <= 0x7F else tag - 0x100
+        size = {0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}.get(tag)
+        if size is None or at + 1 + size > len(frame):
+            return -32603
+        return int.from_bytes(frame[at + 1:at + 1 + size], "big", signed=tag >= 0xD0)
+    except IndexError:
+        return -32603
 
 
 # --- replies -----------------------------------------------------------------------------

@@ -9,6 +9,10 @@ from enum import Enum
 from typing import Any
 
 from .errors import PoolUnavailable
+from .stats import ToolStats
+
+# why daemons end, as a small fixed set (restarts_total{reason}); "stopped" is shutdown
+EXIT_KINDS = ("crashed", "start_failed", "killed", "recycled", "idle", "lost")
 
 
 class JobState(str, Enum):
@@ -46,6 +50,8 @@ class Job:
     delivered: int = 0               # streams: items forwarded to the caller
     credited: int = 0                # streams: credit forwarded to the daemon
     touched: float = 0.0             # streams: last item, credit or probe
+    tool: str | None = None          # the body's "method", peeked at by the hub
+    stats: ToolStats | None = None   # that tool's numbers (kept here: no lookup per reply)
 
     @property
     def key(self) -> tuple[bytes, int]:
@@ -77,6 +83,7 @@ class Daemon:
     rss: int | None = None
     call_limit: int | None = None
     retiring: str | None = None      # to be replaced: leaves once capacity allows
+    exit_kind: str | None = None     # why it is going, one of EXIT_KINDS, when the hub decided
 
 
 def _secret_ident(n: int) -> bytes:
