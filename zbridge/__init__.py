@@ -6,9 +6,10 @@ from .errors import (BridgeError, CallTimeout, Cancelled, ConnectionLost, Intern
                      InvalidRequest, Overloaded, ParseError, PoolUnavailable, ToolError,
                      ToolNotFound, WorkerLost)
 from .tools import startup, tool  # noqa: E402
+from .usertypes import register_type  # noqa: E402
 
 __all__ = [
-    "__version__", "tool", "startup", "Bridge", "Client", "AsyncBridge", "AsyncClient",
+    "__version__", "tool", "startup", "register_type", "Bridge", "Client", "AsyncBridge", "AsyncClient",
     "BridgeError", "CallTimeout", "Cancelled", "ConnectionLost", "InternalError", "InvalidParams",
     "InvalidRequest", "Overloaded", "ParseError", "PoolUnavailable", "ToolError",
     "ToolNotFound", "WorkerLost",
