@@ -49,11 +49,14 @@ EXIT_LOAD_FAILED = 3
               help="The hub's CURVE public key file.")
 @click.option("--expose-tracebacks/--no-expose-tracebacks", default=True, show_default=True,
               envvar="ZBRIDGE_EXPOSE_TRACEBACKS", help="Put tool tracebacks in error replies.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Decode requests whose body is pickle (serializer='pickle'): runs the caller's "
+                   "code, so only for a local hub that trusts its callers; refused with tcp.")
 @click.option("--log-level", default="INFO", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
 def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: str | None,
          lifeline: bool, max_message_size: int, heartbeat: str | None, heartbeat_interval: float,
          heartbeat_misses: int, exit_on_hub_loss: bool, max_rss_mb: int, curve_secret: str,
-         curve_server_key: str, expose_tracebacks: bool, log_level: str) -> None:
+         curve_server_key: str, expose_tracebacks: bool, allow_pickle: bool, log_level: str) -> None:
     """Keep tools warm and serve calls to them."""
     if bool(endpoint) == stdio:
         raise click.UsageError("give exactly one of --connect ENDPOINT or --stdio")
@@ -64,6 +67,8 @@ def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: st
         run_stdio(tools, protocol_out, expose_tracebacks)
         return
     from zbridge.security import client_keys
+    if allow_pickle:
+        _allow_pickle(endpoint)
 
     from .link import OnSilence
     from .worker import WorkerOptions
@@ -79,6 +84,15 @@ def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: st
     run_worker(tools, lifeline, WorkerOptions(
         endpoint, identity.encode(), max_message_size, heartbeat,
         heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks, on_silence))
+
+
+def _allow_pickle(endpoint: str) -> None:
+    from zbridge import pickling
+    try:
+        pickling.check_endpoint("pickle", endpoint)
+    except ValueError as exc:
+        raise click.UsageError(f"--allow-pickle: {exc}") from None
+    pickling.allow()
 
 
 def run_worker(tools: tuple[str, ...], lifeline: bool, options) -> None:

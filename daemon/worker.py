@@ -15,7 +15,7 @@ from zbridge import __version__
 from zbridge.errors import BridgeError, Cancelled, InternalError
 from zbridge.execution import Executor
 from zbridge.procinfo import rss_bytes
-from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_RETIRE, FLAG_STREAM, Header, Kind, add_flags,
+from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_PICKLE, FLAG_RETIRE, FLAG_STREAM, Header, Kind, add_flags,
                               decode_request, encode_error, encode_ready, encode_result, read_header)
 from zbridge.security import make_client
 from zbridge.tools import Registry
@@ -72,7 +72,7 @@ def handle_request(executor: Executor, frame: bytes, header: Header, max_message
 def _final_reply(request, result, max_message: int) -> bytes:
     request_id = request.id
     try:
-        reply = encode_result(request_id, result)
+        reply = encode_result(request_id, result, request.flags & FLAG_PICKLE)  # pickle answers pickle
     except (TypeError, ValueError, OverflowError) as exc:
         return encode_error(request_id, InternalError(
             f"result of {request.method!r} cannot be encoded: {type(exc).__name__}: {exc}"[:500]))

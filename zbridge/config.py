@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
+from .pickling import SERIALIZERS
 from .protocol import DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUE_BYTES
 
 
@@ -44,6 +45,7 @@ class Settings:
     fallback: bool = _setting(True, "Use a one-shot subprocess when the pool cannot serve a call that never ran.")
     retries: int = _setting(2, "Retries of idempotent calls that met WorkerLost.")
     cancel_mode: str = _setting("interrupt", "A cancelled running call: interrupt (raise zbridge.Cancelled in the tool), abandon (drop its result) or kill (replace the daemon).")
+    serializer: str = _setting("msgpack", "msgpack, or pickle for any Python object on a trusted local bridge (refused with a tcp endpoint).")
     python: str = _setting("", "Interpreter for daemons (default: this one).")
     expose_tracebacks: str = _setting("auto", "Tool tracebacks in error replies: auto (on for ipc/inproc, off for tcp), true or false.")
     curve_secret: str = _setting("", "This side's CURVE secret key file (.key_secret); on a hub, turns CURVE on for tcp.")
@@ -69,6 +71,8 @@ class Settings:
             raise ValueError("heartbeat_interval must be > 0 and heartbeat_misses >= 1")
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {self.max_in_flight}")
+        if self.serializer not in SERIALIZERS:
+            raise ValueError(f"serializer must be msgpack or pickle, not {self.serializer!r}")
         if self.timeout <= 0 or self.max_queue < 0 or self.max_queue_bytes < 0:
             raise ValueError("timeout must be > 0, max_queue and max_queue_bytes >= 0")
 

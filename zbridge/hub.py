@@ -31,6 +31,7 @@ from .broker import Action, Broker
 from .config import Settings
 from .endpoints import check_bindable, create_private_dir, ipc_endpoint, remove_private_dir
 from .errors import BridgeError, InvalidRequest
+from .pickling import check_endpoint
 from .protocol import (FLAG_PREWARM, VERSION, Kind, decode_credit, decode_heartbeat,
                        decode_ready, encode_cancel, encode_error, encode_heartbeat, encode_result,
                        read_header)
@@ -98,10 +99,12 @@ class Hub:
         try:
             self.security = HubSecurity(settings, self.context, self.private_dir, frontend)
             expose = expose_tracebacks(settings, frontend)
+            check_endpoint(settings.serializer, frontend)  # pickle never crosses a network
+            pickle = ["--allow-pickle"] if settings.serializer == "pickle" else []
             self.supervisor = Supervisor(
                 daemon_command(settings, self.backend_endpoint, self.heartbeat_endpoint, tools,
                                self.security.local_daemon_args +
-                               ["--expose-tracebacks" if expose else "--no-expose-tracebacks"]),
+                               ["--expose-tracebacks" if expose else "--no-expose-tracebacks"] + pickle),
                 self._notify_exit, stop_timeout=settings.stop_timeout)
             # daemons not spawned by us are admitted only where they can connect at all
             self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind),
