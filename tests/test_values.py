@@ -367,3 +367,15 @@ def test_stdio_json_refuses_non_json_values_by_name():
     reply = json.loads(out.stdout)
     assert reply["error"]["code"] == -32603
     assert "datetime.datetime has no JSON form" in reply["error"]["message"]
+
+
+def test_values_through_serve_and_client(tmp_path):
+    from helpers import served
+    with served(tmp_path, "--tools", VALUES_TOOLS, "--serializer", "pickle") as (endpoint, _):
+        with zbridge.Client(endpoint, fallback=False) as client:  # msgpack caller of a pickle-capable hub
+            for name, value in SAMPLES.items():
+                assert same(client.call("echo", [value]), value), name
+            array = np.arange(24, dtype=">i4").reshape(2, 3, 4)[:, ::2]
+            check_array(array, client.call("echo", [array]))
+        with zbridge.Client(endpoint, fallback=False, serializer="pickle") as client:
+            assert client.call("echo", [Fraction(2, 3)]) == Fraction(2, 3)
