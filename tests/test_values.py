@@ -251,6 +251,22 @@ def test_pickle_request_is_refused_unless_allowed(monkeypatch):
     assert protocol.decode_request(frame).params == [Fraction(1, 3)]
 
 
+def test_pickled_reply_is_refused_by_a_client_that_did_not_opt_in(monkeypatch):
+    from zbridge.calls import result_of
+    reply = protocol.encode_result(1, Fraction(1, 2), protocol.FLAG_PICKLE)
+    monkeypatch.setattr(pickling, "_allowed", False)
+    with pytest.raises(zbridge.InternalError, match="did not opt in to pickle"):
+        result_of(reply, protocol.DEFAULT_MAX_MESSAGE)
+    monkeypatch.setattr(pickling, "_allowed", True)
+    assert result_of(reply, protocol.DEFAULT_MAX_MESSAGE) == Fraction(1, 2)
+
+
+def test_daemon_refuses_allow_pickle_with_tcp():
+    out = subprocess.run([sys.executable, "-m", "zbridge_daemon", "--connect", "tcp://127.0.0.1:1",
+                          "--allow-pickle"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--allow-pickle" in out.stderr and "tcp" in out.stderr
+
+
 def test_pickle_is_refused_on_tcp():
     with pytest.raises(ValueError, match="tcp"):
         zbridge.Client("tcp://127.0.0.1:5999", serializer="pickle")
