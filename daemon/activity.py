@@ -4,7 +4,7 @@ cancel reaches a running tool.
 A cancel for request N arrives on the heartbeat thread. If N is still the running request,
 it marks it and signals the process (SIGUSR1); the handler runs in the main thread, between
 two bytecodes of the tool or as an EINTR out of a blocking call such as ``time.sleep``, and
-raises ``zbridge.Cancelled`` there only if N is *still* running. ``end()`` clears the mark
+raises ``zbridge.Interrupted`` there only if N is *still* running. ``end()`` clears the mark
 first, so a cancel can never reach a later call.
 """
 
@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from zbridge.errors import Cancelled
+from zbridge.errors import Interrupted
 from zbridge.procinfo import rss_bytes
 
 CANCEL_SIGNAL = signal.SIGUSR1
@@ -65,7 +65,7 @@ class Activity:
 def install_cancel_handler(activity: Activity) -> None:
     def on_cancel(signum, frame) -> None:
         if activity.take_cancel():
-            raise Cancelled("cancelled by the caller")
+            raise Interrupted("cancelled by the caller")
     signal.signal(CANCEL_SIGNAL, on_cancel)
 
 
@@ -75,5 +75,5 @@ def finish(activity: Activity) -> None:
         try:
             activity.end()
             return
-        except Cancelled:
+        except Interrupted:
             continue

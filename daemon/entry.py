@@ -2,7 +2,7 @@
 
 Pipe clients start a daemon often (the fallback starts one per call), so ``--stdio`` with
 the few options a pipe needs is parsed by hand here and never imports click, asyncio, zmq,
-msgpack or logging. Any other command line, ``-h`` included, goes to the click ``main``
+msgpack or logging (the fallback's hidden ``--stdio-msgpack`` imports msgpack, nothing more). Any other command line, ``-h`` included, goes to the click ``main``
 in ``main.py``, which also reports every usage error.
 """
 
@@ -24,15 +24,22 @@ def _env_flag(name: str, default: bool) -> bool | None:
     return True if value in _TRUE else False if value in _FALSE else None
 
 
-def parse_pipe_args(argv: list[str]) -> tuple[tuple[str, ...], bool] | None:
-    """(tools, expose_tracebacks) of a plain ``--stdio`` command line, or None for anything else."""
-    if "--stdio" not in argv or os.environ.get("ZBRIDGE_CONNECT"):
+PIPE_MODES = ("--stdio", "--stdio-msgpack")
+
+
+def parse_pipe_args(argv: list[str]) -> tuple[str, tuple[str, ...], bool] | None:
+    """(mode, tools, expose_tracebacks) of a plain pipe command line, or None for anything else."""
+    modes = [arg for arg in argv if arg in PIPE_MODES]
+    if len(modes) != 1 or os.environ.get("ZBRIDGE_CONNECT"):
         return None  # not a pipe, or a conflict that click words better
     tools: list[str] = []
+    # "auto" is on for a pipe: its reader is the local process that started us
     expose = _env_flag("ZBRIDGE_EXPOSE_TRACEBACKS", True)
+    if os.environ.get("ZBRIDGE_EXPOSE_TRACEBACKS", "").strip().lower() == "auto":
+        expose = True
     args = iter(argv)
     for arg in args:
-        if arg == "--stdio":
+        if arg in PIPE_MODES:
             continue
         if arg == "--tools":
             value = next(args, None)
@@ -48,7 +55,7 @@ def parse_pipe_args(argv: list[str]) -> tuple[tuple[str, ...], bool] | None:
     if expose is None:
         return None
     # as click does for a repeatable option: the variable only when the flag is absent
-    return tuple(tools) or tuple(os.environ.get("ZBRIDGE_TOOLS", "").split()), expose
+    return modes[0], tuple(tools) or tuple(os.environ.get("ZBRIDGE_TOOLS", "").split()), expose
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,8 +66,11 @@ def main(argv: list[str] | None = None) -> None:
         full_main(args, prog_name="zbridge-daemon")
         return
     from .process_io import isolate_stdout
-    from .stdio import run
-    tools, expose_tracebacks = options
+    mode, tools, expose_tracebacks = options
+    if mode == "--stdio-msgpack":
+        from .framed import run
+    else:
+        from .stdio import run
     out = isolate_stdout()  # before tools load: imports may print too
     run(tools, out, expose_tracebacks)
 

@@ -21,12 +21,42 @@ from .stdio import run as run_stdio
 EXIT_LOAD_FAILED = 3
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from zbridge import __version__
+        click.echo(f"zbridge-daemon {__version__}")
+        ctx.exit()
+
+
+def expose_default(endpoint: str | None) -> bool:
+    """``auto``: tracebacks go to a local reader (a pipe, ipc, inproc), never over tcp."""
+    return not (endpoint or "").startswith("tcp://")
+
+
+def _env_expose() -> bool | None:
+    """ZBRIDGE_EXPOSE_TRACEBACKS as true/false, or None for auto (also when unset)."""
+    raw = os.environ.get("ZBRIDGE_EXPOSE_TRACEBACKS", "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if raw in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise click.BadParameter(f"ZBRIDGE_EXPOSE_TRACEBACKS={raw!r} is not auto, true or false",
+                             param_hint="--expose-tracebacks")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
 @click.option("--connect", "endpoint", envvar="ZBRIDGE_CONNECT", metavar="ENDPOINT",
               help="Hub backend endpoint to serve (ipc://... or tcp://...).")
 @click.option("--stdio", is_flag=True, help="Serve line-delimited JSON-RPC 2.0 on stdin/stdout.")
+@click.option("--stdio-msgpack", is_flag=True, hidden=True,
+              help="Serve length-prefixed protocol frames on stdin/stdout (the client's fallback).")
 @click.option("--tools", "tools", multiple=True, envvar="ZBRIDGE_TOOLS", metavar="MODULE|PATH",
-              help="Module name or .py file to load tools from (repeatable).")
+              help="Module name (found as `python -m` finds it: the current directory first), "
+                   "MODULE@DIR (DIR put first on sys.path) or .py file to load tools from (repeatable).")
 @click.option("--identity", envvar="ZBRIDGE_IDENTITY", help="Routing id to present to the hub.")
 @click.option("--lifeline", is_flag=True, hidden=True,
               help="Exit when stdin reaches EOF (set by the hub that spawned us).")
@@ -47,24 +77,34 @@ EXIT_LOAD_FAILED = 3
               help="Our CURVE secret key file, for a hub that requires CURVE.")
 @click.option("--curve-server-key", envvar="ZBRIDGE_CURVE_SERVER_KEY", default="",
               help="The hub's CURVE public key file.")
-@click.option("--expose-tracebacks/--no-expose-tracebacks", default=True, show_default=True,
-              envvar="ZBRIDGE_EXPOSE_TRACEBACKS", help="Put tool tracebacks in error replies.")
+@click.option("--expose-tracebacks/--no-expose-tracebacks", default=None,
+              help="Put tool tracebacks in error replies [default: auto, from "
+                   "ZBRIDGE_EXPOSE_TRACEBACKS: on for --stdio and ipc, off for tcp].")
 @click.option("--allow-pickle", is_flag=True,
               help="Decode requests whose body is pickle (serializer='pickle'): runs the caller's "
                    "code, so only for a local hub that trusts its callers; refused with tcp.")
 @click.option("--log-level", default="INFO", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
-def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: str | None,
+def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[str, ...], identity: str | None,
          lifeline: bool, max_message_size: int, heartbeat: str | None, heartbeat_interval: float,
          heartbeat_misses: int, exit_on_hub_loss: bool, max_rss_mb: int, curve_secret: str,
-         curve_server_key: str, expose_tracebacks: bool, allow_pickle: bool, log_level: str) -> None:
+         curve_server_key: str, expose_tracebacks: bool | None, allow_pickle: bool,
+         log_level: str) -> None:
     """Keep tools warm and serve calls to them."""
-    if bool(endpoint) == stdio:
+    if bool(endpoint) + stdio + stdio_msgpack != 1:
         raise click.UsageError("give exactly one of --connect ENDPOINT or --stdio")
+    if expose_tracebacks is None:
+        expose_tracebacks = _env_expose()
+    if expose_tracebacks is None:
+        expose_tracebacks = expose_default(endpoint)
     logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
                         format=f"zbridge-daemon[{os.getpid()}] %(levelname)s %(message)s")
     protocol_out = isolate_stdout()  # before tools load: imports may print too
     if stdio:
         run_stdio(tools, protocol_out, expose_tracebacks)
+        return
+    if stdio_msgpack:
+        from .framed import run as run_framed
+        run_framed(tools, protocol_out, expose_tracebacks)
         return
     from zbridge.security import client_keys
     if allow_pickle:
@@ -89,7 +129,7 @@ def main(endpoint: str | None, stdio: bool, tools: tuple[str, ...], identity: st
 def _allow_pickle(endpoint: str) -> None:
     from zbridge import pickling
     try:
-        pickling.check_endpoint("pickle", endpoint)
+        pickling.refuse_remote("pickle", endpoint)
     except ValueError as exc:
         raise click.UsageError(f"--allow-pickle: {exc}") from None
     pickling.allow()

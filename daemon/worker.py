@@ -12,7 +12,7 @@ from typing import Callable
 import zmq
 
 from zbridge import __version__
-from zbridge.errors import BridgeError, Cancelled, InternalError
+from zbridge.errors import BridgeError, Cancelled, InternalError, Interrupted
 from zbridge.execution import Executor
 from zbridge.procinfo import rss_bytes
 from zbridge.protocol import (DEFAULT_MAX_MESSAGE, FLAG_PICKLE, FLAG_RETIRE, FLAG_STREAM, Header, Kind, add_flags,
@@ -87,8 +87,8 @@ def serve_request(executor: Executor, activity: Activity, sock: zmq.Socket, fram
     activity.begin(header.id)
     try:
         return handle_request(executor, frame, header, max_message, sock)
-    except Cancelled as exc:  # raised in the tool, or landed just after it returned
-        return encode_error(header.id, exc), False
+    except Interrupted as exc:  # raised in the tool, or landed just after it returned
+        return encode_error(header.id, Cancelled(str(exc) or "cancelled by the caller")), False
     finally:
         finish(activity)
 

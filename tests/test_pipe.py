@@ -202,14 +202,18 @@ def test_parse_pipe_args(monkeypatch):
     monkeypatch.delenv("ZBRIDGE_CONNECT", raising=False)
     monkeypatch.delenv("ZBRIDGE_EXPOSE_TRACEBACKS", raising=False)
     assert parse_pipe_args(["--stdio", "--tools", "a", "--tools=b.py", "--no-expose-tracebacks"]) \
-        == (("a", "b.py"), False)
-    assert parse_pipe_args(["--stdio"]) == ((), True)
-    for other in (["--connect", "x"], ["--stdio", "-h"], ["--stdio", "--tools"], ["--stdio", "--bogus"]):
+        == ("--stdio", ("a", "b.py"), False)
+    assert parse_pipe_args(["--stdio"]) == ("--stdio", (), True)
+    assert parse_pipe_args(["--stdio-msgpack", "--tools", "a"]) == ("--stdio-msgpack", ("a",), True)
+    for other in (["--connect", "x"], ["--stdio", "-h"], ["--stdio", "--tools"], ["--stdio", "--bogus"],
+                  ["--stdio", "--stdio-msgpack"]):
         assert parse_pipe_args(other) is None
     monkeypatch.setenv("ZBRIDGE_TOOLS", "m1 m2")
     monkeypatch.setenv("ZBRIDGE_EXPOSE_TRACEBACKS", "off")
-    assert parse_pipe_args(["--stdio"]) == (("m1", "m2"), False)
-    assert parse_pipe_args(["--stdio", "--tools", "x", "--expose-tracebacks"]) == (("x",), True)
+    assert parse_pipe_args(["--stdio"]) == ("--stdio", ("m1", "m2"), False)
+    assert parse_pipe_args(["--stdio", "--tools", "x", "--expose-tracebacks"]) == ("--stdio", ("x",), True)
+    monkeypatch.setenv("ZBRIDGE_EXPOSE_TRACEBACKS", "auto")
+    assert parse_pipe_args(["--stdio"]) == ("--stdio", ("m1", "m2"), True)
     monkeypatch.setenv("ZBRIDGE_EXPOSE_TRACEBACKS", "maybe")
     assert parse_pipe_args(["--stdio"]) is None  # click reports the bad value
     monkeypatch.setenv("ZBRIDGE_CONNECT", "ipc:///x")

@@ -85,7 +85,7 @@ def test_request_maps_must_have_string_keys():
 @pytest.mark.parametrize("cls", [errors.ParseError, errors.InvalidRequest, errors.ToolNotFound,
                                  errors.InvalidParams, errors.InternalError, errors.ToolError,
                                  errors.CallTimeout, errors.WorkerLost, errors.Overloaded,
-                                 errors.PoolUnavailable, errors.Cancelled])
+                                 errors.PoolUnavailable, errors.Cancelled, errors.ConnectionLost])
 def test_errors_convert_both_ways(cls):
     err = cls("message", {"k": 1})
     back = errors.error_from_wire(err.to_wire())
@@ -93,10 +93,29 @@ def test_errors_convert_both_ways(cls):
     assert isinstance(back, zbridge.BridgeError)
 
 
+def _leaves(cls):
+    for sub in cls.__subclasses__():
+        if sub in (errors.DidNotRun, errors.MayHaveRun):
+            yield from _leaves(sub)
+        else:
+            yield sub
+
+
 def test_error_codes_are_distinct_and_documented():
-    codes = {cls.code for cls in errors.BridgeError.__subclasses__()}
-    assert len(codes) == len(errors.BridgeError.__subclasses__())
+    leaves = list(_leaves(errors.BridgeError))
+    codes = {cls.code for cls in leaves}
+    assert len(codes) == len(leaves)
     assert {-32700, -32600, -32601, -32602, -32603}.issubset(codes)
+
+
+def test_errors_are_grouped_by_what_a_caller_can_do():
+    did_not_run = {errors.ParseError, errors.InvalidRequest, errors.ToolNotFound,
+                   errors.InvalidParams, errors.Overloaded, errors.PoolUnavailable}
+    may_have_run = {errors.CallTimeout, errors.WorkerLost, errors.Cancelled, errors.ConnectionLost}
+    assert all(issubclass(c, errors.DidNotRun) and not issubclass(c, errors.MayHaveRun) for c in did_not_run)
+    assert all(issubclass(c, errors.MayHaveRun) and not issubclass(c, errors.DidNotRun) for c in may_have_run)
+    assert issubclass(errors.CallTimeout, TimeoutError)
+    assert not issubclass(errors.Interrupted, Exception)  # a tool's `except Exception` lets it through
 
 
 def test_unknown_and_malformed_error_objects():

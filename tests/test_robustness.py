@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import threading
 import time
 
 import pytest
@@ -180,14 +179,16 @@ def test_no_fallback_subprocess_when_the_tools_cannot_load(bridge_factory, broke
     assert all(isinstance(e, zbridge.PoolUnavailable) and "No module named" in str(e) for e in errors)
 
 
-def test_fallback_subprocesses_are_bounded_by_workers(bridge_factory):
+def test_fallback_subprocesses_are_bounded_by_workers(bridge_factory, tmp_path):
+    log = tmp_path / "calls.log"
     bridge = bridge_factory(str(TOOLSETS / "slow_start.py"), workers=2, start_timeout=0.2,
                             start_retries=1, backoff_base=30.0)
-    with PeakSampler(lambda: len(processes_matching(b"--stdio"))) as fallbacks:
-        futures = [bridge.submit("pid", timeout=30) for _ in range(6)]
-        results = [f.result(timeout=60) for f in futures]
-    assert all(isinstance(pid, int) for pid in results)
-    assert 1 <= fallbacks.peak <= 2
+    futures = [bridge.submit("logged", [str(log)], timeout=30) for _ in range(6)]
+    assert all(isinstance(f.result(timeout=60), int) for f in futures)
+    spans = [tuple(map(float, line.split())) for line in log.read_text().splitlines()]
+    assert len(spans) == 6  # every call ran once, each in a one-shot subprocess
+    most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert most <= 2
 
 
 # --- streams ---------------------------------------------------------------------------------
@@ -216,3 +217,15 @@ def test_a_stream_whose_client_vanishes_keeps_its_daemon(tmp_path, basic_tools):
             # the peer is gone without a CANCEL; the daemon must come back to serve
             assert client.call("pid", timeout=10) == pid
             assert client.status()["counters"]["kills"] == 0
+
+
+def test_a_tool_catching_exception_does_not_swallow_the_interrupt(bridge_factory):
+    bridge = bridge_factory(ROUGH)
+    pid = bridge.call("pid")
+    future = bridge.submit("swallow_everything", [30.0])
+    assert wait_until(lambda: bridge.status()["daemons"][0]["state"] == "busy")
+    future.cancel()
+    with pytest.raises(zbridge.Cancelled):
+        future.result(timeout=10)
+    assert bridge.call("pid", timeout=10) == pid  # interrupted, not killed after kill_grace
+    assert bridge.status()["counters"]["kills"] == 0

@@ -395,3 +395,13 @@ def test_values_through_serve_and_client(tmp_path):
             check_array(array, client.call("echo", [array]))
         with zbridge.Client(endpoint, fallback=False, serializer="pickle") as client:
             assert client.call("echo", [Fraction(2, 3)]) == Fraction(2, 3)
+
+
+def test_values_through_the_pipe_fallback(bridge_factory):
+    bridge = bridge_factory(VALUES_TOOLS, pool_enabled=False)  # one-shot msgpack-framed pipes
+    value = tuple(SAMPLES.values())
+    assert same(bridge.call("echo", [value]), value)
+    array = np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3))
+    check_array(array, bridge.call("echo", [array]))
+    items = list(bridge.stream("ramps", [2, 3]))
+    assert [x.tolist() for x in items] == [[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]]

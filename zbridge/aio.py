@@ -1,27 +1,29 @@
 """The asyncio twin: ``AsyncClient`` and ``AsyncBridge`` on ``zmq.asyncio``.
 
 One DEALER per client carries every call of the event loop; a reader task matches replies
-to futures by request id, so thousands of concurrent calls cost one socket. Requests,
-replies, errors and the retry/fallback rules come from the same code as the sync client
-(``calls.py``, ``policy.py``). Cancelling the awaiting task sends a CANCEL for that request
-id: a queued call never runs, a running one follows ``cancel_mode``.
+to futures by request id, so thousands of concurrent calls cost one socket, and at most
+``max_in_flight`` of them are at the hub at once. What to do (retries, fallbacks, credit,
+readiness) is the sync client's own plan (``plans.py``), driven here with ``await``.
+Cancelling the awaiting task sends a CANCEL for that request id: a queued call never runs, a
+running one follows ``cancel_mode``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, AsyncIterator, Iterable
 
 import zmq
 import zmq.asyncio
 
-from .calls import (HUB_GRACE, STREAM_WINDOW, ClientCore, build_request, configure_dealer, credit_due,
-                    not_ready_error, read_stream_message, readiness, reply_id, result_of)
+from . import plans
+from .calls import (HUB_GRACE, STREAM_WINDOW, ClientCore, configure_dealer, read_stream_message,
+                    reply_id, result_of)
 from .config import Settings, load_settings
-from .errors import BridgeError, CallTimeout, ConnectionLost, PoolUnavailable
+from .errors import BridgeError, ConnectionLost, PoolUnavailable
 from .hub import start_embedded
-from .policy import Step, after_error
-from .protocol import encode_cancel, encode_credit, encode_status_request, read_header
+from .protocol import encode_cancel, encode_credit, read_header
 from .tools import tool_specs
 
 
@@ -46,63 +48,35 @@ class AsyncClient(ClientCore):
     async def call(self, tool: str, args: Any = None, *, timeout: float | None = None,
                    idempotent: bool = False) -> Any:
         """Run ``tool`` and return its result; cancelling the task cancels the call."""
-        if self._closed:
-            raise PoolUnavailable("client is closed", {"closing": True})
-        timeout = self.settings.timeout if timeout is None else float(timeout)
-        if not self.settings.pool_enabled:
-            return await self._fallback(tool, args, timeout)
-        attempt = 0
-        while True:
-            frame = build_request(self.settings, next(self._ids), tool, args, timeout, idempotent)
-            try:
-                async with self._in_flight():
-                    return await self._roundtrip(frame, timeout)
-            except BridgeError as exc:
-                step = after_error(exc, attempt=attempt, idempotent=idempotent,
-                                   retries=self.settings.retries, can_fallback=self._can_fallback())
-                if step is Step.RETRY:
-                    attempt += 1
-                    continue
-                if step is Step.FALLBACK:
-                    return await self._fallback(tool, args, timeout)
-                raise
+        return await self._drive(plans.call(self, tool, args, timeout, idempotent))
 
     def submit(self, tool: str, args: Any = None, *, timeout: float | None = None,
-               idempotent: bool = False) -> asyncio.Task:
+               idempotent: bool = False) -> asyncio.Task[Any]:
         """Start a call now; await the task for its result, cancel it to cancel the call."""
         return asyncio.ensure_future(self.call(tool, args, timeout=timeout, idempotent=idempotent))
 
     async def call_many(self, calls: Iterable[tuple[str, Any]], *, timeout: float | None = None,
-                        idempotent: bool = False, return_exceptions: bool = False) -> list:
-        """``(tool, args)`` pairs concurrently; results in order (see Client.call_many)."""
+                        idempotent: bool = False, return_exceptions: bool = False) -> list[Any]:
+        """``(tool, args)`` pairs concurrently, at most ``max_in_flight`` at the hub; results
+        in order (see Client.call_many)."""
         results = await asyncio.gather(
             *(self.call(tool, args, timeout=timeout, idempotent=idempotent) for tool, args in calls),
             return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors and not return_exceptions:
-            raise errors[0]
-        return results
+        return plans.settle(results, return_exceptions)
 
-    async def map(self, tool: str, items: Iterable[Any], **kwargs: Any) -> list:
-        return await self.call_many([(tool, [item]) for item in items], **kwargs)
+    async def map(self, tool: str, items: Iterable[Any], *, timeout: float | None = None,
+                  idempotent: bool = False, return_exceptions: bool = False) -> list[Any]:
+        """``tool(item)`` for every item, spread over the daemons; results in order."""
+        return await self.call_many([(tool, [item]) for item in items], timeout=timeout,
+                                    idempotent=idempotent, return_exceptions=return_exceptions)
 
-    async def wait_ready(self, timeout: float = 60.0, count: int | None = None) -> dict:
+    async def wait_ready(self, timeout: float = 60.0, count: int | None = None) -> dict[str, Any]:
         """Wait until ``count`` daemons (default: ``workers``, at least 1) are up."""
-        wanted = count if count is not None else max(1, self.settings.workers)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        status = await self.status(prewarm=True)
-        while (state := readiness(status, wanted, self.settings)) != "ready":
-            if state == "failed" or loop.time() >= deadline:
-                raise not_ready_error(status, wanted, timeout)
-            await asyncio.sleep(0.02)
-            status = await self.status()
-        return status
+        return await self._drive(plans.wait_ready(self, timeout, count))
 
-    async def status(self, timeout: float = 5.0, *, prewarm: bool = False) -> dict:
-        if not self.settings.pool_enabled:
-            return {"pool_enabled": False, "daemons": [], "queue_depth": 0}
-        return await self._roundtrip(encode_status_request(next(self._ids), prewarm), timeout)
+    async def status(self, timeout: float = 5.0, *, prewarm: bool = False) -> dict[str, Any]:
+        """The hub's view: daemons, queue, counters (see Client.status)."""
+        return await self._drive(plans.status(self, timeout, prewarm))
 
     async def close(self) -> None:
         if self._closed:
@@ -193,43 +167,75 @@ class AsyncClient(ClientCore):
     async def astream(self, tool: str, args: Any = None, *, timeout: float | None = None,
                       window: int = STREAM_WINDOW) -> AsyncIterator[Any]:
         """Async-iterate over a generator tool's items (see Client.stream)."""
-        if self._closed:
-            raise PoolUnavailable("client is closed", {"closing": True})
-        timeout = self.settings.timeout if timeout is None else float(timeout)
-        if not self.settings.pool_enabled:
-            async for item in self._fallback_stream(tool, args, timeout):
-                yield item
-            return
-        frame = build_request(self.settings, next(self._ids), tool, args, timeout, False, window)
-        request_id = read_header(frame).id
-        queue: asyncio.Queue = asyncio.Queue()
-        self._streams[request_id] = queue
-        sock = self._socket()
-        finished, consumed = False, 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout + HUB_GRACE
+        plan = plans.stream(self, tool, args, timeout, window)
+        op = next(plan)
+        sock: zmq.asyncio.Socket | None = None
+        request_id, finished = 0, False
         try:
-            await self._send(sock, frame)
             while True:
+                outcome: Any = None
+                error: BaseException | None = None
+                match op:
+                    case plans.Item(value):
+                        yield value
+                    case plans.OneShotItems(tool, args, timeout):
+                        async for item in self._fallback_stream(tool, args, timeout):
+                            yield item
+                    case plans.Open(frame):
+                        request_id, sock = plans.request_id(frame), self._socket()
+                        self._streams[request_id] = asyncio.Queue()
+                        try:
+                            await self._send(sock, frame)
+                        except BridgeError as exc:
+                            error = exc
+                    case plans.Receive(deadline, timeout):
+                        try:
+                            outcome = await asyncio.wait_for(self._streams[request_id].get(),
+                                                             max(0.0, deadline - time.monotonic()))
+                        except asyncio.TimeoutError:
+                            error = plans.timed_out(timeout)
+                    case plans.Credit(n):
+                        await sock.send(encode_credit(request_id, n))
                 try:
-                    kind, value = await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    raise CallTimeout(f"no reply from the hub within {timeout}s") from None
-                if kind == "item":
-                    yield value
-                    consumed += 1
-                    if credit_due(consumed, window):
-                        await sock.send(encode_credit(request_id, consumed))
-                        consumed = 0
-                    continue
-                finished = True
-                if kind == "error":
-                    raise value
-                return
+                    op = plan.send(outcome) if error is None else plan.throw(error)
+                except StopIteration:
+                    finished = True
+                    return
         finally:
-            self._streams.pop(request_id, None)
-            if not finished and not self._closed:
-                await asyncio.shield(self._send_cancel(sock, request_id))
+            if sock is not None:
+                self._streams.pop(request_id, None)
+                if not finished and not self._closed:
+                    await asyncio.shield(self._send_cancel(sock, request_id))
+
+    # --- driving plans: the only I/O ---------------------------------------------------
+
+    async def _drive(self, plan: plans.Plan) -> Any:
+        """Run a plan to its end, awaiting its operations."""
+        outcome: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = plan.send(outcome) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value
+            outcome, error = None, None
+            try:
+                outcome = await self._perform(op)
+            except BridgeError as exc:
+                error = exc
+
+    async def _perform(self, op: plans.Op) -> Any:
+        match op:
+            case plans.Roundtrip(frame, timeout):
+                async with self._in_flight():
+                    return await self._roundtrip(frame, timeout)
+            case plans.OneShot(tool, args, timeout):
+                return await asyncio.get_running_loop().run_in_executor(
+                    None, self._one_shot_call, tool, args, timeout)
+            case plans.Sleep(seconds):
+                await asyncio.sleep(seconds)
+                return None
+        raise TypeError(f"not a call operation: {op!r}")
 
     async def _fallback_stream(self, tool: str, args: Any, timeout: float) -> AsyncIterator[Any]:
         """The pipe fallback's items one by one, each read in a worker thread."""
@@ -246,8 +252,7 @@ class AsyncClient(ClientCore):
         try:
             await sock.send(frame)
         except zmq.Again:
-            raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)",
-                                  {"cause": "unreachable"}) from None
+            raise self._unreachable() from None
 
     async def _roundtrip(self, frame: bytes, timeout: float) -> Any:
         sock = self._socket()
@@ -259,7 +264,7 @@ class AsyncClient(ClientCore):
             try:
                 return await asyncio.wait_for(future, timeout + HUB_GRACE)
             except asyncio.TimeoutError:
-                raise CallTimeout(f"no reply from the hub within {timeout}s") from None
+                raise plans.timed_out(timeout) from None
             except asyncio.CancelledError:
                 if not self._closed:
                     await asyncio.shield(self._send_cancel(sock, request_id))
@@ -274,9 +279,6 @@ class AsyncClient(ClientCore):
         except zmq.ZMQError:
             pass  # the hub is gone: nothing is running there to cancel
 
-    async def _fallback(self, tool: str, args: Any, timeout: float) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(
-            None, self._one_shot_call, tool, args, timeout)
 
 
 class AsyncBridge(AsyncClient):

@@ -1,13 +1,8 @@
 """The hub's routing state machine. Pure: no sockets, no processes, no clock of its own.
 
 Every event (a request arrives, a daemon is ready, replies, exits; time passes) is a method
-that returns the actions the hub must carry out:
-
-    ("client", client_id, frame)   send a frame to a client
-    ("daemon", daemon_id, frame)   send a frame to a daemon
-    ("spawn", daemon_id)           start a daemon that will present this routing id
-    ("kill", daemon_id, reason, hard)  terminate a daemon's process group (hard: SIGKILL at once)
-    ("interrupt", daemon_id, request_id)  raise zbridge.Cancelled inside that call
+that returns the actions the hub must carry out, typed in ``zbridge/actions.py``:
+``ToClient``, ``ToDaemon``, ``Spawn``, ``Kill`` and ``Interrupt``.
 
 Guarantees kept here: a request goes only to an idle daemon (least recently used first);
 every accepted request is answered exactly once (``_answer`` is the only way a call gets
@@ -25,6 +20,7 @@ from collections import deque
 from typing import Any, Callable
 
 from . import health
+from .actions import Action, Kill, Spawn, ToClient, ToDaemon
 from .backoff import restart_delay
 from .config import Settings
 from .errors import BridgeError, CallTimeout, InvalidRequest, Overloaded, PoolUnavailable, WorkerLost
@@ -34,7 +30,6 @@ from .protocol import (EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, REQUEST_FLAGS
 from .state import (SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, Process, _secret_ident,
                     first_line, last_line)
 
-Action = tuple
 Probe = Callable[[bytes], "Process | None"]
 HISTORY = 50  # exits remembered for status()
 
@@ -80,7 +75,7 @@ class Broker(InFlight):
         """The call's one reply. Asserting here makes "exactly once" hold by construction."""
         assert job.state is not JobState.DONE, f"call {job.id} would be answered twice"
         self._end(job)
-        return ("client", job.client, frame)
+        return ToClient(job.client, frame)
 
     def _answer_error(self, job: Job, error: BridgeError) -> Action:
         return self._answer(job, encode_error(job.id, error))
@@ -103,7 +98,7 @@ class Broker(InFlight):
             return self._refuse(client, header.id, SHUTTING_DOWN())
         refusal = self._invalid(client, header) or self._overloaded(len(frame))
         if refusal is not None:
-            return [("client", client, encode_error(header.id, refusal))]
+            return [ToClient(client, encode_error(header.id, refusal))]
         if self._unavailable(now):
             return self._refuse(client, header.id, self._unavailable_error())
         timeout = header.timeout_ms / 1000.0 if header.timeout_ms else self.s.timeout
@@ -134,6 +129,8 @@ class Broker(InFlight):
         return None
 
     def _overloaded(self, size: int) -> Overloaded | None:
+        if self.ready and not self.queued:
+            return None  # an idle daemon takes it at once: nothing will wait
         if self.queued >= self.s.max_queue:
             why = f"{self.queued} calls already waiting (max_queue={self.s.max_queue})"
         elif self.queued and self.queued_bytes + size > self.s.max_queue_bytes:
@@ -146,7 +143,7 @@ class Broker(InFlight):
 
     def _refuse(self, client: bytes, id: int, error: BridgeError) -> list[Action]:
         self.counters["unavailable"] += 1
-        return [("client", client, encode_error(id, error))]
+        return [ToClient(client, encode_error(id, error))]
 
     def _unavailable(self, now: float) -> bool:
         return (self.start_failures >= self.s.start_retries and now < self.spawn_allowed_at
@@ -192,7 +189,7 @@ class Broker(InFlight):
             daemon = self.daemons[self.ready.popleft()]
             job.state, job.started, job.daemon, job.touched = JobState.RUNNING, now, daemon.ident, now
             daemon.state, daemon.job = DaemonState.BUSY, job
-            actions.append(("daemon", daemon.ident, job.frame))
+            actions.append(ToDaemon(daemon.ident, job.frame))
         return actions
 
     def _scale(self, now: float) -> list[Action]:
@@ -204,7 +201,7 @@ class Broker(InFlight):
             ident = self._new_ident(n)
             self.daemons[ident] = Daemon(ident, now, name=f"w{n}")
             self.counters["spawns"] += 1
-            actions.append(("spawn", ident))
+            actions.append(Spawn(ident))
         return actions
 
     # --- daemon events -----------------------------------------------------------------
@@ -213,7 +210,7 @@ class Broker(InFlight):
         daemon = self.daemons.get(ident)
         if daemon is None:
             if not self.remote_ok or self.closing:
-                return [("daemon", ident, encode_disconnect("unknown daemon"))]
+                return [ToDaemon(ident, encode_disconnect("unknown daemon"))]
             daemon = self.daemons[ident] = Daemon(ident, now, name=f"r{next(self._remote_names)}")
         if daemon.state is not DaemonState.STARTING:
             return self._ready_again(daemon, now)
@@ -298,13 +295,13 @@ class Broker(InFlight):
         if daemon.ident in self.ready:
             self.ready.remove(daemon.ident)
         daemon.state, daemon.kill_reason = DaemonState.STOPPING, reason
-        return [("daemon", daemon.ident, encode_disconnect(reason))]
+        return [ToDaemon(daemon.ident, encode_disconnect(reason))]
 
     def _lose(self, daemon: Daemon, reason: str) -> list[Action]:
         """Give up on a daemon now (silent, frozen, unreachable): answer its call, kill it hard."""
         actions = self._lose_call(daemon, reason)
         self.kill_requested(daemon.ident, reason)
-        return actions + [("kill", daemon.ident, reason, True)]
+        return actions + [Kill(daemon.ident, reason, True)]
 
     def _lose_call(self, daemon: Daemon, reason: str) -> list[Action]:
         """WorkerLost for the call the daemon holds, if its caller still waits."""
@@ -424,13 +421,13 @@ class Broker(InFlight):
             elif daemon.kill_at is not None and now >= daemon.kill_at and daemon.state is DaemonState.STALE:
                 reason = f"call {daemon.stale_id} ran past its deadline + {self.s.kill_grace}s grace"
                 self.kill_requested(daemon.ident, reason)
-                actions.append(("kill", daemon.ident, reason, False))
+                actions.append(Kill(daemon.ident, reason, False))
             elif daemon.state is DaemonState.IDLE and health.idle_expired(daemon, now, self.s):
                 actions += self._on_idle(daemon, now)
             elif daemon.state is DaemonState.STARTING and now - daemon.spawned > self.s.start_timeout:
                 daemon.note = f"not ready after start_timeout={self.s.start_timeout}s"
                 daemon.state = DaemonState.STOPPING
-                actions.append(("kill", daemon.ident, daemon.note, False))
+                actions.append(Kill(daemon.ident, daemon.note, False))
         return actions + self.probe_quiet_streams(now) + self._fail_hopeless(now) + \
             self._finish_retirements() + self._scale(now)
 
@@ -515,6 +512,7 @@ class Broker(InFlight):
             "closing": self.closing,
             "failures": self.failures,
             "last_start_error": self.last_start_error,
+            "last_start_cause": self.start_cause if self.last_start_error else None,
             "counters": dict(self.counters),
             "daemons": [self._daemon_status(d, now) for d in self.daemons.values()],
             "restarts": [{"id": h["id"], "pid": h["pid"], "reason": h["reason"],

@@ -12,7 +12,7 @@ import zmq
 
 from . import fallback, pickling
 from .config import Settings, load_settings
-from .endpoints import default_endpoint
+from .endpoints import check_endpoint, default_endpoint
 from .errors import (BridgeError, InternalError, InvalidParams, InvalidRequest, PoolUnavailable,
                      error_from_wire)
 from .protocol import (DEFAULT_WINDOW, Kind, MAX_TIMEOUT_MS, MAX_WINDOW, decode_partial, decode_reply_body,
@@ -86,8 +86,9 @@ class ClientCore:
         self.settings = settings or load_settings(**overrides)
         # no endpoint: the one `zbridge serve` listens on by default
         self.endpoint = endpoint or (default_endpoint() if self.settings.pool_enabled else None)
+        check_endpoint(self.endpoint)  # before zmq, which only says "Invalid argument"
         if self.settings.serializer == "pickle":
-            pickling.check_endpoint("pickle", self.endpoint)  # ValueError over tcp
+            pickling.refuse_remote("pickle", self.endpoint)  # ValueError over tcp
             pickling.allow()  # this process then decodes the pickled replies it asked for
         self.tools = tool_specs(tools)
         self.connect_timeout = connect_timeout
@@ -97,6 +98,18 @@ class ClientCore:
             if self.settings.curve_server_key else None
         # one-shot subprocesses are slow and heavy: never more of them at once than daemons
         self._fallback_slots = threading.BoundedSemaphore(max(1, self.settings.workers))
+
+    def timeout_of(self, timeout: float | None) -> float:
+        """A call's timeout in seconds: the given one, or the ``timeout`` setting."""
+        if timeout is None:
+            return self.settings.timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        return float(timeout)
+
+    def _unreachable(self) -> PoolUnavailable:
+        return PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)",
+                               {"cause": "unreachable"})
 
     def _can_fallback(self) -> bool:
         """The pipe fallback needs to know the tools: a bare Client of a served hub cannot."""
@@ -158,5 +171,7 @@ def readiness(status: dict, wanted: int, settings: Settings) -> str:
 def not_ready_error(status: dict, wanted: int, timeout: float) -> PoolUnavailable:
     cause = status.get("last_start_error")
     why = f": {cause.strip().splitlines()[0]}" if cause else ""
-    return PoolUnavailable(f"{ready_count(status)} of {wanted} daemons ready after {timeout}s{why}",
-                           {"stderr": cause} if cause else None)
+    data = {"cause": status.get("last_start_cause") or "start_failed"}
+    if cause:
+        data["stderr"] = cause
+    return PoolUnavailable(f"{ready_count(status)} of {wanted} daemons ready after {timeout}s{why}", data)

@@ -2,6 +2,9 @@
 
 Every option can also come from a ``ZBRIDGE_*`` variable (click's envvar support); the
 pool settings are generated from ``zbridge.config.Settings`` so the table has one source.
+Each subcommand shows only what applies to it: ``serve`` every setting, ``call`` the
+client's options, with hub settings for an embedded ``call --tools`` through ``--set``
+or ``ZBRIDGE_*`` variables.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Callable
 
 import click
 
-from .config import Settings, env_name, load_settings
+from .config import Settings, _parse, env_name, load_settings
 from .endpoints import default_endpoint, ipc_path
 from .errors import BridgeError
 
@@ -25,9 +28,15 @@ DEFAULT_HELP = "an ipc socket in $XDG_RUNTIME_DIR/zbridge, else in <tempdir>/zbr
 _TYPES = {"int": int, "float": float, "str": str}
 
 
+# settings only a calling side reads: `serve` does not show them
+CLIENT_ONLY = ("max_in_flight", "pool_enabled", "fallback", "retries", "curve_server_key")
+
+
 def settings_options(fn: Callable) -> Callable:
-    """Add one option per Settings field (--kebab-name, envvar ZBRIDGE_NAME, default unset)."""
+    """Add one option per hub Settings field (--kebab-name, envvar ZBRIDGE_NAME, default unset)."""
     for f in reversed(fields(Settings)):
+        if f.name in CLIENT_ONLY:
+            continue
         flag = f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} [default: {f.default!r}; env {env_name(f.name)}]"
         if f.type == "bool":
@@ -43,8 +52,51 @@ def _settings(values: dict[str, Any]) -> Settings:
     names = {f.name for f in fields(Settings)}
     try:
         return load_settings(**{k: v for k, v in values.items() if k in names})
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def parse_set(items: tuple[str, ...]) -> dict[str, Any]:
+    """``--set NAME=VALUE`` pairs as typed settings (VALUE read as its variable would be)."""
+    kinds = {f.name: f.type for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in kinds:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE with NAME one of: {', '.join(kinds)}",
+                                     param_hint="--set")
+        try:
+            values[name] = _parse(kinds[name], raw, name)
+        except ValueError:
+            raise click.BadParameter(f"{name}={raw!r} is not a valid {kinds[name]}", param_hint="--set") from None
+    return values
+
+
+def _set_log_level(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is None or ctx.resilient_parsing:
+        return
+    try:
+        level = logging.getLevelName(value.upper())
+        if not isinstance(level, int):
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)") from None
+    logging.basicConfig(stream=sys.stderr, format="zbridge %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+
+
+def log_level_option(fn: Callable) -> Callable:
+    """--log-level after the subcommand too (``zbridge serve --log-level INFO``)."""
+    return click.option("--log-level", default=None, expose_value=False, callback=_set_log_level,
+                        metavar="LEVEL", help="Logging level (overrides the one before the subcommand).")(fn)
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from . import __version__
+        click.echo(f"zbridge {__version__}")
+        ctx.exit()
 
 
 tools_option = click.option("--tools", "tools", multiple=True, envvar="ZBRIDGE_TOOLS",
@@ -63,11 +115,13 @@ def resolve(endpoint: str | None) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "ZBRIDGE"})
-@click.option("--log-level", default="WARNING", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
-def main(log_level: str) -> None:
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
+@click.option("--log-level", default="WARNING", envvar="ZBRIDGE_LOG_LEVEL", show_default=True,
+              expose_value=False, callback=_set_log_level, metavar="LEVEL",
+              help="Logging level: DEBUG, INFO, WARNING, ERROR (also after the subcommand).")
+def main() -> None:
     """zbridge: keep Python tools warm in daemons and call them fast."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="zbridge %(levelname)s %(name)s: %(message)s")
 
 
 @main.command()
@@ -78,13 +132,15 @@ def main(log_level: str) -> None:
 @click.option("--drain-timeout", type=float, default=10.0, envvar="ZBRIDGE_DRAIN_TIMEOUT",
               show_default=True, help="Seconds running calls get to finish on SIGTERM/SIGINT.")
 @settings_options
+@log_level_option
 def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, **values: Any) -> None:
     """Run a hub and its daemons in this process until SIGTERM/SIGINT (twice: at once)."""
     from .hub import Hub
+    from .tools import tool_specs
     settings = _settings(values)
     bind = resolve(bind)
     try:
-        hub = Hub(settings, list(tools), frontend=bind)
+        hub = Hub(settings, tool_specs(list(tools)), frontend=bind)
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # zmq.ZMQError: address in use, bad endpoint
@@ -114,16 +170,29 @@ def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, **valu
     click.echo("zbridge hub stopped", err=True)
 
 
-@main.command()
+@main.command(epilog="Hub settings (workers, start_timeout, ...) apply to an embedded call "
+                     "(--tools without --endpoint): give them with --set NAME=VALUE or ZBRIDGE_* "
+                     "variables; `zbridge serve --help` lists them all.")
 @click.argument("tool")
 @click.option("--args", "args_json", default=None, help="Arguments as JSON: an object or an array.")
 @tools_option
 @endpoint_option
+@click.option("--timeout", type=float, default=None, envvar="ZBRIDGE_TIMEOUT",
+              help="Call deadline in seconds [default: 30.0; env ZBRIDGE_TIMEOUT].")
 @click.option("--idempotent", is_flag=True, help="Allow a retry if the daemon dies mid-call.")
 @click.option("--stream", is_flag=True, help="Print each item of a generator tool as it arrives (JSON lines).")
-@settings_options
+@click.option("--connect-timeout", type=float, default=5.0, show_default=True,
+              help="Seconds to wait for the hub before the call fails with PoolUnavailable.")
+@click.option("--curve-secret", envvar="ZBRIDGE_CURVE_SECRET", default=None,
+              help="Our CURVE secret key file, for a tcp hub [env ZBRIDGE_CURVE_SECRET].")
+@click.option("--curve-server-key", envvar="ZBRIDGE_CURVE_SERVER_KEY", default=None,
+              help="The hub's CURVE public key file [env ZBRIDGE_CURVE_SERVER_KEY].")
+@click.option("--set", "set_items", multiple=True, metavar="NAME=VALUE",
+              help="Any setting, e.g. --set workers=2 --set fallback=false (repeatable).")
+@log_level_option
 def call(tool: str, args_json: str | None, tools: tuple[str, ...], endpoint: str | None,
-         idempotent: bool, stream: bool, **values: Any) -> None:
+         timeout: float | None, idempotent: bool, stream: bool, connect_timeout: float,
+         curve_secret: str | None, curve_server_key: str | None, set_items: tuple[str, ...]) -> None:
     """Call TOOL once and print its JSON result (errors go to stderr, exit status 1).
 
     With --tools and no --endpoint, runs an embedded bridge for this one call.
@@ -132,9 +201,14 @@ def call(tool: str, args_json: str | None, tools: tuple[str, ...], endpoint: str
         args = json.loads(args_json) if args_json is not None else None
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--args") from None
+    values = parse_set(set_items)
+    for name, value in (("timeout", timeout), ("curve_secret", curve_secret),
+                        ("curve_server_key", curve_server_key)):
+        if value is not None:
+            values[name] = value
     settings = _settings(values)
     try:
-        with _open(settings, tools, endpoint) as client:
+        with _open(settings, tools, endpoint, connect_timeout) as client:
             if stream:
                 for item in client.stream(tool, args):
                     click.echo(json.dumps(item, default=repr))
@@ -156,11 +230,12 @@ def _remove_socket_file(endpoint: str) -> None:
             pass
 
 
-def _open(settings: Settings, tools: tuple[str, ...], endpoint: str | None):
+def _open(settings: Settings, tools: tuple[str, ...], endpoint: str | None, connect_timeout: float):
     from .bridge import Bridge
     from .client import Client
     if endpoint or not tools:
-        return Client(resolve(endpoint), tools=list(tools), settings=settings)
+        return Client(resolve(endpoint), tools=list(tools), settings=settings,
+                      connect_timeout=connect_timeout)
     return Bridge(list(tools), settings=settings)
 
 
@@ -170,6 +245,7 @@ def _open(settings: Settings, tools: tuple[str, ...], endpoint: str | None):
 @click.option("--curve-secret", envvar="ZBRIDGE_CURVE_SECRET", default="", help="Our CURVE secret key file.")
 @click.option("--curve-server-key", envvar="ZBRIDGE_CURVE_SERVER_KEY", default="",
               help="The hub's CURVE public key file.")
+@log_level_option
 def status(endpoint: str | None, as_json: bool, curve_secret: str, curve_server_key: str) -> None:
     """Show the daemons and queue of a running `zbridge serve`."""
     from .client import Client
@@ -190,20 +266,42 @@ def _cell(value: Any, fmt: str = "") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+# (heading, value of a daemon's status map, left-aligned)
+_COLUMNS: list[tuple[str, Callable[[dict], str], bool]] = [
+    ("id", lambda d: str(d["id"]), True),
+    ("pid", lambda d: _cell(d.get("pid")), False),
+    ("state", lambda d: str(d["state"]) + (" (unresponsive)" if d.get("unresponsive") else ""), True),
+    ("calls", lambda d: _cell(d.get("calls")), False),
+    ("uptime_s", lambda d: _cell(d.get("uptime_s"), ".1f"), False),
+    ("rss_mb", lambda d: _cell(d["rss"] / 1048576 if d.get("rss") else None, ".1f"), False),
+    ("beat_age_s", lambda d: _cell(d.get("last_beat_age_s"), ".2f"), False),
+    ("call", lambda d: _cell(d.get("current_call")), False),
+    ("call_age_s", lambda d: _cell(d.get("call_age_s"), ".2f"), False),
+]
+
+
+def format_table(headings: list[str], rows: list[list[str]], left: list[bool]) -> list[str]:
+    """Columns as wide as their widest cell, two spaces apart."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headings)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if is_left else c.rjust(w)
+                         for c, w, is_left in zip(cells, widths, left)).rstrip()
+    return [line(headings)] + [line(r) for r in rows]
+
+
 def format_status(info: dict) -> str:
     """The status map as a table a person can read."""
+    queue = f"queue depth {info['queue_depth']}"
+    if info.get("queue_bytes") is not None:
+        queue += f" ({info['queue_bytes']} bytes)"
     lines = [f"hub pid {info['hub_pid']} at {info['endpoint']}: {len(info['daemons'])} daemon(s) of "
-             f"{info['workers']}, queue depth {info['queue_depth']}"
-             + (" (shutting down)" if info.get("closing") else "")]
-    lines.append(f"{'id':<6} {'pid':>8} {'state':<9} {'calls':>7} {'uptime_s':>9} {'rss_mb':>7} "
-                 f"{'beat_age_s':>10} {'call':>8} {'call_age_s':>10}")
-    for d in info["daemons"]:
-        rss = d["rss"] / 1048576 if d.get("rss") else None
-        lines.append(f"{d['id']:<6} {_cell(d['pid']):>8} {d['state']:<9} {d['calls']:>7} "
-                     f"{_cell(d['uptime_s'], '.1f'):>9} {_cell(rss, '.1f'):>7} "
-                     f"{_cell(d.get('last_beat_age_s'), '.2f'):>10} {_cell(d['current_call']):>8} "
-                     f"{_cell(d['call_age_s'], '.2f'):>10}"
-                     + (f"  retiring: {d['retiring']}" if d.get("retiring") else ""))
+             f"{info['workers']}, {queue}" + (" (shutting down)" if info.get("closing") else "")]
+    rows = [[value(d) for _, value, _ in _COLUMNS] for d in info["daemons"]]
+    table = format_table([h for h, _, _ in _COLUMNS], rows, [left for _, _, left in _COLUMNS])
+    lines.append(table[0])
+    for d, text in zip(info["daemons"], table[1:]):
+        lines.append(text + (f"  retiring: {d['retiring']}" if d.get("retiring") else ""))
     restarts = info.get("restarts") or []
     if restarts:
         lines.append(f"recent exits ({len(restarts)}):")
@@ -219,6 +317,7 @@ def format_status(info: dict) -> str:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--name", default="zbridge", show_default=True, help="File name stem of the keypair.")
 @click.option("--force", is_flag=True, help="Replace an existing keypair of that name.")
+@log_level_option
 def keygen(directory: str, name: str, force: bool) -> None:
     """Write a CURVE keypair: DIRECTORY/NAME.key (public) and NAME.key_secret (mode 0600).
 

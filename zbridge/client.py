@@ -16,14 +16,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 import zmq
 
-from . import fanout
+from . import fanout, plans
+from .calls import (HUB_GRACE, STREAM_WINDOW, ClientCore, build_request, configure_dealer,
+                    read_stream_message, reply_id, result_of)
 from .config import Settings
-from .calls import (HUB_GRACE, STREAM_WINDOW, ClientCore, build_request, configure_dealer, credit_due,
-                    not_ready_error, read_stream_message, readiness, reply_id, result_of)
-from .errors import (BridgeError, CallTimeout, Cancelled, ConnectionLost, InvalidParams,
-                     InvalidRequest, PoolUnavailable)
-from .policy import Step, after_error
-from .protocol import encode_cancel, encode_credit, encode_status_request, read_header
+from .errors import BridgeError, Cancelled, ConnectionLost
+from .protocol import encode_cancel, encode_credit, read_header
 
 SUBMIT_THREADS = 32
 
@@ -48,30 +46,13 @@ class Client(ClientCore):
     def call(self, tool: str, args: Any = None, *, timeout: float | None = None,
              idempotent: bool = False) -> Any:
         """Run ``tool`` with ``args`` (a list, a dict or None) and return its result."""
-        if self._closed:
-            raise PoolUnavailable("client is closed", {"closing": True})
-        timeout = self.settings.timeout if timeout is None else float(timeout)
-        if not self.settings.pool_enabled:
-            return self._one_shot_call(tool, args, timeout)
-        attempt = 0
-        while True:
-            try:
-                return self._roundtrip(self._request(tool, args, timeout, idempotent), timeout)
-            except BridgeError as exc:
-                step = after_error(exc, attempt=attempt, idempotent=idempotent,
-                                   retries=self.settings.retries, can_fallback=self._can_fallback())
-                if step is Step.RETRY:
-                    attempt += 1
-                    continue
-                if step is Step.FALLBACK:
-                    return self._one_shot_call(tool, args, timeout)
-                raise
+        return self._drive(plans.call(self, tool, args, timeout, idempotent))
 
     def submit(self, tool: str, args: Any = None, *, timeout: float | None = None,
                idempotent: bool = False) -> CallFuture:
         """Like call(), but returns a Future at once; its cancel() also cancels a running call."""
         if self._closed:
-            raise PoolUnavailable("client is closed", {"closing": True})
+            raise plans.closed_error()
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="zbridge-submit")
@@ -91,14 +72,6 @@ class Client(ClientCore):
         self._executor.submit(run)
         return future
 
-    @staticmethod
-    def _send_cancel(sock: zmq.Socket, request_id: int) -> None:
-        """CANCEL on the socket that sent the call: the hub honours no other."""
-        try:
-            sock.send(encode_cancel(request_id), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # the hub is gone: nothing runs there to cancel
-
     def stream(self, tool: str, args: Any = None, *, timeout: float | None = None,
                window: int = STREAM_WINDOW) -> Iterator[Any]:
         """Iterate over a generator tool's items as they are produced.
@@ -107,143 +80,59 @@ class Client(ClientCore):
         raised here after the items before it; ``timeout`` bounds the whole stream; leaving
         the loop early cancels the call. A tool that is not a generator yields its result once.
         """
-        if self._closed:
-            raise PoolUnavailable("client is closed", {"closing": True})
-        timeout = self.settings.timeout if timeout is None else float(timeout)
-        if not self.settings.pool_enabled:
-            return self._one_shot_stream(tool, args, timeout)
-        frame = build_request(self.settings, next(self._ids), tool, args, timeout, False, window)
-        return self._stream(frame, tool, args, timeout, window)
-
-    def _stream(self, frame: bytes, tool: str, args: Any, timeout: float, window: int) -> Iterator[Any]:
-        request_id = read_header(frame).id
-        sock = self._new_socket()  # its own socket: other calls on this thread stay apart
-        finished, consumed, yielded = False, 0, False
-        try:
-            try:
-                sock.send(frame)
-            except zmq.Again:
-                raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)",
-                                      {"cause": "unreachable"}) from None
-            deadline = time.monotonic() + timeout + HUB_GRACE
-            while True:
-                message = self._receive(sock, deadline, timeout)
-                kind, value = read_stream_message(message, request_id, self.settings.max_message_size) \
-                    or (None, None)
-                if kind == "item":
-                    yielded = True
-                    yield value
-                    consumed += 1
-                    if credit_due(consumed, window):
-                        sock.send(encode_credit(request_id, consumed))
-                        consumed = 0
-                elif kind is not None:
-                    finished = True
-                    if kind == "error":
-                        if not yielded and self._can_fallback() and \
-                                after_error(value, attempt=0, idempotent=False, retries=0,
-                                            can_fallback=True) is Step.FALLBACK:
-                            yield from self._one_shot_stream(tool, args, timeout)
-                            return
-                        raise value
-                    return
-        finally:
-            if not finished:  # the consumer left early, or the deadline passed
-                self._send_cancel(sock, request_id)
-            self._close_socket(sock, linger=100 if not finished else 0)
-
-    def _receive(self, sock: zmq.Socket, deadline: float, timeout: float,
-                 on_slice: Callable[[], None] | None = None) -> bytes:
-        while True:
-            try:
-                return sock.recv()
-            except zmq.Again:
-                if on_slice is not None:
-                    on_slice()
-                if self._closed:
-                    raise Cancelled("client closed while the call was waiting") from None
-                if self._dropped(sock):
-                    raise self._connection_lost() from None
-                if time.monotonic() >= deadline:
-                    raise CallTimeout(f"no reply from the hub within {timeout}s") from None
-
-    def _connection_lost(self) -> ConnectionLost:
-        return ConnectionLost(f"the hub at {self.endpoint} dropped the connection while the call was "
-                              "in flight (e.g. a message over its max_message_size); it may have run")
-
-    def _dropped(self, sock: zmq.Socket) -> bool:
-        watch = self._watches.get(sock)
-        return watch is not None and watch.dropped()
+        plan = plans.stream(self, tool, args, timeout, window)
+        first = next(plan)  # usage errors (closed client, bad window) surface here, at once
+        return self._drive_stream(plan, first)
 
     def call_many(self, calls: Iterable[tuple[str, Any]], *, timeout: float | None = None,
-                  idempotent: bool = False, return_exceptions: bool = False) -> list:
+                  idempotent: bool = False, return_exceptions: bool = False) -> list[Any]:
         """Run ``(tool, args)`` pairs concurrently across the daemons; results in order.
 
-        With ``return_exceptions`` each failed call's error takes its place in the list;
-        otherwise the first error (in call order) is raised once all calls have finished.
+        At most ``max_in_flight`` are at the hub at once. With ``return_exceptions`` each
+        failed call's error takes its place in the list; otherwise the first error (in call
+        order) is raised once all calls have finished.
         """
         calls = list(calls)
-        timeout = self.settings.timeout if timeout is None else float(timeout)
+        timeout = self.timeout_of(timeout)
         outcomes: list[Any] = []
         frames: list[bytes] = []
         for tool, args in calls:
             try:
-                frames.append(self._request(tool, args, timeout, idempotent))
+                frames.append(build_request(self.settings, next(self._ids), tool, args, timeout, idempotent))
                 outcomes.append(None)
             except BridgeError as exc:
                 outcomes.append(exc)
         if self.settings.pool_enabled and frames and not self._closed:
-            deadline = time.monotonic() + timeout + HUB_GRACE
             sock = self._socket()
-            replies = fanout.pipeline(sock, frames, deadline,
-                                      lambda r: result_of(r, self.settings.max_message_size),
-                                      window=self.settings.max_in_flight,
-                                      lost=lambda: self._connection_lost() if self._dropped(sock) else None)
-            answers = iter(replies)
-            outcomes = [o if isinstance(o, BridgeError) else next(answers) for o in outcomes]
+            replies = iter(fanout.pipeline(
+                sock, frames, time.monotonic() + timeout + HUB_GRACE,
+                lambda r: result_of(r, self.settings.max_message_size),
+                window=self.settings.max_in_flight,
+                lost=lambda: self._connection_lost() if self._dropped(sock) else None))
+            outcomes = [o if isinstance(o, BridgeError) else next(replies) for o in outcomes]
         for i, (tool, args) in enumerate(calls):
-            outcome = outcomes[i]
-            if not self.settings.pool_enabled or self._needs_another_try(outcome, idempotent):
+            if plans.needs_another_try(self, outcomes[i], idempotent):
                 try:  # call() applies the same retry / fallback rules one call at a time
                     outcomes[i] = self.call(tool, args, timeout=timeout, idempotent=idempotent)
                 except BridgeError as exc:
                     outcomes[i] = exc
-        errors = [o for o in outcomes if isinstance(o, BridgeError)]
-        if errors and not return_exceptions:
-            raise errors[0]
-        return outcomes
+        return plans.settle(outcomes, return_exceptions)
 
     def map(self, tool: str, items: Iterable[Any], *, timeout: float | None = None,
-            idempotent: bool = False, return_exceptions: bool = False) -> list:
+            idempotent: bool = False, return_exceptions: bool = False) -> list[Any]:
         """``tool(item)`` for every item, spread over the daemons; results in order."""
         return self.call_many([(tool, [item]) for item in items], timeout=timeout,
                               idempotent=idempotent, return_exceptions=return_exceptions)
 
-    def _needs_another_try(self, outcome: Any, idempotent: bool) -> bool:
-        if not isinstance(outcome, BridgeError) or isinstance(outcome, (InvalidParams, InvalidRequest)):
-            return False
-        return after_error(outcome, attempt=0, idempotent=idempotent, retries=self.settings.retries,
-                           can_fallback=self._can_fallback()) is not Step.RAISE
-
-    def wait_ready(self, timeout: float = 60.0, count: int | None = None) -> dict:
+    def wait_ready(self, timeout: float = 60.0, count: int | None = None) -> dict[str, Any]:
         """Block until ``count`` daemons (default: ``workers``, at least 1) are up; returns
         the status. Starts any not yet started. Raises PoolUnavailable on timeout, or at once
         when starts keep failing."""
-        wanted = count if count is not None else max(1, self.settings.workers)
-        deadline = time.monotonic() + timeout
-        status = self.status(prewarm=True)
-        while (state := readiness(status, wanted, self.settings)) != "ready":
-            if state == "failed" or time.monotonic() >= deadline:
-                raise not_ready_error(status, wanted, timeout)
-            time.sleep(0.02)
-            status = self.status()
-        return status
+        return self._drive(plans.wait_ready(self, timeout, count))
 
-    def status(self, timeout: float = 5.0, *, prewarm: bool = False) -> dict:
+    def status(self, timeout: float = 5.0, *, prewarm: bool = False) -> dict[str, Any]:
         """The hub's view: daemons (pid, state, calls, uptime, current call), queue, counters."""
-        if not self.settings.pool_enabled:
-            return {"pool_enabled": False, "daemons": [], "queue_depth": 0}
-        return self._roundtrip(encode_status_request(next(self._ids), prewarm), timeout)
+        return self._drive(plans.status(self, timeout, prewarm))
 
     def close(self) -> None:
         """Close sockets; waiting calls in other threads end with Cancelled."""
@@ -259,16 +148,129 @@ class Client(ClientCore):
         if self._own_context:
             self.context.destroy(linger=0)  # never waits on a socket another frame still holds
 
-    def __enter__(self):
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- internals ---------------------------------------------------------------------
+    # --- driving plans: the only I/O ---------------------------------------------------
 
-    def _request(self, tool: str, args: Any, timeout: float, idempotent: bool) -> bytes:
-        return build_request(self.settings, next(self._ids), tool, args, timeout, idempotent)
+    def _drive(self, plan: plans.Plan) -> Any:
+        """Run a plan to its end, performing its operations with blocking sockets."""
+        outcome: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = plan.send(outcome) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value
+            outcome, error = None, None
+            try:
+                outcome = self._perform(op)
+            except BridgeError as exc:
+                error = exc
+
+    def _perform(self, op: plans.Op) -> Any:
+        match op:
+            case plans.Roundtrip(frame, timeout):
+                return self._roundtrip(frame, timeout)
+            case plans.OneShot(tool, args, timeout):
+                return self._one_shot_call(tool, args, timeout)
+            case plans.Sleep(seconds):
+                time.sleep(seconds)
+                return None
+        raise TypeError(f"not a call operation: {op!r}")
+
+    def _drive_stream(self, plan: plans.Plan, op: plans.Op) -> Iterator[Any]:
+        """Run a stream plan: its own socket (other calls on this thread stay apart), items
+        handed to the consumer, and a CANCEL whenever the plan does not reach its end."""
+        sock: zmq.Socket | None = None
+        request_id, finished = 0, False
+        try:
+            while True:
+                outcome: Any = None
+                error: BaseException | None = None
+                match op:
+                    case plans.Item(value):
+                        yield value
+                    case plans.OneShotItems(tool, args, timeout):
+                        yield from self._one_shot_stream(tool, args, timeout)
+                    case plans.Open(frame):
+                        sock, request_id = self._new_socket(), plans.request_id(frame)
+                        error = self._try(lambda: self._send(sock, frame))
+                    case plans.Receive(deadline, timeout):
+                        try:
+                            outcome = self._next_stream_message(sock, request_id, deadline, timeout)
+                        except BridgeError as exc:
+                            error = exc
+                    case plans.Credit(n):
+                        sock.send(encode_credit(request_id, n))
+                try:
+                    op = plan.send(outcome) if error is None else plan.throw(error)
+                except StopIteration:
+                    finished = True
+                    return
+        finally:
+            if sock is not None:
+                if not finished:  # the consumer left early, the deadline passed, or it failed
+                    self._send_cancel(sock, request_id)
+                self._close_socket(sock, linger=0 if finished else 100)
+
+    @staticmethod
+    def _try(action: Callable[[], None]) -> BridgeError | None:
+        try:
+            action()
+        except BridgeError as exc:
+            return exc
+        return None
+
+    def _next_stream_message(self, sock: zmq.Socket, request_id: int, deadline: float,
+                             timeout: float) -> tuple[str, Any]:
+        while True:
+            message = read_stream_message(self._receive(sock, deadline, timeout), request_id,
+                                          self.settings.max_message_size)
+            if message is not None:
+                return message
+
+    def _send(self, sock: zmq.Socket, frame: bytes) -> None:
+        try:
+            sock.send(frame, copy=len(frame) < 65536)
+        except zmq.Again:
+            raise self._unreachable() from None
+
+    @staticmethod
+    def _send_cancel(sock: zmq.Socket, request_id: int) -> None:
+        """CANCEL on the socket that sent the call: the hub honours no other."""
+        try:
+            sock.send(encode_cancel(request_id), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the hub is gone: nothing runs there to cancel
+
+    def _receive(self, sock: zmq.Socket, deadline: float, timeout: float,
+                 on_slice: Callable[[], None] | None = None) -> bytes:
+        while True:
+            try:
+                return sock.recv()
+            except zmq.Again:
+                if on_slice is not None:
+                    on_slice()
+                if self._closed:
+                    raise Cancelled("client closed while the call was waiting") from None
+                if self._dropped(sock):
+                    raise self._connection_lost() from None
+                if time.monotonic() >= deadline:
+                    raise plans.timed_out(timeout) from None
+
+    def _connection_lost(self) -> ConnectionLost:
+        return ConnectionLost(f"the hub at {self.endpoint} dropped the connection while the call was "
+                              "in flight (e.g. a message over its max_message_size); it may have run")
+
+    def _dropped(self, sock: zmq.Socket) -> bool:
+        watch = self._watches.get(sock)
+        return watch is not None and watch.dropped()
+
+    # --- internals ---------------------------------------------------------------------
 
     def _new_socket(self) -> zmq.Socket:
         sock = self.context.socket(zmq.DEALER)
@@ -313,11 +315,7 @@ class Client(ClientCore):
         watch = self._watches.get(sock)
         if watch is not None:
             watch.forget()  # a drop before this call is not this call's
-        try:
-            sock.send(frame, copy=len(frame) < 65536)
-        except zmq.Again:
-            raise PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)",
-                                  {"cause": "unreachable"}) from None
+        self._send(sock, frame)
         deadline = time.monotonic() + timeout + HUB_GRACE
         try:
             while True:

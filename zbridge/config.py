@@ -7,6 +7,7 @@ The CLI builds its options from the same table.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -44,7 +45,7 @@ class Settings:
     pool_enabled: bool = _setting(True, "Use warm daemons; false runs each call in a fresh --stdio subprocess.")
     fallback: bool = _setting(True, "Use a one-shot subprocess when the pool cannot serve a call that never ran.")
     retries: int = _setting(2, "Retries of idempotent calls that met WorkerLost.")
-    cancel_mode: str = _setting("interrupt", "A cancelled running call: interrupt (raise zbridge.Cancelled in the tool), abandon (drop its result) or kill (replace the daemon).")
+    cancel_mode: str = _setting("interrupt", "A cancelled running call: interrupt (raise zbridge.Interrupted in the tool), abandon (drop its result) or kill (replace the daemon).")
     serializer: str = _setting("msgpack", "msgpack, or pickle for any Python object on a trusted local bridge (refused with a tcp endpoint).")
     python: str = _setting("", "Interpreter for daemons (default: this one).")
     expose_tracebacks: str = _setting("auto", "Tool tracebacks in error replies: auto (on for ipc/inproc, off for tcp), true or false.")
@@ -57,6 +58,8 @@ class Settings:
     heartbeat_bind: str = _setting("", "Hub: heartbeat endpoint for daemons on other hosts (with daemon_bind).")
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            check_type(f.name, f.type, getattr(self, f.name))
         if self.workers < 0:
             raise ValueError(f"workers must be at least 0, not {self.workers}")
         if self.expose_tracebacks not in ("auto", "true", "false"):
@@ -75,6 +78,62 @@ class Settings:
             raise ValueError(f"serializer must be msgpack or pickle, not {self.serializer!r}")
         if self.timeout <= 0 or self.max_queue < 0 or self.max_queue_bytes < 0:
             raise ValueError("timeout must be > 0, max_queue and max_queue_bytes >= 0")
+
+
+_EXPECTED = {"int": "an int", "float": "a number (int or float)", "bool": "a bool (True or False)",
+             "str": "a str"}
+
+
+def check_type(name: str, kind: str, value: Any) -> None:
+    """TypeError naming the setting unless ``value`` is of its type (bool is no number here)."""
+    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "bool": isinstance(value, bool),
+          "str": isinstance(value, str)}.get(kind, True)
+    if not ok:
+        raise TypeError(f"setting {name!r} must be {_EXPECTED[kind]}, not {type(value).__name__} {value!r}")
+
+
+# ZBRIDGE_* names read outside Settings: CLI-only options, daemon options, tests and tools
+OTHER_VARIABLES = frozenset({
+    "ZBRIDGE_TOOLS", "ZBRIDGE_BIND", "ZBRIDGE_ENDPOINT", "ZBRIDGE_LOG_LEVEL", "ZBRIDGE_DRAIN_TIMEOUT",
+    "ZBRIDGE_CONNECT", "ZBRIDGE_IDENTITY", "ZBRIDGE_HEARTBEAT", "ZBRIDGE_EXIT_ON_HUB_LOSS",
+    "ZBRIDGE_SOAK_SECONDS", "ZBRIDGE_EXAMPLE_LOAD_SECONDS",
+})
+# prefixes: the test suite's own, and click's automatic ZBRIDGE_<COMMAND>_<OPTION> names
+OTHER_PREFIXES = ("ZBRIDGE_TEST_", "ZBRIDGE_SERVE_", "ZBRIDGE_CALL_", "ZBRIDGE_STATUS_",
+                  "ZBRIDGE_KEYGEN_", "ZBRIDGE_BENCH_")
+_warned = False
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """ZBRIDGE_* names in ``env`` that nothing reads: most likely typos."""
+    known = {env_name(f.name) for f in fields(Settings)} | OTHER_VARIABLES
+    return sorted(name for name in env if name.startswith("ZBRIDGE_") and name not in known
+                  and not name.startswith(OTHER_PREFIXES))
+
+
+def warn_unknown_variables(env: Mapping[str, str]) -> None:
+    """Warn once per process about ZBRIDGE_* variables nothing reads."""
+    global _warned
+    if _warned:
+        return
+    unknown = unknown_variables(env)
+    if unknown:
+        _warned = True
+        warnings.warn(f"unknown zbridge environment variable(s) ignored: {', '.join(unknown)} "
+                      f"(settings are listed in zbridge.config.describe() and the README)",
+                      stacklevel=_outside_zbridge())
+
+
+def _outside_zbridge() -> int:
+    """The stacklevel of the first caller outside this package, so the warning names user code."""
+    import sys
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(2), 2  # 1 is warn_unknown_variables itself
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def env_name(name: str) -> str:
@@ -98,7 +157,9 @@ def _parse(kind: Any, raw: str, name: str) -> Any:
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Settings from defaults, then ZBRIDGE_* variables, then non-None ``overrides``."""
-    env = os.environ if env is None else env
+    if env is None:
+        env = os.environ
+        warn_unknown_variables(env)
     values: dict[str, Any] = {}
     known = {f.name: f for f in fields(Settings)}
     for name, f in known.items():

@@ -214,3 +214,33 @@ def check_daemon_bind(endpoint: str, *, curve: bool) -> None:
                          "reaches it could receive calls and forge results (give --curve-secret "
                          "and --curve-daemons)")
     check_bindable(endpoint, authenticated=True)
+
+
+ENDPOINT_FORMS = "ipc:///path/to/socket, tcp://HOST:PORT (e.g. tcp://127.0.0.1:5555) or inproc://NAME"
+
+
+def check_endpoint(endpoint: str | None) -> None:
+    """Refuse a malformed endpoint before zmq sees it (zmq only says "Invalid argument").
+
+    None passes: it means "no endpoint" to the callers that accept one.
+    """
+    if endpoint is None:
+        return
+    if not isinstance(endpoint, str):
+        raise TypeError(f"endpoint must be a str such as {ENDPOINT_FORMS}, not {type(endpoint).__name__}")
+    scheme, sep, address = endpoint.partition("://")
+    problem = None
+    if not sep:
+        problem = "it has no scheme"
+    elif scheme not in ("ipc", "tcp", "inproc"):
+        problem = f"scheme {scheme!r} is not ipc, tcp or inproc"
+    elif not address:
+        problem = "the address after :// is empty"
+    elif scheme == "tcp":
+        host, colon, port = address.rpartition(":")
+        if not colon or not host:
+            problem = "a tcp endpoint needs HOST:PORT"
+        elif not (port == "*" or (port.isdigit() and 0 < int(port) < 65536)):
+            problem = f"port {port!r} is not a number from 1 to 65535"
+    if problem:
+        raise ValueError(f"invalid endpoint {endpoint!r}: {problem}; use {ENDPOINT_FORMS}")

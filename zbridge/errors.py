@@ -1,18 +1,23 @@
-"""Every error zbridge raises, as one tree with JSON-RPC codes.
+"""Every error zbridge raises, as one tree with JSON-RPC codes, grouped by what a caller can do.
 
     BridgeError (-32603)                 root; catch this to catch everything
-    ├── ParseError (-32700)              bytes / JSON that could not be decoded
-    ├── InvalidRequest (-32600)          well-formed but not a valid request
-    ├── ToolNotFound (-32601)            no tool by that name in the daemon
-    ├── InvalidParams (-32602)           arguments do not fit the tool's signature
-    ├── InternalError (-32603)           zbridge itself failed (e.g. unencodable result)
-    ├── ToolError (-32000)               the tool raised; .data has type, message, traceback
-    ├── CallTimeout (-32001)             the deadline passed before a reply
-    ├── WorkerLost (-32002)              the daemon died or was killed while holding the call
-    ├── Overloaded (-32003)              the hub's queue is full
-    ├── PoolUnavailable (-32004)         no daemon can serve (start failed, hub gone, closing)
-    ├── Cancelled (-32005)               the call was cancelled
-    └── ConnectionLost (-32006)          the hub dropped this client's connection mid-call
+    ├── DidNotRun                        the call never ran: safe to retry or send elsewhere
+    │   ├── ParseError (-32700)          bytes / JSON that could not be decoded
+    │   ├── InvalidRequest (-32600)      well-formed but not a valid request
+    │   ├── ToolNotFound (-32601)        no tool by that name in the daemon
+    │   ├── InvalidParams (-32602)       arguments do not fit the tool's signature
+    │   ├── Overloaded (-32003)          the hub's queue is full
+    │   └── PoolUnavailable (-32004)     no daemon can serve (start failed, hub gone, closing)
+    ├── MayHaveRun                       it may have run: retry only what is idempotent
+    │   ├── CallTimeout (-32001)         the deadline passed before a reply (also a TimeoutError)
+    │   ├── WorkerLost (-32002)          the daemon died or was killed while holding the call
+    │   ├── Cancelled (-32005)           the call was cancelled
+    │   └── ConnectionLost (-32006)      the hub dropped this client's connection mid-call
+    ├── ToolError (-32000)               the tool ran and raised; .data has type, message, traceback
+    └── InternalError (-32603)           zbridge failed (e.g. the result cannot be encoded)
+
+    Interrupted (a BaseException)        raised *inside a tool* when its caller cancels it, so a
+                                         tool's ``except Exception:`` does not swallow it
 
 Errors convert both ways: ``err.to_wire()`` gives the JSON-RPC error object and
 ``error_from_wire(obj)`` rebuilds the matching class (unknown codes give ``BridgeError``).
@@ -25,7 +30,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
-    "BridgeError", "ParseError", "InvalidRequest", "ToolNotFound", "InvalidParams",
+    "BridgeError", "DidNotRun", "MayHaveRun", "Interrupted", "ParseError", "InvalidRequest", "ToolNotFound", "InvalidParams",
     "InternalError", "ToolError", "CallTimeout", "WorkerLost", "Overloaded",
     "PoolUnavailable", "Cancelled", "ConnectionLost", "error_from_wire", "error_class_for",
 ]
@@ -55,22 +60,36 @@ class BridgeError(Exception):
         return f"{type(self).__name__}({self.message!r})"
 
 
-class ParseError(BridgeError):
+class DidNotRun(BridgeError):
+    """The call never ran: retrying it, or running it elsewhere, cannot run it twice."""
+
+
+class MayHaveRun(BridgeError):
+    """The call may have run: retry it only if running it twice is harmless (idempotent)."""
+
+
+class Interrupted(BaseException):
+    """Raised inside a tool whose caller cancelled it (cancel_mode=interrupt). A
+    BaseException, like asyncio.CancelledError, so ``except Exception:`` lets it through;
+    catch it by name to clean up, then let it go."""
+
+
+class ParseError(DidNotRun):
     """The message could not be decoded."""
     code = -32700
 
 
-class InvalidRequest(BridgeError):
+class InvalidRequest(DidNotRun):
     """The message decoded but is not a valid request."""
     code = -32600
 
 
-class ToolNotFound(BridgeError):
+class ToolNotFound(DidNotRun):
     """No tool with the requested name is loaded."""
     code = -32601
 
 
-class InvalidParams(BridgeError):
+class InvalidParams(DidNotRun):
     """The arguments do not match the tool's signature."""
     code = -32602
 
@@ -93,32 +112,32 @@ class ToolError(BridgeError):
         return self.data.get("traceback") if isinstance(self.data, dict) else None
 
 
-class CallTimeout(BridgeError):
+class CallTimeout(MayHaveRun, TimeoutError):
     """The call's deadline passed before a reply arrived."""
     code = -32001
 
 
-class WorkerLost(BridgeError):
+class WorkerLost(MayHaveRun):
     """The daemon running the call died or was killed; the call may have run."""
     code = -32002
 
 
-class Overloaded(BridgeError):
+class Overloaded(DidNotRun):
     """The hub's queue is full; the call was not accepted and did not run."""
     code = -32003
 
 
-class PoolUnavailable(BridgeError):
+class PoolUnavailable(DidNotRun):
     """No daemon can serve the call; the call did not run."""
     code = -32004
 
 
-class Cancelled(BridgeError):
+class Cancelled(MayHaveRun):
     """The call was cancelled."""
     code = -32005
 
 
-class ConnectionLost(BridgeError):
+class ConnectionLost(MayHaveRun):
     """The connection to the hub dropped while the call was in flight (for example after
     a frame over the hub's max_message_size); the call may have run."""
     code = -32006

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable
 from types import AsyncGeneratorType, GeneratorType
 
-from .errors import Cancelled, InvalidParams, ToolError, ToolNotFound
+from .errors import InvalidParams, ToolError, ToolNotFound
 from .jsonrpc import resolve_tool_call
 from .tools import Registry
 
@@ -56,7 +56,7 @@ class Executor:
                         return
             else:
                 yield from gen
-        except (Cancelled, GeneratorExit):
+        except GeneratorExit:
             raise
         except (Exception, SystemExit) as exc:
             raise tool_error(exc, self.expose_tracebacks) from None
@@ -78,8 +78,6 @@ class Executor:
             if isinstance(result, Awaitable):
                 result = self._await(result)
             return result
-        except Cancelled:
-            raise  # the caller cancelled: not the tool's error
         except TypeError as exc:
             # Binding is checked only when a call fails, keeping it off the hot path: a
             # TypeError raised before the tool's first line ran means the arguments were wrong.

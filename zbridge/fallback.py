@@ -1,13 +1,13 @@
-"""The pipe fallback: one ``zbridge-daemon --stdio`` subprocess for one call.
+"""The pipe fallback: one ``zbridge-daemon --stdio-msgpack`` subprocess for one call.
 
 Slow (a fresh interpreter and fresh imports every call) but independent of the pool; used
-when the pool is disabled or cannot serve a call that never ran. Answers with the same
-results and error codes as the pool.
+when the pool is disabled or cannot serve a call that never ran. It speaks the pool's own
+frames (length-prefixed on the pipe, see ``zbridge_daemon.framed``), built and read by the
+same functions as the pool's, so it answers with the same values and the same errors.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,23 +16,27 @@ import threading
 from typing import Any, Iterator
 
 from .config import Settings
-from .errors import CallTimeout, InvalidParams, WorkerLost, error_from_wire
-from .jsonrpc import PARTIAL_METHOD, STREAM_METHOD, encode_line, request_object
+from .errors import BridgeError, CallTimeout, WorkerLost, error_from_wire
+from .protocol import Kind, decode_partial, decode_reply_body, read_header
 from .supervisor import _emit, describe_exit
+
+REQUEST_ID = 1
 
 
 def stdio_command(settings: Settings, tools: list[str]) -> list[str]:
-    cmd = [settings.python or sys.executable, "-m", "zbridge_daemon", "--stdio"]
+    cmd = [settings.python or sys.executable, "-m", "zbridge_daemon", "--stdio-msgpack",
+           "--no-expose-tracebacks" if settings.expose_tracebacks == "false" else "--expose-tracebacks"]
     for spec in tools:
         cmd += ["--tools", spec]
     return cmd
 
 
-def _request_line(method: str, params: Any) -> bytes:
-    try:
-        return encode_line(request_object(1, method, params))
-    except (TypeError, ValueError) as exc:
-        raise InvalidParams(f"arguments cannot be encoded as JSON: {exc}") from None
+def _request(settings: Settings, tool: str, args: Any, timeout: float, stream: bool) -> bytes:
+    """The request frame with its length prefix; InvalidParams/InvalidRequest as the pool raises."""
+    from .calls import build_request  # calls imports this module
+    from zbridge_daemon.framed import LENGTH
+    frame = build_request(settings, REQUEST_ID, tool, args, timeout, False, window=1 if stream else 0)
+    return LENGTH.pack(len(frame)) + frame
 
 
 def _start(settings: Settings, tools: list[str], stderr: Any) -> subprocess.Popen:
@@ -41,10 +45,10 @@ def _start(settings: Settings, tools: list[str], stderr: Any) -> subprocess.Pope
 
 
 def call_once(settings: Settings, tools: list[str], tool: str, args: Any, timeout: float) -> Any:
-    line = _request_line(tool, args)
+    data = _request(settings, tool, args, timeout, stream=False)
     proc = _start(settings, tools, subprocess.PIPE)
     try:
-        out, err = proc.communicate(line, timeout=timeout)
+        out, err = proc.communicate(data, timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
@@ -55,51 +59,72 @@ def call_once(settings: Settings, tools: list[str], tool: str, args: Any, timeou
             proc.wait()
     for text in (err or b"").decode(errors="replace").splitlines():
         _emit(b"stdio", proc.pid, text)
-    return _answer(out, err, proc.returncode)
+    return _answer(settings, out, err, proc.returncode)
 
 
-def _answer(out: bytes, err: bytes, returncode: int) -> Any:
-    first = out.split(b"\n", 1)[0]
+def _answer(settings: Settings, out: bytes, err: bytes, returncode: int) -> Any:
+    import io
     try:
-        reply = json.loads(first)
-    except ValueError:
+        kind, body = _read_message(settings, io.BytesIO(out))
+    except WorkerLost as exc:
         tail = (err or b"").decode(errors="replace").strip().splitlines()[-1:] or [""]
-        raise WorkerLost(f"pipe daemon gave no reply ({describe_exit(returncode)}): {tail[0]}") from None
-    if isinstance(reply, dict) and "error" in reply:
-        raise error_from_wire(reply["error"])
-    if not isinstance(reply, dict) or "result" not in reply:
-        raise WorkerLost(f"pipe daemon gave a malformed reply: {first[:200]!r}")
-    return reply["result"]
+        raise WorkerLost(f"{exc} ({describe_exit(returncode)}): {tail[0]}") from None
+    if kind is not Kind.REPLY:
+        raise WorkerLost(f"pipe daemon answered a call with {kind.name}")
+    return _outcome(body)
+
+
+def _read_message(settings: Settings, stream: Any) -> tuple[Kind, Any]:
+    """(kind, body) of the next frame: the reply map, or a streamed item."""
+    from zbridge_daemon.framed import read_frame
+    try:
+        frame = read_frame(stream, settings.max_message_size + 4096)
+    except (EOFError, ValueError) as exc:
+        raise WorkerLost(f"pipe daemon gave a broken frame: {exc}") from None
+    if frame is None:
+        raise WorkerLost("pipe daemon gave no reply")
+    try:
+        header = read_header(frame)
+        if header.kind is Kind.PARTIAL:
+            return header.kind, decode_partial(frame, max_size=settings.max_message_size)
+        return header.kind, decode_reply_body(frame, max_size=settings.max_message_size)
+    except BridgeError as exc:
+        raise WorkerLost(f"pipe daemon gave a malformed frame: {exc}") from None
+
+
+def _outcome(body: dict) -> Any:
+    if "error" in body:
+        raise error_from_wire(body["error"])
+    return body["result"]
 
 
 def stream_once(settings: Settings, tools: list[str], tool: str, args: Any,
                 timeout: float) -> Iterator[Any]:
-    """A tool's items from a one-shot pipe daemon, as they are written (``zbridge.stream``)."""
-    line = _request_line(STREAM_METHOD, {"tool": tool, "args": args})
+    """A tool's items from a one-shot pipe daemon, as they are written."""
+    data = _request(settings, tool, args, timeout, stream=True)
     proc = _start(settings, tools, None)  # stderr straight through: nothing to buffer
     timer = threading.Timer(timeout, _kill_group, args=(proc,))
     timer.start()
     try:
-        proc.stdin.write(line)
+        proc.stdin.write(data)
         proc.stdin.close()
         streamed = 0
-        for raw in proc.stdout:
-            message = _decode(raw)
-            if message is None:
-                if not timer.is_alive():  # the line was cut short by our kill
-                    break
-                raise WorkerLost(f"pipe daemon gave a malformed line: {raw[:200]!r}")
-            if message.get("method") == PARTIAL_METHOD:
+        while True:
+            try:
+                kind, body = _read_message(settings, proc.stdout)
+            except WorkerLost:
+                if not timer.is_alive():  # cut short by our kill
+                    raise CallTimeout(f"stream timed out after {timeout}s (pipe fallback)") from None
+                raise WorkerLost("pipe daemon ended the stream without a reply "
+                                 f"({describe_exit(proc.wait())})") from None
+            if kind is Kind.PARTIAL:
                 streamed += 1
-                yield message["params"]["item"]
-            elif "error" in message:
-                raise error_from_wire(message["error"])
-            elif "result" in message:
-                _check_count(message["result"], streamed)
-                return
-        if not timer.is_alive():
-            raise CallTimeout(f"stream timed out after {timeout}s (pipe fallback)")
-        raise WorkerLost(f"pipe daemon ended the stream without a reply ({describe_exit(proc.wait())})")
+                yield body
+                continue
+            if kind is not Kind.REPLY:
+                raise WorkerLost(f"pipe daemon sent {kind.name} in a stream")
+            _check_count(_outcome(body), streamed)
+            return
     finally:
         timer.cancel()
         _kill_group(proc)
@@ -107,16 +132,8 @@ def stream_once(settings: Settings, tools: list[str], tool: str, args: Any,
         proc.wait()
 
 
-def _decode(raw: bytes) -> dict | None:
-    try:
-        message = json.loads(raw)
-    except ValueError:
-        return None
-    return message if isinstance(message, dict) else None
-
-
 def _check_count(result: Any, streamed: int) -> None:
-    """The final reply counts the items sent; a mismatch means lines were lost or mixed up."""
+    """The final reply counts the items sent; a mismatch means frames were lost or mixed up."""
     if not isinstance(result, dict) or result.get("items") != streamed:
         raise WorkerLost(f"pipe daemon ended a stream of {streamed} item(s) with {str(result)[:200]}")
 

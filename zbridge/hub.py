@@ -27,11 +27,12 @@ from typing import Callable
 
 import zmq
 
-from .broker import Action, Broker
+from .actions import Action, Interrupt, Kill, Spawn, ToClient, ToDaemon
+from .broker import Broker
 from .config import Settings
 from .endpoints import check_bindable, create_private_dir, ipc_endpoint, remove_private_dir
 from .errors import BridgeError, InvalidRequest
-from .pickling import check_endpoint
+from .pickling import refuse_remote
 from .protocol import (FLAG_PREWARM, VERSION, Kind, decode_credit, decode_heartbeat,
                        decode_ready, encode_cancel, encode_error, encode_heartbeat, encode_result,
                        read_header)
@@ -99,7 +100,7 @@ class Hub:
         try:
             self.security = HubSecurity(settings, self.context, self.private_dir, frontend)
             expose = expose_tracebacks(settings, frontend)
-            check_endpoint(settings.serializer, frontend)  # pickle never crosses a network
+            refuse_remote(settings.serializer, frontend)  # pickle never crosses a network
             pickle = ["--allow-pickle"] if settings.serializer == "pickle" else []
             self.supervisor = Supervisor(
                 daemon_command(settings, self.backend_endpoint, self.heartbeat_endpoint, tools,
@@ -293,13 +294,13 @@ class Hub:
         elif kind is Kind.STATUS:
             if header.flags & FLAG_PREWARM:
                 self._apply(self.broker.prewarm(now))
-            self._apply([("client", client, encode_result(header.id, self.status(now)))])
+            self._apply([ToClient(client, encode_result(header.id, self.status(now)))])
         else:
             self._send_error(client, header.id, InvalidRequest(
                 f"clients may send REQUEST, CREDIT, CANCEL or STATUS, not {kind.name}"))
 
     def _send_error(self, client: bytes, id: int, error: BridgeError) -> None:
-        self._apply([("client", client, encode_error(id, error))])
+        self._apply([ToClient(client, encode_error(id, error))])
 
     # --- daemons -----------------------------------------------------------------------
 
@@ -368,17 +369,17 @@ class Hub:
         after the whole list, so the broker is never re-entered while it is being obeyed."""
         while actions:
             for action in actions:
-                kind = action[0]
-                if kind == "client":
-                    self._send(self.frontend, action[1], action[2], "client")
-                elif kind == "daemon":
-                    self._send(self.backend, action[1], action[2], "daemon")
-                elif kind == "spawn":
-                    self._spawn(action[1])
-                elif kind == "kill":
-                    self._kill(action[1], action[2], action[3])
-                elif kind == "interrupt":  # via the heartbeat thread: the main one is busy
-                    self._send_beat(action[1], encode_cancel(action[2]))
+                match action:
+                    case ToClient(client, frame):
+                        self._send(self.frontend, client, frame, "client")
+                    case ToDaemon(daemon, frame):
+                        self._send(self.backend, daemon, frame, "daemon")
+                    case Spawn(daemon):
+                        self._spawn(daemon)
+                    case Kill(daemon, reason, hard):
+                        self._kill(daemon, reason, hard)
+                    case Interrupt(daemon, request_id):  # via the heartbeat thread: the main one is busy
+                        self._send_beat(daemon, encode_cancel(request_id))
             actions = self._take_failures()
 
     def _send(self, sock: zmq.Socket, ident: bytes, frame: bytes, role: str) -> None:

@@ -11,13 +11,11 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from .actions import Action, Interrupt, Kill, ToClient, ToDaemon
 from .config import Settings
-from .errors import Cancelled
+from .errors import BridgeError, Cancelled
 from .protocol import Header, Kind, encode_cancel, encode_credit, encode_heartbeat, read_header
 from .state import Daemon, DaemonState, Job, JobState
-
-if TYPE_CHECKING:
-    from .broker import Action
 
 PROBE = encode_heartbeat()
 
@@ -30,7 +28,7 @@ class InFlight:
     counters: dict[str, int]
 
     if TYPE_CHECKING:  # provided by Broker
-        def _answer_error(self, job: Job, error: Exception) -> Action: ...
+        def _answer_error(self, job: Job, error: BridgeError) -> Action: ...
         def _end(self, job: Job) -> None: ...
         def kill_requested(self, ident: bytes, reason: str) -> None: ...
 
@@ -46,7 +44,7 @@ class InFlight:
         waits for credit), so an abandoned stream costs no warm daemon."""
         daemon.job, daemon.stale_id = None, job.id
         daemon.state, daemon.kill_at = DaemonState.STALE, kill_at
-        return [("daemon", daemon.ident, encode_cancel(job.id))] if job.stream else []
+        return [ToDaemon(daemon.ident, encode_cancel(job.id))] if job.stream else []
 
     # --- streams -----------------------------------------------------------------------
 
@@ -58,7 +56,7 @@ class InFlight:
             return []
         job.delivered += 1
         job.touched = now
-        return [("client", job.client, frame)]
+        return [ToClient(job.client, frame)]
 
     def client_credit(self, client: bytes, id: int, n: int, now: float) -> list[Action]:
         """A consumer's credit, to the daemon running its stream; never more than the items
@@ -70,7 +68,7 @@ class InFlight:
             return []
         job.credited += n
         job.touched = now
-        return [("daemon", daemon.ident, encode_credit(id, n))]
+        return [ToDaemon(daemon.ident, encode_credit(id, n))]
 
     def probe_quiet_streams(self, now: float) -> list[Action]:
         """A stream waiting on its consumer hears nothing if the consumer vanished (a ROUTER
@@ -81,7 +79,7 @@ class InFlight:
             job = daemon.job
             if job is not None and job.stream and now - job.touched >= self.s.heartbeat_interval:
                 job.touched = now
-                actions.append(("client", job.client, PROBE))
+                actions.append(ToClient(job.client, PROBE))
         return actions
 
     # --- callers that stop reading or vanish ---------------------------------------------
@@ -138,8 +136,8 @@ class InFlight:
             daemon.job = None
             reason = f"call {job.id} was cancelled (cancel_mode=kill)"
             self.kill_requested(daemon.ident, reason)
-            return actions + [("kill", daemon.ident, reason, False)]
+            return actions + [Kill(daemon.ident, reason, False)]
         if mode == "interrupt":  # a tool that ignores the interrupt is killed after kill_grace
             return actions + self._make_stale(daemon, job, now + self.s.kill_grace) + \
-                [("interrupt", daemon.ident, job.id)]
+                [Interrupt(daemon.ident, job.id)]
         return actions + self._make_stale(daemon, job, job.deadline + self.s.kill_grace)

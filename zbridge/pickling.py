@@ -26,7 +26,7 @@ def allowed() -> bool:
     return _allowed
 
 
-def check_endpoint(serializer: str, endpoint: str | None) -> None:
+def refuse_remote(serializer: str, endpoint: str | None) -> None:
     """ValueError when pickle would cross a network."""
     if serializer == "pickle" and endpoint and endpoint.startswith("tcp://"):
         raise ValueError(f"serializer='pickle' is refused on the tcp endpoint {endpoint}: unpickling "

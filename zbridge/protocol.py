@@ -93,6 +93,8 @@ def read_header(frame: bytes | memoryview) -> Header:
     magic, version, kind, flags, timeout_ms, id = HEADER.unpack_from(frame)
     if magic != MAGIC:
         raise ParseError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if frame[5:8] != b"\0\0\0":
+        raise InvalidRequest("reserved header bytes 5-7 must be zero")
     if version != VERSION:
         raise InvalidRequest(f"unsupported protocol version {version}, this side speaks {VERSION}")
     known = _KINDS.get(kind)

@@ -117,6 +117,21 @@ def _is_path(spec: str) -> bool:
     return spec.endswith(".py") or os.sep in spec
 
 
+def _split_rooted(spec: str) -> tuple[str, str | None]:
+    """``MODULE@DIR`` -> (MODULE, DIR): import MODULE with DIR first on sys.path. A spec whose
+    part before ``@`` is no dotted name (a path such as ``/home/a@b/t.py``) is left whole."""
+    name, sep, root = spec.partition("@")
+    if sep and root and all(part.isidentifier() for part in name.split(".")):
+        return name, root
+    return spec, None
+
+
+def _front_of_path(directory: str) -> None:
+    if directory in sys.path:
+        sys.path.remove(directory)
+    sys.path.insert(0, directory)
+
+
 def _import_path(path: str) -> ModuleType:
     path = os.path.abspath(path)
     if not os.path.isfile(path):
@@ -134,6 +149,19 @@ def _import_path(path: str) -> ModuleType:
     return module
 
 
+def _import_spec(spec: str) -> ModuleType:
+    name, root = _split_rooted(spec)
+    if root is None and _is_path(spec):
+        return _import_path(spec)
+    # as ``python -m`` does: the current directory first (console scripts leave it out)
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    if root is not None:
+        _front_of_path(root)
+    return importlib.import_module(name)
+
+
 def _public_functions(module: ModuleType) -> list[Callable[..., Any]]:
     return [obj for attr, obj in vars(module).items()
             if not attr.startswith("_") and isinstance(obj, FunctionType)
@@ -144,7 +172,7 @@ def load_tools(specs: Iterable[str], registry: Registry = REGISTRY) -> Registry:
     """Import each module name or ``.py`` path; errors propagate with their traceback."""
     for spec in specs:
         before = len(registry.tools)
-        module = _import_path(spec) if _is_path(spec) else importlib.import_module(spec)
+        module = _import_spec(spec)
         registered = any(t.fn.__module__ == module.__name__ for t in registry.tools.values())
         if len(registry.tools) == before and not registered:
             for fn in _public_functions(module):
@@ -153,7 +181,14 @@ def load_tools(specs: Iterable[str], registry: Registry = REGISTRY) -> Registry:
 
 
 def tool_specs(tools: Any) -> list[str]:
-    """Normalise what users pass as ``tools=``: a name, a path, a module, or a list of them."""
+    """Normalise what users pass as ``tools=`` into specs a daemon can load wherever it runs.
+
+    A name, a path, a module, or a list of them. A ``.py`` path becomes absolute. A module, or
+    a module name this process can find (the current directory first, then ``sys.path``, as
+    ``python -m`` looks), becomes ``NAME@ROOT``: the daemon puts ROOT first on its sys.path
+    and imports NAME, so it loads the same file the caller would. Names found nowhere stay as
+    they are (the daemon then reports the ModuleNotFoundError).
+    """
     if tools is None:
         return []
     if isinstance(tools, (str, os.PathLike, ModuleType)):
@@ -161,10 +196,62 @@ def tool_specs(tools: Any) -> list[str]:
     specs = []
     for item in tools:
         if isinstance(item, ModuleType):
-            if item.__name__ == "__main__" or item.__name__.startswith("zbridge_tools_"):
-                specs.append(os.path.abspath(item.__file__))
-            else:
-                specs.append(item.__name__)
+            specs.append(_module_spec(item))
+            continue
+        spec = os.fspath(item)
+        name, root = _split_rooted(spec)
+        if root is not None:
+            specs.append(f"{name}@{os.path.abspath(root)}")
+        elif _is_path(spec):
+            specs.append(os.path.abspath(spec))
         else:
-            specs.append(os.fspath(item))
+            specs.append(_rooted(spec, _find_root(spec)))
     return specs
+
+
+def _module_spec(module: ModuleType) -> str:
+    name = module.__name__
+    file = getattr(module, "__file__", None)
+    if name == "__main__" or name.startswith("zbridge_tools_"):
+        if not file:
+            raise ValueError(f"module {name!r} has no file a daemon could load")
+        return os.path.abspath(file)
+    if not file:  # a namespace package or a built-in: the daemon finds it by name or not at all
+        return name
+    root = os.path.dirname(os.path.abspath(file))
+    depth = name.count(".") + (os.path.basename(file).startswith("__init__.") and 1 or 0)
+    for _ in range(depth):
+        root = os.path.dirname(root)
+    return _rooted(name, root)
+
+
+def _find_root(name: str) -> str | None:
+    """The sys.path entry holding top-level package or module of ``name``, without importing it."""
+    from importlib.machinery import PathFinder
+    top = name.partition(".")[0]
+    if not top.isidentifier():
+        return None
+    search = [os.getcwd()] + [p or os.getcwd() for p in sys.path]
+    found = PathFinder.find_spec(top, search)
+    if found is None:
+        return None
+    if found.submodule_search_locations:  # a package (regular or namespace)
+        location = list(found.submodule_search_locations)[0]
+    elif found.origin:
+        location = found.origin
+    else:
+        return None
+    return os.path.dirname(os.path.abspath(location))
+
+
+def _rooted(name: str, root: str | None) -> str:
+    """``name@root``, or plain ``name`` when root is where every interpreter looks anyway."""
+    if root is None or root in _standard_dirs():
+        return name
+    return f"{name}@{root}"
+
+
+def _standard_dirs() -> set[str]:
+    import sysconfig
+    return {os.path.abspath(p) for key, p in sysconfig.get_paths().items()
+            if key in ("stdlib", "platstdlib", "purelib", "platlib")}

@@ -118,10 +118,10 @@ def grow(megabytes: int) -> int:
 
 @zbridge.tool
 def interruptible(seconds: float, marker: str) -> str:
-    """Sleeps; if cancelled, cleans up (writes the marker) and lets Cancelled go."""
+    """Sleeps; if cancelled, cleans up (writes the marker) and lets the interrupt go."""
     try:
         time.sleep(seconds)
-    except zbridge.Cancelled:
+    except zbridge.Interrupted:
         with open(marker, "w") as f:
             f.write(str(os.getpid()))
         raise
@@ -149,3 +149,9 @@ def count(n: int, fail_after: int = -1, log: str = ""):
 async def acount(n: int):
     for i in range(n):
         yield {"i": i}
+
+
+@zbridge.tool
+def int_keys() -> dict:
+    """A result whose map keys are not strings: replies may carry any key type."""
+    return {1: "one", 2: [3]}

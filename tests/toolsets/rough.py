@@ -33,3 +33,13 @@ def nap(seconds: float) -> int:
 @zbridge.tool
 def count(n: int):
     yield from range(n)
+
+
+@zbridge.tool
+def swallow_everything(seconds: float) -> str:
+    """A tool written the common way: `except Exception` around its work."""
+    try:
+        time.sleep(seconds)
+    except Exception:  # noqa: BLE001 - the point: an interrupt must not be swallowed here
+        return "swallowed"
+    return "finished"

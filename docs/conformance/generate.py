@@ -1,0 +1,485 @@
+"""Writes vectors.json: the conformance cases of docs/PROTOCOL.md (format in README.md).
+
+Deliberately independent of zbridge's own code (only struct and msgpack), so a change in
+zbridge/protocol.py cannot quietly change what the vectors expect. Run it after editing a
+case: ``python docs/conformance/generate.py`` (tests check the file is up to date).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import msgpack
+
+OUT = Path(__file__).with_name("vectors.json")
+HEADER = struct.Struct("!2sBBB3xIQ")
+KINDS = {1: "REQUEST", 2: "REPLY", 3: "READY", 4: "HEARTBEAT", 5: "DISCONNECT", 6: "STATUS",
+         7: "CANCEL", 8: "PARTIAL", 9: "CREDIT"}
+REQUEST, REPLY, READY, HEARTBEAT, DISCONNECT, STATUS, CANCEL, PARTIAL, CREDIT = range(1, 10)
+IDEMPOTENT, RETIRE, STREAM, PREWARM = 0x01, 0x02, 0x04, 0x08
+TIMEOUT = 10_000  # ms: every call's deadline unless a case is about deadlines
+U64 = 2**64 - 1
+
+HUBS = {
+    "default": {"args": ["--workers", "2"],
+                "about": "two daemons, every other setting at its default (timeout 30 s, "
+                         "max_message_size 64 MiB, cancel_mode interrupt, tracebacks exposed on ipc)"},
+    "small": {"args": ["--workers", "1", "--max-queue", "1", "--timeout", "0.5",
+                       "--max-message-size", "8192", "--expose-tracebacks", "false"],
+              "about": "one daemon, a queue of one call, a 0.5 s default deadline, 8 KiB "
+                       "messages, no tracebacks or routing ids (as a tcp hub by default)"},
+    "broken": {"args": ["--workers", "1", "--tools", "tests/toolsets/broken.py"],
+               "about": "one daemon that can never start: a tools module fails to import"},
+    "retire": {"args": ["--workers", "1", "--max-rss-mb", "1"],
+               "about": "one daemon that sets the retire flag on every reply (RSS over 1 MB)"},
+}
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def frame(kind: int, id: int = 0, body=None, *, flags: int = 0, timeout_ms: int = 0,
+          version: int = 1, magic: bytes = b"ZB", raw: bytes | None = None) -> bytes:
+    return HEADER.pack(magic, version, kind, flags, timeout_ms, id) + (pack(body) if raw is None else raw)
+
+
+def describe(data: bytes) -> str:
+    """A human-readable line for a frame, for readers of the JSON file."""
+    if len(data) < HEADER.size:
+        return f"{len(data)}-byte frame (shorter than the header)"
+    magic, version, kind, flags, timeout_ms, id = HEADER.unpack_from(data)
+    head = (f"{KINDS.get(kind, f'kind {kind}')} id={id} flags={flags:#04x} timeout_ms={timeout_ms}"
+            + ("" if magic == b"ZB" else f" magic={magic!r}") + ("" if version == 1 else f" version={version}"))
+    body = data[HEADER.size:]
+    try:
+        text = repr(msgpack.unpackb(body, raw=False, strict_map_key=False))
+    except Exception:
+        text = f"undecodable {body[:16].hex()}"
+    return f"{head} body={text if len(text) <= 120 else text[:117] + '...'} ({len(data)} bytes)"
+
+
+def req(id: int, method: str, params=None, *, flags: int = 0, timeout_ms: int = TIMEOUT,
+        window=None, body=None) -> bytes:
+    if body is None:
+        body = {"method": method, "params": params}
+        if window is not None:
+            body["window"] = window
+    return frame(REQUEST, id, body, flags=flags, timeout_ms=timeout_ms)
+
+
+def stream(id: int, method: str, params=None, window=None, **kw) -> bytes:
+    return req(id, method, params, flags=STREAM, window=window, **kw)
+
+
+# --- steps ----------------------------------------------------------------------------
+
+def send(*frames: bytes, conn: str = "a") -> dict:
+    if len(frames) == 1:
+        return {"send": frames[0].hex(), "connection": conn, "note": describe(frames[0])}
+    return {"send": [f.hex() for f in frames], "connection": conn,
+            "note": f"one message of {len(frames)} frames: " + "; ".join(describe(f) for f in frames)}
+
+
+def expect(*specs: dict, conn: str = "a", within_ms: int = 5000, any_order: bool = False,
+           keep_heartbeats: bool = False) -> dict:
+    step = {"expect": list(specs), "connection": conn, "within_ms": within_ms}
+    if any_order:
+        step["any_order"] = True
+    if keep_heartbeats:
+        step["keep_heartbeats"] = True
+    return step
+
+
+def silence(ms: int = 300, conn: str = "a") -> dict:
+    return {"silence_ms": ms, "connection": conn}
+
+
+def sleep(ms: int) -> dict:
+    return {"sleep_ms": ms}
+
+
+def close(conn: str) -> dict:
+    return {"close": conn}
+
+
+def poll_status(pattern: dict, conn: str = "status", within_ms: int = 8000) -> dict:
+    return {"poll_status": pattern, "connection": conn, "within_ms": within_ms}
+
+
+# --- reply specs ----------------------------------------------------------------------
+
+def big(n: int):
+    """Integers past 2**53 are written as strings, so every JSON reader keeps them exact."""
+    return {"$int": str(n)} if abs(n) > 2**53 else n
+
+
+def ok(id: int, result=None, *, any_result: bool = False) -> dict:
+    body = {"result": {"$any": True} if any_result else result, "error": {"$absent": True}}
+    return {"kind": REPLY, "id": big(id), "flags": 0, "body": body}
+
+
+def err(id: int, code: int, *, message=None, data=None, no_data: bool = False) -> dict:
+    error: dict = {"code": code, "message": {"$type": "str"} if message is None else message}
+    if no_data:
+        error["data"] = {"$absent": True}
+    elif data is not None:
+        error["data"] = data
+    return {"kind": REPLY, "id": big(id), "flags": 0,
+            "body": {"error": error, "result": {"$absent": True}}}
+
+
+def part(id: int, item) -> dict:
+    return {"kind": PARTIAL, "id": id, "flags": 0, "body": {"item": item}}
+
+
+def contains(text: str) -> dict:
+    return {"$contains": text}
+
+
+def typed(*names: str) -> dict:
+    return {"$type": names[0] if len(names) == 1 else list(names)}
+
+
+# --- the cases ------------------------------------------------------------------------
+
+CASES: list[dict] = []
+
+
+def case(name: str, rule: str, *steps: dict, hub: str = "default") -> None:
+    CASES.append({"name": name, "rule": rule, "hub": hub, "steps": list(steps)})
+
+
+def calls() -> None:
+    case("call_positional_params", "Kinds: REQUEST params as an array bind by position",
+         send(req(1, "add", [1, 2])), expect(ok(1, 3)))
+    case("call_named_params", "Kinds: REQUEST params as a map bind by name",
+         send(req(1, "add", {"a": 2, "b": 5})), expect(ok(1, 7)))
+    case("call_nil_params_and_nil_result", "Kinds: params nil or absent means no arguments; "
+         "a nil result is sent as result: nil (the member is present)",
+         send(req(1, "echo", None)), expect(ok(1, None)),
+         send(req(2, "", body={"method": "echo"})), expect(ok(2, None)))
+    case("execute_tool_envelope", "Kinds: method execute_tool with {tool_name, args}",
+         send(req(1, "execute_tool", {"tool_name": "add", "args": {"a": 2, "b": 5}})), expect(ok(1, 7)),
+         send(req(2, "execute_tool", {"tool_name": "add", "args": [4, 5]})), expect(ok(2, 9)),
+         send(req(3, "execute_tool", {"tool_name": "echo", "args": None})), expect(ok(3, None)))
+    case("execute_tool_envelope_malformed", "Errors: a malformed execute_tool envelope is -32602",
+         send(req(1, "execute_tool", {"args": [1]})), expect(err(1, -32602)),
+         send(req(2, "execute_tool", {"tool_name": "add", "args": "x"})), expect(err(2, -32602)))
+    case("builtin_health", "Daemon side: method health answers when no tool has that name",
+         send(req(1, "health")), expect(ok(1, {"status": "ok", "pid": typed("int"), "tools": typed("array")})))
+    case("replies_matched_by_id", "Ids: several calls in flight on one connection; replies "
+         "come in completion order, matched by id",
+         send(req(1, "span", [0.4, "slow"])), send(req(2, "add", [2, 3])),
+         expect(ok(2, 5), ok(1, {"nonce": "slow"}), any_order=True))
+    case("same_id_on_two_connections", "Ids: uniqueness is per connection",
+         send(req(1, "span", [0.2, "from a"]), conn="a"), send(req(1, "span", [0.2, "from b"]), conn="b"),
+         expect(ok(1, {"nonce": "from a"}), conn="a"), expect(ok(1, {"nonce": "from b"}), conn="b"))
+
+
+def values() -> None:
+    pairs = [
+        (None, None), (True, True), (False, False), (0, 0), (-1, -1), (127, 127), (-33, -33),
+        (2**63 - 1, big(2**63 - 1)), (-2**63, big(-2**63)), (U64, big(U64)), (1.5, 1.5),
+        ("", ""), ("héllo ✓ 字", "héllo ✓ 字"), (b"\x00\xffzb", {"$bin": "00ff7a62"}),
+        ([], []), ({}, {"$equals": {}}), ([1, [2, [3, "x"]]], [1, [2, [3, "x"]]]),
+        ({"k": {"n": [1, None, True]}, "e": ""}, {"$equals": {"k": {"n": [1, None, True]}, "e": ""}}),
+    ]
+    steps = []
+    for i, (value, expected) in enumerate(pairs, start=1):
+        steps += [send(req(i, "echo", [value])), expect(ok(i, expected))]
+    case("values_round_trip", "Values: nil, bool, integers -2^63..2^64-1, float64, str, bin, "
+         "array, map survive a round trip", *steps)
+    case("non_string_map_keys_in_results", "Values: results may have any key type the tool "
+         "returns, so clients decode replies without strict map keys",
+         send(req(1, "int_keys")), expect(ok(1, {"$pairs": [[1, "one"], [2, [3]]]})))
+    case("non_string_map_key_in_request", "Values: request bodies need string map keys; "
+         "otherwise -32700 with the request's id (from the daemon)",
+         send(req(1, "", body={1: "x", "method": "echo"})), expect(err(1, -32700)),
+         send(req(2, "echo", {"value": {1: 2}})), expect(err(2, -32700)))
+
+
+def ids() -> None:
+    case("id_zero_refused", "Ids: request ids start at 1; a REQUEST with id 0 gets -32600 (id 0)",
+         send(req(0, "echo", ["x"])), expect(err(0, -32600)), silence(200))
+    case("id_max_u64", "Ids: any u64 from 1 to 2^64-1 is a valid id; Deadlines: timeout_ms "
+         "up to 2^32-1",
+         send(req(U64, "echo", ["top"], timeout_ms=2**32 - 1)), expect(ok(U64, "top")))
+    case("id_reuse_after_timeout", "Ids: an answered call's id is free again, even while its "
+         "daemon still runs it; that late reply is never delivered",
+         send(req(1, "span", [0.6, "old"], timeout_ms=100)), expect(err(1, -32001)),
+         send(req(1, "echo", ["new"])), expect(ok(1, "new")), silence(900))
+    case("duplicate_in_flight_id_refused", "Ids: an id already in flight on the connection is "
+         "refused with -32600 naming it; the first call still answers; after its reply the id is free",
+         send(req(5, "span", [0.5, "first"])), send(req(5, "echo", ["second"])),
+         expect(err(5, -32600, message=contains("5")), ok(5, {"nonce": "first"})),
+         send(req(5, "echo", ["third"])), expect(ok(5, "third")))
+
+
+def flags() -> None:
+    steps = []
+    for i, bit in enumerate((RETIRE, PREWARM, 0x10, 0x20, 0x40, 0x80), start=1):
+        steps += [send(req(i, "echo", ["x"], flags=bit)), expect(err(i, -32600))]
+    case("undefined_request_flags_refused", "Flags: a REQUEST may set only bits 0 and 2", *steps)
+    case("idempotent_flag_is_accepted", "Flags: bit 0 (idempotent) is informational for the hub",
+         send(req(1, "add", [1, 1], flags=IDEMPOTENT)), expect(ok(1, 2)))
+    case("worker_lost_and_no_retry_by_the_hub", "Flags/Errors: a daemon dying mid-call is "
+         "-32002; the hub does not retry, even a call marked idempotent",
+         send(req(1, "exit_hard", [7])), expect(err(1, -32002, no_data=True), within_ms=10000),
+         send(req(2, "exit_hard", [7], flags=IDEMPOTENT)), expect(err(2, -32002), within_ms=10000),
+         send(req(3, "add", [1, 2])), expect(ok(3, 3), within_ms=10000))
+    case("retire_flag_never_reaches_clients", "Flags: bit 1 (retire) is cleared by the hub; "
+         "the daemon set it (RSS over max_rss_mb), so the hub replaces that daemon",
+         send(req(1, "echo", ["r"])), expect(ok(1, "r")),
+         send(req(2, "echo", ["s"])), expect(ok(2, "s")),
+         poll_status({"counters": {"recycled": {"$gte": 1}}}), hub="retire")
+
+
+def headers() -> None:
+    good = req(9, "echo", ["still here"])
+    case("bad_magic", "Frames: bad magic is -32700 with id 0; the connection carries on",
+         send(frame(REQUEST, 7, {"method": "echo"}, magic=b"XY", timeout_ms=TIMEOUT)),
+         expect(err(0, -32700)), send(good), expect(ok(9, "still here")))
+    case("short_frame", "Frames: a frame shorter than 20 bytes is -32700 with id 0",
+         send(b"ZB\x01\x01\x00"), expect(err(0, -32700)),
+         send(b""), expect(err(0, -32700)),
+         send(frame(REQUEST, 3)[:19]), expect(err(0, -32700)))
+    case("unknown_version", "Frames: a version other than 1 is -32600 with id 0",
+         send(frame(REQUEST, 7, {"method": "echo"}, version=2, timeout_ms=TIMEOUT)),
+         expect(err(0, -32600)), silence(200))
+    bad = bytearray(req(7, "echo", ["x"]))
+    bad[6] = 1
+    case("reserved_bytes_must_be_zero", "Frames: a nonzero reserved byte (5-7) is -32600 with id 0",
+         send(bytes(bad)), expect(err(0, -32600)), send(good), expect(ok(9, "still here")))
+    case("unknown_kind", "Kinds: an unknown kind is -32600 with id 0",
+         send(frame(0, 7, {})), expect(err(0, -32600)),
+         send(frame(99, 8, {})), expect(err(0, -32600)))
+    steps = []
+    for id, kind in ((3, REPLY), (4, READY), (5, HEARTBEAT), (6, DISCONNECT), (7, PARTIAL)):
+        steps += [send(frame(kind, id, {})), expect(err(id, -32600))]
+    case("kinds_clients_may_not_send", "Kinds: a known kind a client may not send is -32600 "
+         "with the header's id", *steps)
+    case("multi_frame_message", "Frames: a message of several frames is -32600 (id 0) naming "
+         "the count, after the hub read and dropped all its frames; nothing runs",
+         send(req(1, "echo", ["a"]), b"extra"),
+         expect(err(0, -32600, message="expected exactly one frame per message, got 2")),
+         send(req(2, "echo", ["b"]), b"", b"x"),
+         expect(err(0, -32600, message="expected exactly one frame per message, got 3")),
+         silence(200), send(good), expect(ok(9, "still here")))
+
+
+def bodies() -> None:
+    ping = pack({"method": "echo", "params": ["x"]})
+    case("body_not_msgpack", "Errors: a REQUEST body that is not one msgpack value is -32700 "
+         "with the request's id",
+         send(frame(REQUEST, 1, raw=b"\xc1", timeout_ms=TIMEOUT)), expect(err(1, -32700)),
+         send(frame(REQUEST, 2, raw=b"", timeout_ms=TIMEOUT)), expect(err(2, -32700)),
+         send(frame(REQUEST, 3, raw=ping[:5], timeout_ms=TIMEOUT)), expect(err(3, -32700)),
+         send(frame(REQUEST, 4, raw=ping + b"\x00", timeout_ms=TIMEOUT)), expect(err(4, -32700)))
+    case("body_invalid_shape", "Errors: a msgpack body that is not {method: str, params: "
+         "array|map|nil} is -32600 with the request's id",
+         send(req(1, "", body=[1, 2])), expect(err(1, -32600)),
+         send(req(2, "", body={"method": 5})), expect(err(2, -32600)),
+         send(req(3, "", body={"params": []})), expect(err(3, -32600)),
+         send(req(4, "echo", "x")), expect(err(4, -32600)))
+    case("unknown_tool", "Errors: -32601 for a method no tool has",
+         send(req(1, "no_such_tool", [])), expect(err(1, -32601, no_data=True)))
+    case("bad_params", "Errors: arguments that do not fit the signature are -32602",
+         send(req(1, "add", [1, 2, 3])), expect(err(1, -32602)),
+         send(req(2, "add", {"a": 1, "c": 2})), expect(err(2, -32602)),
+         send(req(3, "add", [])), expect(err(3, -32602)))
+    case("tool_error_data", "Errors: -32000 message is 'Type: text', data {type, message, "
+         "traceback} where tracebacks are exposed (ipc here)",
+         send(req(1, "boom", ["bad input"])),
+         expect(err(1, -32000, message="ValueError: bad input",
+                    data={"$keys": ["type", "message", "traceback"], "type": "ValueError",
+                          "message": "bad input", "traceback": contains("ValueError")})),
+         send(req(2, "boom", [""])),
+         expect(err(2, -32000, message="ValueError", data={"type": "ValueError", "message": ""})))
+    case("tool_error_data_without_traceback", "Errors: without exposed tracebacks (tcp by "
+         "default) data has no traceback member",
+         send(req(1, "boom", ["x"])),
+         expect(err(1, -32000, message="ValueError: x",
+                    data={"$keys": ["type", "message"], "type": "ValueError", "message": "x"})),
+         hub="small")
+    case("pool_unavailable_data", "Errors: -32004 data {cause, closing?, stderr?} when the "
+         "tools cannot load (stderr for local callers only)",
+         send(req(1, "echo", ["never"])),
+         expect(err(1, -32004, data={"cause": "load_failed", "closing": {"$absent": True},
+                                     "stderr": contains("zbridge_missing_dependency_xyz")}),
+                within_ms=30000), hub="broken")
+    case("unencodable_result", "Errors: a result msgpack cannot carry is -32603",
+         send(req(1, "unencodable")), expect(err(1, -32603)))
+
+
+def deadlines() -> None:
+    case("timeout_ms_deadline", "Deadlines: at timeout_ms the caller gets -32001; the "
+         "daemon's late reply is dropped",
+         send(req(1, "span", [0.8], timeout_ms=150)), expect(err(1, -32001, no_data=True)),
+         silence(1000))
+    case("deadline_includes_queueing", "Deadlines: counted from arrival at the hub, "
+         "queueing included",
+         send(req(1, "echo", ["warm"])), expect(ok(1, "warm")),
+         send(req(2, "span", [0.6, "busy"])), send(req(3, "echo", ["late"], timeout_ms=200)),
+         expect(err(3, -32001), ok(2, {"nonce": "busy"})), hub="small")
+    case("timeout_ms_zero_is_hub_default", "Deadlines: timeout_ms 0 means the hub's timeout "
+         "setting (0.5 s on this hub)",
+         send(req(1, "span", [1.0], timeout_ms=0)), expect(err(1, -32001)), hub="small")
+    case("timeout_ms_ignored_on_status", "Deadlines: timeout_ms is ignored on STATUS",
+         send(frame(STATUS, 4, None, timeout_ms=1)), sleep(50), expect(ok(4, {"protocol": 1})))
+    case("overloaded", "Errors: -32003 when the hub's queue is full (max_queue 1 here)",
+         send(req(1, "echo", ["warm"])), expect(ok(1, "warm")),
+         send(req(2, "span", [0.5, "running"])), send(req(3, "span", [0.1, "queued"])),
+         send(req(4, "echo", ["refused"])),
+         expect(err(4, -32003), ok(2, {"nonce": "running"}), ok(3, {"nonce": "queued"})), hub="small")
+
+
+def cancels() -> None:
+    case("cancel_queued_call", "Cancel: a queued call gets -32005 at once and never runs",
+         send(req(1, "span", [0.5, "one"])), send(req(2, "span", [0.5, "two"])),
+         send(req(3, "span", [0.5, "three"])), send(frame(CANCEL, 3, {})),
+         expect(err(3, -32005)),
+         expect(ok(1, {"nonce": "one"}), ok(2, {"nonce": "two"}), any_order=True), silence(200))
+    case("cancel_running_call", "Cancel: a running call gets -32005; nothing else follows",
+         send(req(1, "span", [2.0, "long"])), sleep(300), send(frame(CANCEL, 1, {})),
+         expect(err(1, -32005), within_ms=1500), silence(300))
+    case("cancel_body_is_ignored", "Cancel: the body is ignored (the old owner member has no effect)",
+         send(req(1, "span", [2.0])), sleep(200),
+         send(frame(CANCEL, 1, {"owner": b"somebody-else", "junk": 1}, timeout_ms=1)),
+         expect(err(1, -32005), within_ms=1500))
+    case("cancel_is_never_answered", "Cancel: no reply to the CANCEL itself; an unknown or "
+         "finished id is ignored",
+         send(frame(CANCEL, 42, {})), silence(200),
+         send(req(1, "echo", ["done"])), expect(ok(1, "done")),
+         send(frame(CANCEL, 1, {})), silence(200))
+    case("cancel_from_another_connection_does_nothing", "Cancel: honoured only from the "
+         "connection that sent the request",
+         send(req(1, "span", [0.5, "mine"]), conn="a"), sleep(150),
+         send(frame(CANCEL, 1, {}), conn="b"), silence(200, conn="b"),
+         expect(ok(1, {"nonce": "mine"}), conn="a"))
+
+
+def credits() -> None:
+    case("credit_for_plain_call_ignored", "Streams: CREDIT for a call that is not a running "
+         "stream of this connection is dropped, never answered",
+         send(req(1, "span", [0.3, "plain"])), send(frame(CREDIT, 1, {"n": 5})),
+         send(frame(CREDIT, 99, {"n": 1})), send(frame(CREDIT, 98, {"n": "x"})),
+         expect(ok(1, {"nonce": "plain"})), silence(200))
+    case("stream_window_2_with_credit", "Streams: at most window items beyond the credit; "
+         "PARTIALs in order, then REPLY {items: count}",
+         send(stream(1, "count", [5], window=2)), expect(part(1, 0), part(1, 1)), silence(300),
+         send(frame(CREDIT, 1, {"n": 2})), expect(part(1, 2), part(1, 3)), silence(300),
+         send(frame(CREDIT, 1, {"n": 2})), expect(part(1, 4), ok(1, {"items": 5})))
+    case("credit_from_another_connection_ignored", "Streams: only the connection that owns a "
+         "stream can give it credit; timeout_ms is ignored on CREDIT",
+         send(stream(1, "count", [4], window=2), conn="a"), expect(part(1, 0), part(1, 1), conn="a"),
+         send(frame(CREDIT, 1, {"n": 2}), conn="b"), silence(300, conn="a"), silence(100, conn="b"),
+         send(frame(CREDIT, 1, {"n": 2}, timeout_ms=1), conn="a"),
+         expect(part(1, 2), part(1, 3), ok(1, {"items": 4}), conn="a"))
+    case("stream_credit_capped_by_delivered", "Streams: the hub forwards no more credit in "
+         "total than the items it delivered; extra credit is dropped",
+         send(stream(1, "count", [6], window=2)), expect(part(1, 0), part(1, 1)),
+         send(frame(CREDIT, 1, {"n": 100})), expect(part(1, 2), part(1, 3)), silence(300),
+         send(frame(CREDIT, 1, {"n": 2})), expect(part(1, 4), part(1, 5), ok(1, {"items": 6})))
+    for name, window in (("absent", None), ("0", 0)):
+        case(f"stream_window_{name}_means_64", f"Streams: window {name} on a streaming request means 64",
+             send(stream(1, "count", [70], window=window)),
+             expect(*[part(1, i) for i in range(64)]), silence(300),
+             send(frame(CANCEL, 1, {})), expect(err(1, -32005)))
+    case("stream_window_range", "Streams: window is an integer 1..1024; anything else is "
+         "-32600 from the daemon",
+         send(stream(1, "count", [2], window=1024)), expect(part(1, 0), part(1, 1), ok(1, {"items": 2})),
+         send(stream(2, "count", [2], window=1025)), expect(err(2, -32600)),
+         send(stream(3, "count", [2], window=-1)), expect(err(3, -32600)),
+         send(stream(4, "count", [2], window="8")), expect(err(4, -32600)))
+    case("stream_of_plain_tool", "Streams: a tool that is not a generator streams its result as one item",
+         send(stream(1, "add", [1, 2], window=4)), expect(part(1, 3), ok(1, {"items": 1})))
+    case("stream_generator_without_stream_flag", "Streams: without the stream flag a generator "
+         "tool's items come back as one array",
+         send(req(1, "count", [3])), expect(ok(1, [0, 1, 2])))
+    case("stream_tool_error_after_items", "Streams: the error that ends a stream comes after "
+         "the items before it",
+         send(stream(1, "count", {"n": 5, "fail_after": 2}, window=8)),
+         expect(part(1, 0), part(1, 1), err(1, -32000, data={"type": "RuntimeError"})))
+    case("stream_cancel", "Streams/Cancel: CANCEL ends a running stream with -32005; nothing follows",
+         send(stream(1, "count", [10], window=2)), expect(part(1, 0), part(1, 1)),
+         send(frame(CANCEL, 1, {})), expect(err(1, -32005)), silence(300))
+    case("stream_deadline", "Streams/Deadlines: the deadline bounds the whole stream",
+         send(stream(1, "count", [10], window=2, timeout_ms=300)), expect(part(1, 0), part(1, 1)),
+         expect(err(1, -32001), within_ms=3000), silence(300))
+    case("stream_probe_heartbeat", "Kinds: the hub may send a client HEARTBEAT (id 0, body {}) "
+         "while a stream waits on it; clients ignore it",
+         send(stream(1, "count", [10], window=2)), expect(part(1, 0), part(1, 1)),
+         expect({"kind": HEARTBEAT, "id": 0, "body": {"$equals": {}}}, within_ms=4000, keep_heartbeats=True),
+         send(frame(CANCEL, 1, {})), expect(err(1, -32005)))
+    case("stream_consumer_vanished", "Streams: a stream whose connection vanished is stopped "
+         "and its daemon freed",
+         send(stream(1, "count", [10], window=2), conn="gone"), expect(part(1, 0), part(1, 1), conn="gone"),
+         close("gone"),
+         poll_status({"daemons": {"$each": {"state": {"$in": ["idle", "starting"]}}},
+                      "counters": {"abandoned": {"$gte": 1}}}))
+
+
+def status() -> None:
+    counters = ["accepted", "completed", "timeouts", "lost", "overloaded", "unavailable", "spawns",
+                "start_failures", "crashes", "kills", "recycled", "cancelled", "abandoned",
+                "dropped_replies"]
+    daemon = {"id": contains("w"), "pid": typed("int", "nil"),
+              "state": {"$in": ["starting", "idle", "busy", "stale", "stopping"]},
+              "calls": typed("int"), "uptime_s": typed("float", "int", "nil"),
+              "current_call": typed("int", "nil"), "call_age_s": typed("float", "int", "nil"),
+              "tools": typed("array"), "rss": typed("int", "nil"),
+              "last_beat_age_s": typed("float", "int", "nil"), "unresponsive": typed("bool"),
+              "retiring": typed("str", "nil")}
+    case("status_fields", "Status: the REPLY result map",
+         send(req(1, "echo", ["warm"])), expect(ok(1, "warm")),
+         send(frame(STATUS, 7, None)),
+         expect(ok(7, {"protocol": 1, "max_message_size": 67108864, "workers": 2,
+                       "queue_depth": typed("int"), "queue_bytes": typed("int"), "closing": False,
+                       "failures": typed("int"), "last_start_error": typed("str", "nil"),
+                       "counters": {"$keys": counters, "$values": typed("int")},
+                       "daemons": {"$min_len": 1, "$each": daemon | {"routing_id": typed("str")}},
+                       "restarts": {"$each": {"id": typed("str"), "pid": typed("int", "nil"),
+                                              "reason": typed("str"), "ago_s": typed("float", "int")}},
+                       "endpoint": typed("str"), "hub_pid": typed("int")})))
+    case("status_prewarm", "Flags: STATUS with bit 3 (prewarm) starts every daemon up to workers",
+         send(frame(STATUS, 1, None, flags=PREWARM)),
+         expect(ok(1, {"daemons": {"$min_len": 2}})))
+    case("status_without_routing_ids", "Status: routing_id only for local callers; "
+         "max_message_size is the hub's limit",
+         send(req(1, "echo", ["warm"])), expect(ok(1, "warm")),
+         send(frame(STATUS, 2, None)),
+         expect(ok(2, {"max_message_size": 8192, "workers": 1,
+                       "daemons": {"$min_len": 1, "$each": daemon | {"routing_id": {"$absent": True}}}})),
+         hub="small")
+    oversized = frame(REQUEST, 2, {"method": "echo", "params": [b"\x00" * (8192 + 4096 + 100)]},
+                      timeout_ms=TIMEOUT)
+    case("request_over_max_message_size", "Frames: a body over max_message_size (8192 "
+         "here) in a frame within the 4096-byte margin is -32700 with the request's id",
+         send(req(1, "echo", [b"\x00" * 9000])), expect(err(1, -32700)), hub="small")
+    case("oversized_frame_drops_connection", "Frames: a frame over max_message_size + 4096 "
+         "makes the hub drop the connection, and every reply in flight on it",
+         send(req(1, "span", [0.4, "lost"])), send(oversized), silence(1000),
+         poll_status({"counters": {"dropped_replies": {"$gte": 1}}}), hub="small")
+
+
+def build() -> dict:
+    CASES.clear()
+    for group in (calls, values, ids, flags, headers, bodies, deadlines, cancels, credits, status):
+        group()
+    names = [c["name"] for c in CASES]
+    assert len(names) == len(set(names)), "case names must be unique"
+    return {"format": 1, "protocol": 1, "tools": "tests/toolsets/basic.py", "hubs": HUBS,
+            "cases": CASES}
+
+
+def render() -> str:
+    return json.dumps(build(), indent=1, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    OUT.write_text(render())
+    print(f"wrote {OUT} ({len(CASES)} cases)", file=sys.stderr)

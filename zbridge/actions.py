@@ -1,0 +1,49 @@
+"""What the broker asks the hub to do: typed, immutable actions (h11's events are the model).
+
+The broker returns lists of these; the hub carries them out in order and reports failed
+sends back as new broker events, so the broker never learns of I/O any other way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+
+@dataclass(frozen=True, slots=True)
+class ToClient:
+    """Send ``frame`` to the client with routing id ``client``."""
+    client: bytes
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ToDaemon:
+    """Send ``frame`` to the daemon with routing id ``daemon`` (its data socket)."""
+    daemon: bytes
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    """Start a daemon process that will present routing id ``daemon``."""
+    daemon: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """Terminate the daemon's process group: TERM then KILL, or KILL at once if ``hard``."""
+    daemon: bytes
+    reason: str
+    hard: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """Raise ``zbridge.Interrupted`` inside call ``request_id`` (via the heartbeat socket,
+    whose thread still runs while the daemon's main thread is busy in the tool)."""
+    daemon: bytes
+    request_id: int
+
+
+Action = Union[ToClient, ToDaemon, Spawn, Kill, Interrupt]

@@ -1,0 +1,194 @@
+"""What a client does, written once for both twins, without doing any I/O.
+
+Each public operation (call, stream, wait_ready, status, call_many) is a *plan*: a generator
+that yields the I/O it needs as small operation objects and receives their outcomes (or
+has their error thrown into it). ``Client`` drives a plan with blocking sockets,
+``AsyncClient`` with ``await``; the retry, fallback, credit, readiness and result rules live
+here only, so the twins cannot drift. Plans are tested without sockets by driving them by
+hand.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Generator, Iterable, Union
+
+from .calls import (HUB_GRACE, ClientCore, build_request, credit_due, not_ready_error,
+                    readiness)
+from .errors import BridgeError, CallTimeout, InvalidParams, InvalidRequest, PoolUnavailable
+from .policy import Step, after_error
+from .protocol import encode_status_request, read_header
+
+# --- the operations a driver performs ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Roundtrip:
+    """Send ``frame`` and return the result of its REPLY (or raise its error), giving up
+    with CallTimeout ``timeout`` + HUB_GRACE seconds later."""
+    frame: bytes
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class OneShot:
+    """Run the call in a one-shot pipe subprocess (``ClientCore._one_shot_call``)."""
+    tool: str
+    args: Any
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """Send a stream's request on a channel of its own; later ops name no channel."""
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """The stream's next message as ("item", value), ("end", None) or ("error", exc); the
+    driver raises CallTimeout at ``deadline`` (time.monotonic())."""
+    deadline: float
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """Hand one streamed value to the consumer (the driver yields it)."""
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class OneShotItems:
+    """Hand the consumer every item of a one-shot pipe stream."""
+    tool: str
+    args: Any
+    timeout: float
+
+
+Op = Union[Roundtrip, OneShot, Sleep, Open, Receive, Credit, Item, OneShotItems]
+Plan = Generator[Op, Any, Any]
+
+
+# --- plans -------------------------------------------------------------------------------
+
+def closed_error() -> PoolUnavailable:
+    return PoolUnavailable("client is closed", {"closing": True, "cause": "closing"})
+
+
+def call(core: ClientCore, tool: str, args: Any, timeout: float | None,
+         idempotent: bool) -> Plan:
+    """One call: the pool, retried if idempotent and lost, else the pipe fallback when the
+    pool cannot serve a call that never ran."""
+    if core._closed:
+        raise closed_error()
+    timeout = core.timeout_of(timeout)
+    if not core.settings.pool_enabled:
+        return (yield OneShot(tool, args, timeout))
+    attempt = 0
+    while True:
+        frame = build_request(core.settings, next(core._ids), tool, args, timeout, idempotent)
+        try:
+            return (yield Roundtrip(frame, timeout))
+        except BridgeError as exc:
+            step = after_error(exc, attempt=attempt, idempotent=idempotent,
+                               retries=core.settings.retries, can_fallback=core._can_fallback())
+            if step is Step.RAISE:
+                raise
+            if step is Step.FALLBACK:
+                return (yield OneShot(tool, args, timeout))
+            attempt += 1
+
+
+def status(core: ClientCore, timeout: float, prewarm: bool = False) -> Plan:
+    if not core.settings.pool_enabled:
+        return {"pool_enabled": False, "daemons": [], "queue_depth": 0}
+    return (yield Roundtrip(encode_status_request(next(core._ids), prewarm), timeout))
+
+
+def wait_ready(core: ClientCore, timeout: float, count: int | None) -> Plan:
+    """Until ``count`` daemons (default: ``workers``, at least 1) are up; starts them."""
+    wanted = count if count is not None else max(1, core.settings.workers)
+    started = time.monotonic()
+    current = yield from status(core, 5.0, prewarm=True)
+    while (state := readiness(current, wanted, core.settings)) != "ready":
+        waited = time.monotonic() - started
+        if state == "failed" or waited >= timeout:
+            raise not_ready_error(current, wanted, round(waited, 2))
+        yield Sleep(0.02)
+        current = yield from status(core, 5.0)
+    return current
+
+
+def stream(core: ClientCore, tool: str, args: Any, timeout: float | None, window: int) -> Plan:
+    """A generator tool's items, paced by credit; falls back to the pipe only if nothing was
+    yielded and the pool could not serve it. The driver cancels the call whenever this
+    plan does not run to its end."""
+    if core._closed:
+        raise closed_error()
+    timeout = core.timeout_of(timeout)
+    if not core.settings.pool_enabled:
+        yield OneShotItems(tool, args, timeout)
+        return
+    frame = build_request(core.settings, next(core._ids), tool, args, timeout, False, window)
+    yield Open(frame)
+    deadline = time.monotonic() + timeout + HUB_GRACE
+    consumed, yielded = 0, False
+    while True:
+        kind, value = yield Receive(deadline, timeout)
+        if kind == "item":
+            yielded = True
+            yield Item(value)
+            consumed += 1
+            if credit_due(consumed, window):
+                yield Credit(consumed)
+                consumed = 0
+        elif kind == "end":
+            return
+        elif not yielded and core._can_fallback() and after_error(
+                value, attempt=0, idempotent=False, retries=0, can_fallback=True) is Step.FALLBACK:
+            yield OneShotItems(tool, args, timeout)
+            return
+        else:
+            raise value
+
+
+def request_id(frame: bytes) -> int:
+    return read_header(frame).id
+
+
+# --- many calls --------------------------------------------------------------------------
+
+def needs_another_try(core: ClientCore, outcome: Any, idempotent: bool) -> bool:
+    """After a fan-out, which failed calls go through call()'s own retry/fallback rules."""
+    if not core.settings.pool_enabled:
+        return True
+    if not isinstance(outcome, BridgeError) or isinstance(outcome, (InvalidParams, InvalidRequest)):
+        return False
+    return after_error(outcome, attempt=0, idempotent=idempotent, retries=core.settings.retries,
+                       can_fallback=core._can_fallback()) is not Step.RAISE
+
+
+def settle(outcomes: Iterable[Any], return_exceptions: bool) -> list[Any]:
+    """call_many's answer: results in call order, errors in place or the first one raised."""
+    outcomes = list(outcomes)
+    if not return_exceptions:
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+    return outcomes
+
+
+def timed_out(timeout: float) -> CallTimeout:
+    return CallTimeout(f"no reply from the hub within {timeout}s")
