@@ -84,11 +84,15 @@ def _env_expose() -> bool | None:
 @click.option("--expose-tracebacks/--no-expose-tracebacks", default=None,
               help="Put tool tracebacks in error replies [default: auto, from "
                    "ZBRIDGE_EXPOSE_TRACEBACKS: on for --stdio and ipc, off for tcp].")
+@click.option("--allow-pickle", is_flag=True,
+              help="Decode requests whose body is pickle (serializer='pickle'): runs the caller's "
+                   "code, so only for a local hub that trusts its callers; refused with tcp.")
 @click.option("--log-level", default="INFO", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
 def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[str, ...], identity: str | None,
          lifeline: bool, max_message_size: int, heartbeat: str | None, heartbeat_interval: float,
          heartbeat_misses: int, exit_on_hub_loss: bool, max_rss_mb: int, curve_secret: str,
-         curve_server_key: str, expose_tracebacks: bool | None, log_level: str) -> None:
+         curve_server_key: str, expose_tracebacks: bool | None, allow_pickle: bool,
+         log_level: str) -> None:
     """Keep tools warm and serve calls to them."""
     if bool(endpoint) + stdio + stdio_msgpack != 1:
         raise click.UsageError("give exactly one of --connect ENDPOINT or --stdio")
@@ -107,6 +111,8 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
         run_framed(tools, protocol_out, expose_tracebacks)
         return
     from zbridge.security import client_keys
+    if allow_pickle:
+        _allow_pickle(endpoint or "")
 
     from .link import OnSilence
     from .worker import WorkerOptions
@@ -123,6 +129,15 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
     run_worker(tools, lifeline, WorkerOptions(
         endpoint, identity.encode(), max_message_size, heartbeat,
         heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks, on_silence))
+
+
+def _allow_pickle(endpoint: str) -> None:
+    from zbridge import pickling
+    try:
+        pickling.refuse_remote("pickle", endpoint)
+    except ValueError as exc:
+        raise click.UsageError(f"--allow-pickle: {exc}") from None
+    pickling.allow()
 
 
 def run_worker(tools: tuple[str, ...], lifeline: bool, options: WorkerOptions) -> None:

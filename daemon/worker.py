@@ -18,11 +18,12 @@ from zbridge.execution import Executor, as_items
 from zbridge.procinfo import rss_bytes
 from zbridge.protocol import (
     DEFAULT_MAX_MESSAGE,
-    Request,
+    FLAG_PICKLE,
     FLAG_RETIRE,
     FLAG_STREAM,
     Header,
     Kind,
+    Request,
     add_flags,
     decode_request,
     encode_error,
@@ -94,7 +95,7 @@ def handle_request(executor: Executor, frame: bytes, header: Header, max_message
 def _final_reply(request: Request, result: Any, max_message: int) -> bytes:
     request_id = request.id
     try:
-        reply = encode_result(request_id, result)
+        reply = encode_result(request_id, result, request.flags & FLAG_PICKLE)  # pickle answers pickle
     except (TypeError, ValueError, OverflowError) as exc:
         return encode_error(request_id, InternalError(
             f"result of {request.method!r} cannot be encoded: {type(exc).__name__}: {exc}"[:500]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zbridge
 
 EXPORTED = {
-    "__version__", "tool", "startup", "current_call", "Bridge", "Client", "AsyncBridge", "AsyncClient",
+    "__version__", "tool", "startup", "current_call", "register_type", "Bridge", "Client", "AsyncBridge", "AsyncClient",
     "BridgeError", "DidNotRun", "MayHaveRun", "Interrupted",
     "CallTimeout", "Cancelled", "ConnectionLost", "InternalError", "InvalidParams",
     "InvalidRequest", "Overloaded", "ParseError", "PoolUnavailable", "ToolError",

@@ -23,6 +23,7 @@ from .errors import (  # noqa: E402
     WorkerLost,
 )
 from .tools import startup, tool  # noqa: E402
+from .usertypes import register_type  # noqa: E402
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the pipe daemon's start
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     __version__: str
 
 __all__ = [
-    "__version__", "tool", "startup", "current_call", "Bridge", "Client", "AsyncBridge", "AsyncClient",
+    "__version__", "tool", "startup", "current_call", "register_type", "Bridge", "Client", "AsyncBridge", "AsyncClient",
     "BridgeError", "DidNotRun", "MayHaveRun", "Interrupted",
     "CallTimeout", "Cancelled", "ConnectionLost", "InternalError", "InvalidParams",
     "InvalidRequest", "Overloaded", "ParseError", "PoolUnavailable", "ToolError",

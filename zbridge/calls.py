@@ -9,7 +9,7 @@ from typing import Any, Generator
 
 import zmq
 
-from . import fallback
+from . import fallback, pickling
 from .config import Settings, load_settings
 from .endpoints import check_endpoint, default_endpoint
 from .errors import (
@@ -56,7 +56,7 @@ def build_request(settings: Settings, request_id: int, tool: str, args: Any, tim
     timeout_ms = max(1, min(MAX_TIMEOUT_MS, int(timeout * 1000)))
     try:
         frame = encode_request(request_id, tool, args, timeout_ms=timeout_ms, idempotent=idempotent,
-                               window=window, trace=trace)
+                               window=window, trace=trace, pickle=settings.serializer == "pickle")
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidParams(f"arguments cannot be encoded: {exc}") from None
     if len(frame) > settings.max_message_size:
@@ -104,6 +104,9 @@ class ClientCore:
         # no endpoint: the one `zbridge serve` listens on by default
         self.endpoint = endpoint or (default_endpoint() if self.settings.pool_enabled else None)
         check_endpoint(self.endpoint)  # before zmq, which only says "Invalid argument"
+        if self.settings.serializer == "pickle":
+            pickling.refuse_remote("pickle", self.endpoint)  # ValueError over tcp
+            pickling.allow()  # this process then decodes the pickled replies it asked for
         self.tools = tool_specs(tools)
         self.connect_timeout = connect_timeout
         self._ids = itertools.count(1)

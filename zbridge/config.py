@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from types import FrameType
 from typing import Any, Mapping
 
+from .pickling import SERIALIZERS
 from .protocol import DEFAULT_MAX_MESSAGE, DEFAULT_MAX_QUEUE_BYTES
 
 
@@ -46,6 +47,7 @@ class Settings:
     fallback: bool = _setting(True, "Use a one-shot subprocess when the pool cannot serve a call that never ran.")
     retries: int = _setting(2, "Retries of idempotent calls that met WorkerLost.")
     cancel_mode: str = _setting("interrupt", "A cancelled running call: interrupt (raise zbridge.Interrupted in the tool), abandon (drop its result) or kill (replace the daemon).")
+    serializer: str = _setting("msgpack", "msgpack, or pickle for any Python object on a trusted local bridge (refused with a tcp endpoint).")
     python: str = _setting("", "Interpreter for daemons (default: this one).")
     expose_tracebacks: str = _setting("auto", "Tool tracebacks in error replies: auto (on for ipc/inproc, off for tcp), true or false.")
     curve_secret: str = _setting("", "This side's CURVE secret key file (.key_secret); on a hub, turns CURVE on for tcp.")
@@ -77,6 +79,8 @@ class Settings:
             raise ValueError(f"max_in_flight must be at least 1, not {self.max_in_flight}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        if self.serializer not in SERIALIZERS:
+            raise ValueError(f"serializer must be msgpack or pickle, not {self.serializer!r}")
         if self.timeout <= 0 or self.max_queue < 0 or self.max_queue_bytes < 0:
             raise ValueError("timeout must be > 0, max_queue and max_queue_bytes >= 0")
 

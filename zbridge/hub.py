@@ -39,6 +39,7 @@ from .endpoints import (
 from .errors import BridgeError, InvalidRequest
 from .logs import configure as configure_logs
 from .logs import note_text
+from .pickling import refuse_remote
 from .protocol import (FLAG_PREWARM, VERSION, Kind, decode_credit, decode_heartbeat,
                        decode_ready, encode_cancel, encode_error, encode_heartbeat, encode_result,
                        read_header)
@@ -112,10 +113,12 @@ class Hub:
         try:
             self.security = HubSecurity(settings, self.context, self.private_dir, frontend)
             expose = expose_tracebacks(settings, frontend)
+            refuse_remote(settings.serializer, frontend)  # pickle never crosses a network
+            pickle = ["--allow-pickle"] if settings.serializer == "pickle" else []
             self.supervisor = Supervisor(
                 daemon_command(settings, self.backend_endpoint, self.heartbeat_endpoint, tools,
                                self.security.local_daemon_args +
-                               ["--expose-tracebacks" if expose else "--no-expose-tracebacks"]),
+                               ["--expose-tracebacks" if expose else "--no-expose-tracebacks"] + pickle),
                 self._notify_exit, stop_timeout=settings.stop_timeout)
             # daemons not spawned by us are admitted only where they can connect at all
             self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind),

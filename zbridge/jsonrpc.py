@@ -59,7 +59,18 @@ def request_object(id: Any, method: str, params: Any = None) -> dict[str, Any]:
 
 def encode_line(obj: Any) -> bytes:
     """JSON text on one line; raises TypeError/ValueError if obj is not JSON-encodable."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                      default=_no_json_form).encode() + b"\n"
+
+
+def _no_json_form(value: Any) -> Any:
+    """JSON has no datetime, Decimal, set, array...: refuse by name rather than guess a
+    lossy form the other side could not tell from a plain string or list."""
+    cls = type(value)
+    name = f"{cls.__module__}.{cls.__qualname__}".removeprefix("builtins.")
+    raise TypeError(f"a value of type {name} has no JSON form on the --stdio pipe: convert it "
+                    "(str(), .isoformat(), list(), .tolist()) or call through the zmq pool, "
+                    "which carries it (see Values in docs/PROTOCOL.md)")
 
 
 def _valid_id(value: Any) -> bool:

@@ -6,7 +6,7 @@ Pure and socket-free. Layout (network byte order), 20 bytes::
     2  B  version   1
     3  B  kind      Kind
     4  B  flags     bit 0: idempotent, bit 2: stream (request); bit 1: retire me (reply);
-                    bit 3: prewarm (status)
+                    bit 3: prewarm (status); bit 4: the body is pickle (request, reply, partial)
     5  3x reserved  zero
     8  I  timeout   milliseconds, requests only (0 = hub default)
     12 Q  id        request id chosen by the client, echoed in the reply
@@ -15,6 +15,8 @@ The body after the header is msgpack: a request is ``{"method": str, "params": l
 a reply ``{"result": any}`` or ``{"error": {"code", "message", "data"?}}``, ready
 ``{"pid", "tools", "version"}``, a status reply carries the status map as ``result``.
 The hub reads only the header, so tool arguments are never decoded on the way.
+Values beyond msgpack's own (datetime, tuple, numpy arrays, user types...) are msgpack
+extension types, listed in ``codec``; control messages and errors use plain msgpack.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from typing import Any
 
 import msgpack
 
-from .errors import BridgeError, InvalidRequest, ParseError
+from . import codec, pickling
+from .errors import BridgeError, InvalidParams, InvalidRequest, ParseError
 
 MAGIC = b"ZB"
 VERSION = 1
@@ -37,7 +40,8 @@ FLAG_IDEMPOTENT = 0x01  # requests: the caller allows a retry
 FLAG_RETIRE = 0x02      # replies: the daemon asks to be replaced (e.g. over max_rss_mb)
 FLAG_STREAM = 0x04      # requests: the caller takes a generator tool's items one by one
 FLAG_PREWARM = 0x08     # status requests: start every daemon up to `workers` now
-REQUEST_FLAGS = FLAG_IDEMPOTENT | FLAG_STREAM  # every other bit of a request must be zero
+FLAG_PICKLE = 0x10      # requests, replies, partials: the body is pickle, not msgpack (local only)
+REQUEST_FLAGS = FLAG_IDEMPOTENT | FLAG_STREAM | FLAG_PICKLE  # every other bit of a request must be zero
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 DEFAULT_MAX_QUEUE_BYTES = 256 * 1024 * 1024
 DEFAULT_WINDOW = 64     # stream items a daemon may send ahead of the consumer's credit
@@ -102,13 +106,21 @@ def read_header(frame: bytes | memoryview) -> Header:
 
 
 def packb(obj: Any) -> bytes:
+    """Values (tool arguments, results, stream items): msgpack with zbridge's extension types."""
+    return codec.packb(obj)
+
+
+def _packb_plain(obj: Any) -> bytes:
+    """Control messages and errors: plain msgpack, as any msgpack library reads it."""
     packed: bytes = msgpack.packb(obj, use_bin_type=True)
     return packed
 
 
 def unpackb(data: bytes | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE,
-            strict_map_key: bool = True) -> Any:
-    """Decode msgpack with size limits; any failure is a ParseError.
+            strict_map_key: bool = True, values: bool = True) -> Any:
+    """Decode msgpack with size limits; a malformed body is a ParseError, an extension
+    value this side cannot rebuild (e.g. an unregistered user type) an InvalidParams
+    naming it. ``values=False`` (control messages) leaves extension values undecoded.
 
     unpackb already bounds every declared length by the size of the input, so a lying
     length prefix cannot make it allocate more than the frame it was given.
@@ -116,10 +128,37 @@ def unpackb(data: bytes | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE,
     if len(data) > max_size:
         raise ParseError(f"body of {len(data)} bytes exceeds the {max_size}-byte limit")
     try:
+        if values:
+            return codec.unpackb(data, strict_map_key=strict_map_key)
         return msgpack.unpackb(data, raw=False, strict_map_key=strict_map_key)
+    except codec.ValueDecodeError as exc:
+        raise InvalidParams(f"cannot decode a value: {exc}"[:500]) from None
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
-            TypeError, UnicodeDecodeError, RecursionError) as exc:
+            TypeError, UnicodeDecodeError, RecursionError, OverflowError) as exc:
         raise ParseError(f"undecodable msgpack body: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _unpickle(data: bytes | memoryview, max_size: int) -> Any:
+    """A pickle body, only in a process that opted in; InvalidRequest otherwise."""
+    if len(data) > max_size:
+        raise ParseError(f"body of {len(data)} bytes exceeds the {max_size}-byte limit")
+    try:
+        return pickling.loads(data)
+    except PermissionError as exc:
+        raise InvalidRequest(str(exc)) from None
+    except ValueError as exc:
+        raise InvalidParams(str(exc)) from None
+
+
+def _body(frame: bytes, max_size: int, strict_map_key: bool) -> Any:
+    """The body of a value-carrying frame, pickle or msgpack as its header flag says."""
+    if len(frame) > 4 and frame[4] & FLAG_PICKLE:
+        return _unpickle(body_of(frame), max_size)
+    return unpackb(body_of(frame), max_size=max_size, strict_map_key=strict_map_key)
+
+
+def _pack_body(obj: Any, flags: int) -> bytes:
+    return pickling.dumps(obj) if flags & FLAG_PICKLE else packb(obj)
 
 
 def body_of(frame: bytes | memoryview) -> memoryview:
@@ -142,6 +181,10 @@ class Request:
     def stream(self) -> bool:
         return bool(self.flags & FLAG_STREAM)
 
+    @property
+    def pickled(self) -> bool:
+        return bool(self.flags & FLAG_PICKLE)
+
 
 def check_traceparent(trace: str) -> str:
     """A W3C traceparent, checked loosely (shape only): ``00-<32 hex>-<16 hex>-<2 hex>``."""
@@ -151,16 +194,21 @@ def check_traceparent(trace: str) -> str:
 
 
 def encode_request(id: int, method: str, params: Any = None, *, timeout_ms: int = 0,
-                   idempotent: bool = False, window: int = 0, trace: str | None = None) -> bytes:
+                   idempotent: bool = False, window: int = 0, trace: str | None = None,
+                   pickle: bool = False) -> bytes:
     """A request; ``window`` > 0 asks for a stream with that many items of credit;
-    ``trace`` is a W3C traceparent the daemon shows the tool (``zbridge.current_call()``)."""
-    flags = (FLAG_IDEMPOTENT if idempotent else 0) | (FLAG_STREAM if window else 0)
-    body = {"method": method, "params": params}  # "method" first: the hub peeks at it
+    ``trace`` is a W3C traceparent the daemon shows the tool (``zbridge.current_call()``);
+    ``pickle`` sends the body as pickle (the daemon must allow it)."""
+    flags = ((FLAG_IDEMPOTENT if idempotent else 0) | (FLAG_STREAM if window else 0)
+             | (FLAG_PICKLE if pickle else 0))
+    if isinstance(params, tuple):  # positional arguments, not a tuple value
+        params = list(params)
+    body: dict[str, Any] = {"method": method, "params": params}  # "method" first: the hub peeks at it
     if window:
         body["window"] = window
     if trace is not None:
         body["trace"] = check_traceparent(trace)
-    return pack_header(Kind.REQUEST, id, timeout_ms, flags) + packb(body)
+    return pack_header(Kind.REQUEST, id, timeout_ms, flags) + _pack_body(body, flags)
 
 
 def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
@@ -169,7 +217,7 @@ def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
     header = header or read_header(frame)
     if header.kind is not Kind.REQUEST:
         raise InvalidRequest(f"expected a request, got {header.kind.name}")
-    body = unpackb(body_of(frame), max_size=max_size)
+    body = _body(frame, max_size, strict_map_key=True)
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a map")
     method = body.get("method")
@@ -255,17 +303,19 @@ def peek_error_code(frame: bytes) -> int | None:
 # --- replies -----------------------------------------------------------------------------
 
 def encode_result(id: int, result: Any, flags: int = 0) -> bytes:
-    """Raises TypeError/ValueError/OverflowError if the result cannot be encoded."""
-    return pack_header(Kind.REPLY, id, 0, flags) + packb({"result": result})
+    """Raises TypeError/ValueError/OverflowError if the result cannot be encoded; with
+    FLAG_PICKLE in ``flags`` (the answer to a pickle request) the body is pickle."""
+    flags &= ~FLAG_IDEMPOTENT & ~FLAG_STREAM  # only reply bits travel back
+    return pack_header(Kind.REPLY, id, 0, flags) + _pack_body({"result": result}, flags)
 
 
 def encode_error(id: int, error: BridgeError) -> bytes:
-    return pack_header(Kind.REPLY, id) + packb({"error": error.to_wire()})
+    return pack_header(Kind.REPLY, id) + _packb_plain({"error": error.to_wire()})
 
 
 def decode_reply_body(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> dict[str, Any]:
     """Body of a REPLY frame; the caller already checked the header."""
-    body = unpackb(body_of(frame), max_size=max_size, strict_map_key=False)
+    body = _body(frame, max_size, strict_map_key=False)
     if not isinstance(body, dict) or ("result" not in body and "error" not in body):
         raise ParseError("reply body must be a map with 'result' or 'error'")
     return body
@@ -274,49 +324,50 @@ def decode_reply_body(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> d
 # --- control messages --------------------------------------------------------------------
 
 def encode_ready(pid: int, tools: list[str], version: str) -> bytes:
-    return pack_header(Kind.READY, 0) + packb({"pid": pid, "tools": tools, "version": version})
+    return pack_header(Kind.READY, 0) + _packb_plain({"pid": pid, "tools": tools, "version": version})
 
 
 def decode_ready(frame: bytes) -> dict[str, Any]:
-    body = unpackb(body_of(frame), max_size=1024 * 1024)
+    body = unpackb(body_of(frame), max_size=1024 * 1024, values=False)
     if not isinstance(body, dict) or not isinstance(body.get("pid"), int):
         raise InvalidRequest("ready body must be a map with an integer 'pid'")
     return body
 
 
 def encode_heartbeat(info: dict[str, Any] | None = None) -> bytes:
-    return pack_header(Kind.HEARTBEAT, 0) + packb(info or {})
+    return pack_header(Kind.HEARTBEAT, 0) + _packb_plain(info or {})
 
 
 def decode_heartbeat(frame: bytes) -> dict[str, Any]:
-    body = unpackb(body_of(frame), max_size=64 * 1024)
+    body = unpackb(body_of(frame), max_size=64 * 1024, values=False)
     if not isinstance(body, dict):
         raise InvalidRequest("heartbeat body must be a map")
     return body
 
 
 def encode_disconnect(reason: str = "") -> bytes:
-    return pack_header(Kind.DISCONNECT, 0) + packb({"reason": reason})
+    return pack_header(Kind.DISCONNECT, 0) + _packb_plain({"reason": reason})
 
 
-def encode_partial(id: int, item: Any) -> bytes:
+def encode_partial(id: int, item: Any, flags: int = 0) -> bytes:
     """Raises TypeError/ValueError/OverflowError if the item cannot be encoded."""
-    return pack_header(Kind.PARTIAL, id) + packb({"item": item})
+    flags &= FLAG_PICKLE
+    return pack_header(Kind.PARTIAL, id, 0, flags) + _pack_body({"item": item}, flags)
 
 
 def decode_partial(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> Any:
-    body = unpackb(body_of(frame), max_size=max_size, strict_map_key=False)
+    body = _body(frame, max_size, strict_map_key=False)
     if not isinstance(body, dict) or "item" not in body:
         raise ParseError("partial body must be a map with 'item'")
     return body["item"]
 
 
 def encode_credit(id: int, n: int) -> bytes:
-    return pack_header(Kind.CREDIT, id) + packb({"n": n})
+    return pack_header(Kind.CREDIT, id) + _packb_plain({"n": n})
 
 
 def decode_credit(frame: bytes) -> int:
-    body = unpackb(body_of(frame), max_size=1024)
+    body = unpackb(body_of(frame), max_size=1024, values=False)
     n = body.get("n") if isinstance(body, dict) else None
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InvalidRequest("credit body must be a map with a positive integer 'n'")
@@ -325,7 +376,7 @@ def decode_credit(frame: bytes) -> int:
 
 def encode_cancel(id: int) -> bytes:
     """Cancel request ``id``; honoured only from the connection that sent the request."""
-    return pack_header(Kind.CANCEL, id) + packb({})
+    return pack_header(Kind.CANCEL, id) + _packb_plain({})
 
 
 def without_flags(frame: bytes, flags: int) -> bytes:
@@ -334,4 +385,4 @@ def without_flags(frame: bytes, flags: int) -> bytes:
 
 
 def encode_status_request(id: int, prewarm: bool = False) -> bytes:
-    return pack_header(Kind.STATUS, id, 0, FLAG_PREWARM if prewarm else 0) + packb(None)
+    return pack_header(Kind.STATUS, id, 0, FLAG_PREWARM if prewarm else 0) + _packb_plain(None)
