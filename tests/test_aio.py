@@ -32,6 +32,7 @@ async def busy(bridge):
 def test_a_thousand_concurrent_calls_on_one_loop(basic_tools):
     async def main():
         async with zbridge.AsyncBridge(basic_tools, workers=2, prewarm=True) as bridge:
+            await bridge.wait_ready()  # both daemons up, so the calls can spread
             results = await asyncio.gather(*(bridge.call("add", [i, i]) for i in range(1000)))
             assert results == [2 * i for i in range(1000)]
             served = {d["id"]: d["calls"] for d in (await bridge.status())["daemons"]}

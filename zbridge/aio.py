@@ -31,6 +31,7 @@ from .config import Settings, load_settings
 from .errors import BridgeError, ConnectionLost
 from .hub import start_embedded
 from .protocol import encode_cancel, encode_credit, read_header
+from .statusmap import Status
 from .tools import tool_specs
 
 
@@ -77,14 +78,14 @@ class AsyncClient(ClientCore):
         return await self.call_many([(tool, [item]) for item in items], timeout=timeout,
                                     idempotent=idempotent, return_exceptions=return_exceptions)
 
-    async def wait_ready(self, timeout: float = 60.0, count: int | None = None) -> dict[str, Any]:
+    async def wait_ready(self, timeout: float = 60.0, count: int | None = None) -> Status:
         """Wait until ``count`` daemons (default: ``workers``, at least 1) are up."""
-        status: dict[str, Any] = await self._drive(plans.wait_ready(self, timeout, count))
+        status: Status = await self._drive(plans.wait_ready(self, timeout, count))
         return status
 
-    async def status(self, timeout: float = 5.0, *, prewarm: bool = False) -> dict[str, Any]:
+    async def status(self, timeout: float = 5.0, *, prewarm: bool = False) -> Status:
         """The hub's view: daemons, queue, counters (see Client.status)."""
-        status: dict[str, Any] = await self._drive(plans.status(self, timeout, prewarm))
+        status: Status = await self._drive(plans.status(self, timeout, prewarm))
         return status
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     from .client import Client
@@ -26,6 +26,7 @@ import click
 from .config import Settings, _parse, env_name, load_settings
 from .endpoints import default_endpoint, ipc_path
 from .errors import BridgeError
+from .watch import cell as _cell
 
 DEFAULT_HELP = "an ipc socket in $XDG_RUNTIME_DIR/zbridge, else in <tempdir>/zbridge-<uid>"
 _TYPES = {"int": int, "float": float, "str": str}
@@ -275,10 +276,6 @@ def status(endpoint: str | None, as_json: bool, curve_secret: str, curve_server_
         click.echo(tools)
 
 
-def _cell(value: Any, fmt: str = "") -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 # (heading, value of a daemon's status map, left-aligned)
 _COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str], bool]] = [
     ("id", lambda d: str(d["id"]), True),
@@ -303,7 +300,7 @@ def format_table(headings: list[str], rows: list[list[str]], left: list[bool]) -
     return [line(headings)] + [line(r) for r in rows]
 
 
-def format_status(info: dict[str, Any]) -> str:
+def format_status(info: Mapping[str, Any]) -> str:
     """The status map as a table a person can read."""
     queue = f"queue depth {info['queue_depth']}"
     if info.get("queue_bytes") is not None:
@@ -326,7 +323,7 @@ def format_status(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_tools(info: dict[str, Any]) -> str:
+def format_tools(info: Mapping[str, Any]) -> str:
     """The per-tool section of `zbridge status`: calls, errors by code, latency quantiles."""
     tools = info.get("tools") or {}
     if not tools:
@@ -347,6 +344,7 @@ def watch_status(endpoint: str, interval: float, curve_secret: str = "", curve_s
     """The --watch loop: fetch status, draw a frame (clear the screen on a tty, else a blank
     line between frames), sleep; 0 when interrupted (Ctrl-C, SIGINT)."""
     import time
+
     from .client import Client
     from .watch import CLEAR, render, render_unreachable
     out = out or sys.stdout

@@ -30,6 +30,7 @@ from .calls import (
 from .config import Settings
 from .errors import BridgeError, Cancelled, ConnectionLost
 from .protocol import encode_cancel, encode_credit, read_header
+from .statusmap import Status
 
 SUBMIT_THREADS = 32
 
@@ -132,16 +133,16 @@ class Client(ClientCore):
         return self.call_many([(tool, [item]) for item in items], timeout=timeout,
                               idempotent=idempotent, return_exceptions=return_exceptions)
 
-    def wait_ready(self, timeout: float = 60.0, count: int | None = None) -> dict[str, Any]:
+    def wait_ready(self, timeout: float = 60.0, count: int | None = None) -> Status:
         """Block until ``count`` daemons (default: ``workers``, at least 1) are up; returns
         the status. Starts any not yet started. Raises PoolUnavailable on timeout, or at once
         when starts keep failing."""
-        status: dict[str, Any] = self._drive(plans.wait_ready(self, timeout, count))
+        status: Status = self._drive(plans.wait_ready(self, timeout, count))
         return status
 
-    def status(self, timeout: float = 5.0, *, prewarm: bool = False) -> dict[str, Any]:
+    def status(self, timeout: float = 5.0, *, prewarm: bool = False) -> Status:
         """The hub's view: daemons (pid, state, calls, uptime, current call), queue, counters."""
-        status: dict[str, Any] = self._drive(plans.status(self, timeout, prewarm))
+        status: Status = self._drive(plans.status(self, timeout, prewarm))
         return status
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Generator, Iterable, Union
 
+from . import statusmap
 from .calls import (
     HUB_GRACE,
     ClientCore,
@@ -125,7 +126,7 @@ def call(core: ClientCore, tool: str, args: Any, timeout: float | None,
 
 def status(core: ClientCore, timeout: float, prewarm: bool = False) -> Plan:
     if not core.settings.pool_enabled:
-        return {"pool_enabled": False, "daemons": [], "queue_depth": 0}
+        return statusmap.disabled(core.settings.workers)
     return (yield Roundtrip(encode_status_request(next(core._ids), prewarm), timeout))
 
 

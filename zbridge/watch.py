@@ -9,12 +9,13 @@ and latency quantiles. The loop that fetches status and draws frames lives in cl
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Mapping
 
 CLEAR = "\x1b[H\x1b[J"  # cursor home, clear to the end of the screen
 
 
-def _cell(value: Any, fmt: str = "") -> str:
+def cell(value: Any, fmt: str = "") -> str:
+    """A table cell: "-" for a missing value."""
     return "-" if value is None else format(value, fmt)
 
 
@@ -24,7 +25,7 @@ def _ms(seconds: float | None) -> str:
     return f"{seconds * 1000:.2f}ms" if seconds < 1 else f"{seconds:.2f}s"
 
 
-def rates(info: dict[str, Any], prev: dict[str, Any] | None, elapsed: float | None) -> dict[str, float | None]:
+def rates(info: Mapping[str, Any], prev: Mapping[str, Any] | None, elapsed: float | None) -> dict[str, float | None]:
     """Calls per second per tool since ``prev`` (None for the first frame)."""
     tools = info.get("tools") or {}
     if prev is None or not elapsed or elapsed <= 0:
@@ -34,7 +35,7 @@ def rates(info: dict[str, Any], prev: dict[str, Any] | None, elapsed: float | No
             for name, t in tools.items()}
 
 
-def render(info: dict[str, Any], prev: dict[str, Any] | None = None, elapsed: float | None = None,
+def render(info: Mapping[str, Any], prev: Mapping[str, Any] | None = None, elapsed: float | None = None,
            interval: float | None = None, clock: float | None = None) -> str:
     """The live view as text (no escape codes; the caller clears the screen on a tty)."""
     stamp = time.strftime("%H:%M:%S", time.localtime(clock))
@@ -50,8 +51,8 @@ def render(info: dict[str, Any], prev: dict[str, Any] | None = None, elapsed: fl
     for d in daemons:
         rss = d["rss"] / 1048576 if d.get("rss") else None
         tool = d.get("current_tool") or ("-" if d.get("current_call") is None else f"#{d['current_call']}")
-        lines.append(f"{d['id']:<7} {_cell(d.get('pid')):>8} {d['state']:<9} {tool[:20]:<20} "
-                     f"{_cell(d.get('call_age_s'), '.2f'):>8} {d.get('calls', 0):>7} {_cell(rss, '.1f'):>7}")
+        lines.append(f"{d['id']:<7} {cell(d.get('pid')):>8} {d['state']:<9} {tool[:20]:<20} "
+                     f"{cell(d.get('call_age_s'), '.2f'):>8} {d.get('calls', 0):>7} {cell(rss, '.1f'):>7}")
     if not daemons:
         lines.append("(no daemons: they start on the first call)")
     tools = info.get("tools") or {}
@@ -60,7 +61,7 @@ def render(info: dict[str, Any], prev: dict[str, Any] | None = None, elapsed: fl
                  f"{'run p99':>10} {'wait p99':>10}")
     for name, t in tools.items():
         errors = sum((t.get("errors") or {}).values())
-        lines.append(f"{name[:20]:<20} {_cell(per_s.get(name), '.1f'):>8} {t['calls']:>8} {errors:>7} "
+        lines.append(f"{name[:20]:<20} {cell(per_s.get(name), '.1f'):>8} {t['calls']:>8} {errors:>7} "
                      f"{_ms(t['run_s'].get('p50')):>10} {_ms(t['run_s'].get('p99')):>10} "
                      f"{_ms(t['queue_s'].get('p99')):>10}")
     if not tools:
