@@ -6,6 +6,8 @@ Shared by the zmq worker and the pipe daemon; kept free of click, zmq and loggin
 
 from __future__ import annotations
 
+import gc
+
 from zbridge.errors import PoolUnavailable
 from zbridge.tools import Registry, load_tools
 
@@ -15,6 +17,10 @@ def load(specs: tuple[str, ...] | list[str]) -> Registry:
     registry = load_tools(specs)
     for hook in registry.startup_hooks:
         hook()
+    # What start-up built (modules, a model) lives as long as the daemon: move it out of the
+    # collector's sight, so a full collection during a call need not walk a big start-up heap.
+    gc.collect()
+    gc.freeze()
     return registry
 
 

@@ -229,3 +229,8 @@ def test_a_tool_catching_exception_does_not_swallow_the_interrupt(bridge_factory
         future.result(timeout=10)
     assert bridge.call("pid", timeout=10) == pid  # interrupted, not killed after kill_grace
     assert bridge.status()["counters"]["kills"] == 0
+
+
+def test_the_start_up_heap_is_frozen_out_of_collections(bridge_factory):
+    bridge = bridge_factory(ROUGH)
+    assert bridge.call("gc_frozen") > 1000  # modules and what start-up built

@@ -43,3 +43,10 @@ def swallow_everything(seconds: float) -> str:
     except Exception:  # noqa: BLE001 - the point: an interrupt must not be swallowed here
         return "swallowed"
     return "finished"
+
+
+@zbridge.tool
+def gc_frozen() -> int:
+    """Objects the daemon froze after start-up (gc.freeze), out of every collection's way."""
+    import gc
+    return gc.get_freeze_count()
