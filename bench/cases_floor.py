@@ -1,4 +1,5 @@
-"""The floors: raw pyzmq through ``zmq.proxy``, and a raw os.pipe ping-pong.
+"""The floors: raw pyzmq through ``zmq.proxy``, raw pyzmq straight to the worker (no broker),
+and a raw os.pipe ping-pong.
 
 They do the least any broker-shaped (proxy) or pipe-shaped (pipe) design could do on this
 machine, so zbridge's cost above them is its own.
@@ -102,6 +103,23 @@ def zmq_proxy(workers: int) -> Iterator[Handle]:
         context.term()  # the proxy thread gets ETERM and closes its sockets
 
 
+@contextlib.contextmanager
+def zmq_direct() -> Iterator[Handle]:
+    """client DEALER -> ipc -> the worker's own ROUTER: a round trip with no broker at all."""
+    context = zmq.Context()
+    try:
+        with procs.private_dir() as directory, contextlib.ExitStack() as stack:
+            endpoint = procs.ipc(directory, "worker")
+            worker = stack.enter_context(procs.child(procs.python_module(
+                "bench.servers", "zmq_router", endpoint)))
+            clients = ProxyClients(context, endpoint)
+            stack.callback(clients.close)
+            wait_workers(clients, 1, [worker])
+            yield Handle(clients.caller, lambda: {"daemon": [worker.pid]})
+    finally:
+        context.term()
+
+
 def pipe_call(write: int, read: int, message: bytes) -> bytes:
     write_message(write, message)
     return read_message(read)
@@ -135,6 +153,10 @@ def targets(profile: Profile) -> list[Target]:
                (latency_case(name, profile, workers=1), *sweep_cases(name, profile, workers=1),
                 *throughput_cases(f"{name}.w1", profile, workers=1))),
         Target(f"{name}.w2", lambda: zmq_proxy(2), tuple(throughput_cases(f"{name}.w2", profile, workers=2))),
+        Target("floor.zmq_direct", zmq_direct,
+               (latency_case("floor.zmq_direct", profile, workers=1),
+                *sweep_cases("floor.zmq_direct", profile, workers=1),
+                *throughput_cases("floor.zmq_direct.w1", profile, workers=1))),
         Target("floor.pipe", pipe_pair,
                (latency_case("floor.pipe", profile, workers=1), *sweep_cases("floor.pipe", profile, workers=1))),
     ]

@@ -1,6 +1,7 @@
 """The far side of the floor and zerorpc cases, run as ``python -m bench.servers MODE ...``.
 
     zmq_worker ENDPOINT   DEALER connected to a zmq.proxy backend; msgpack dict in and out
+    zmq_router ENDPOINT   the same worker on a ROUTER it binds itself: callers talk to it direct
     pipe RFD WFD          length-prefixed echo over two os.pipe file descriptors
     zerorpc ENDPOINT      a zerorpc server exposing noop
 
@@ -18,12 +19,15 @@ from bench.tools import noop
 LENGTH = struct.Struct("!I")
 
 
-def zmq_worker(endpoint: str) -> None:
+def zmq_worker(endpoint: str, direct: bool = False) -> None:
     import msgpack
     import zmq
-    sock = zmq.Context().socket(zmq.DEALER)
+    sock = zmq.Context().socket(zmq.ROUTER if direct else zmq.DEALER)
     sock.linger = 0
-    sock.connect(endpoint)
+    if direct:
+        sock.bind(endpoint)
+    else:
+        sock.connect(endpoint)
     pid = os.getpid()
     while True:
         client, body = sock.recv_multipart()
@@ -76,7 +80,11 @@ def zerorpc_server(endpoint: str) -> None:
     server.run()
 
 
-MODES = {"zmq_worker": zmq_worker, "pipe": pipe, "zerorpc": zerorpc_server}
+def zmq_router(endpoint: str) -> None:
+    zmq_worker(endpoint, direct=True)
+
+
+MODES = {"zmq_worker": zmq_worker, "zmq_router": zmq_router, "pipe": pipe, "zerorpc": zerorpc_server}
 
 if __name__ == "__main__":
     MODES[sys.argv[1]](*sys.argv[2:])
