@@ -45,12 +45,13 @@ def test_a_client_that_never_reads_harms_nobody_and_serve_still_stops(tmp_path, 
 
 
 def test_a_credit_flood_for_a_plain_call_is_not_forwarded(tmp_path, basic_tools):
-    with served(tmp_path, "--tools", basic_tools) as (endpoint, proc):
+    with served(tmp_path, "--tools", basic_tools, "--workers", "2", "--prewarm") as (endpoint, proc):
         with raw_dealer(endpoint) as peer, zbridge.Client(endpoint, fallback=False) as client:
-            peer.send(protocol.encode_request(1, "span", [1.0]))
-            for _ in range(50_000):
+            client.wait_ready(timeout=20)
+            peer.send(protocol.encode_request(1, "span", [6.0]))
+            for _ in range(50_000):  # a daemon busy in a plain call reads none of these
                 peer.send(protocol.encode_credit(1, 1))
-            assert call_all(client, 20) == list(range(20))
+            assert call_all(client, 20, timeout=3.0) == list(range(20))
             header = protocol.read_header(reply := peer.recv())
             assert header.kind is Kind.REPLY and header.id == 1
             assert "result" in protocol.decode_reply_body(reply)
