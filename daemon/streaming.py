@@ -14,7 +14,7 @@ from typing import Any, Generator
 
 import zmq
 
-from zbridge.errors import BridgeError, Cancelled, InternalError, PoolUnavailable
+from zbridge.errors import BridgeError, Cancelled, InternalError, WorkerLost
 from zbridge.protocol import (
     DEFAULT_WINDOW,
     Kind,
@@ -52,7 +52,7 @@ def send_stream(sock: zmq.Socket[Any], request: Request, items: Generator[Any, N
     except StreamCancelled:
         return encode_error(request.id, Cancelled("stream abandoned by its caller")), False
     except Stopping:
-        return encode_error(request.id, PoolUnavailable("daemon stopping mid-stream")), True
+        return encode_error(request.id, WorkerLost("daemon stopping mid-stream: the tool ran")), True
     finally:
         items.close()  # runs the tool's own finally blocks if we stopped early
     return encode_result(request.id, {"items": sent}), False

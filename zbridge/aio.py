@@ -92,9 +92,12 @@ class AsyncClient(ClientCore):
         if self._closed:
             return
         self._closed = True
+        gone = plans.closed_while_waiting()
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(plans.closed_error())
+                future.set_exception(gone)
+        for queue in self._streams.values():
+            queue.put_nowait(("error", gone))
         for task in (self._reader, self._watcher):
             if task is not None:
                 task.cancel()
@@ -202,14 +205,17 @@ class AsyncClient(ClientCore):
                         except BridgeError as exc:
                             error = exc
                     case plans.Receive(deadline, timeout):
-                        try:
-                            outcome = await asyncio.wait_for(self._streams[request_id].get(),
-                                                             max(0.0, deadline - time.monotonic()))
-                        except asyncio.TimeoutError:
-                            error = plans.timed_out(timeout)
-                    case plans.Credit(n):
+                        if self._closed:  # items still queued are not wanted any more
+                            error = plans.closed_while_waiting()
+                        else:
+                            try:
+                                outcome = await asyncio.wait_for(self._streams[request_id].get(),
+                                                                 max(0.0, deadline - time.monotonic()))
+                            except asyncio.TimeoutError:
+                                error = plans.timed_out(timeout)
+                    case plans.Credit(n):  # advisory: never blocks, never raises
                         assert sock is not None  # Open comes first
-                        await sock.send(encode_credit(request_id, n))
+                        await self._send_quietly(sock, encode_credit(request_id, n))
                 try:
                     op = plan.send(outcome) if error is None else plan.throw(error)
                 except StopIteration:
@@ -286,12 +292,16 @@ class AsyncClient(ClientCore):
         finally:
             self._pending.pop(request_id, None)
 
+    @classmethod
+    async def _send_cancel(cls, sock: zmq.asyncio.Socket, request_id: int) -> None:
+        await cls._send_quietly(sock, encode_cancel(request_id))
+
     @staticmethod
-    async def _send_cancel(sock: zmq.asyncio.Socket, request_id: int) -> None:
+    async def _send_quietly(sock: zmq.asyncio.Socket, frame: bytes) -> None:
         try:
-            await sock.send(encode_cancel(request_id), zmq.NOBLOCK)
+            await sock.send(frame, zmq.NOBLOCK)
         except zmq.ZMQError:
-            pass  # the hub is gone: nothing is running there to cancel
+            pass  # the hub is gone or not reading: nothing to tell it
 
 
 

@@ -419,7 +419,7 @@ class Broker(InFlight):
             self.queue.appendleft(job)
             self.queued += 1
             self.queued_bytes += job.size
-        return self._lose(daemon, "unreachable (its socket refused a message)")
+        return self._lose(daemon, "unreachable (its socket refused a message)") + self._dispatch(now)
 
     def _count_failure(self, daemon: Daemon, now: float, detail: str, code: int | None,
                        tail: str, held_call: bool) -> list[Action]:

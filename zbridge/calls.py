@@ -130,7 +130,8 @@ class ClientCore:
 
     def _can_fallback(self) -> bool:
         """The pipe fallback needs to know the tools: a bare Client of a served hub cannot."""
-        return self.settings.fallback and not self._closed and bool(self.tools)
+        return (self.settings.fallback and not self._closed and bool(self.tools)
+                and self.settings.serializer != "pickle")  # the one-shot pipe carries msgpack only
 
     def _one_shot_call(self, tool: str, args: Any, timeout: float) -> Any:
         with self._fallback_slots:

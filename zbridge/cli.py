@@ -156,8 +156,8 @@ def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, **valu
         signal.signal(sig, lambda *_: None)  # the wakeup fd carries the signal to the loop
 
     def on_signal(h: Hub) -> None:
-        reader.recv(64)
-        h.begin_stop(drain_timeout)
+        for _ in reader.recv(64):  # one byte per signal: a second one means stop now
+            h.begin_stop(drain_timeout)
 
     click.echo(f"zbridge hub {os.getpid()} serving {bind} (tools: {', '.join(tools) or 'none'}, "
                f"workers: {settings.workers})", err=True)

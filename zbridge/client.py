@@ -28,11 +28,12 @@ from .calls import (
     result_of,
 )
 from .config import Settings
-from .errors import BridgeError, Cancelled, ConnectionLost
+from .errors import BridgeError, ConnectionLost
 from .protocol import encode_cancel, encode_credit, read_header
 from .statusmap import Status
 
 SUBMIT_THREADS = 32
+CLOSE_WAIT = 5.0  # seconds close() waits for other threads to leave their zmq calls
 
 
 class Client(ClientCore):
@@ -49,6 +50,9 @@ class Client(ClientCore):
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._watches: dict[zmq.Socket[Any], ConnectionWatch] = {}
+        # sockets belong to their threads: close() waits until none is inside a zmq call
+        self._idle = threading.Condition()
+        self._busy = 0
 
     # --- public API --------------------------------------------------------------------
 
@@ -101,6 +105,8 @@ class Client(ClientCore):
         failed call's error takes its place in the list; otherwise the first error (in call
         order) is raised once all calls have finished.
         """
+        if self._closed:
+            raise plans.closed_error()
         calls = list(calls)
         timeout = self.timeout_of(timeout)
         outcomes: list[Any] = []
@@ -111,13 +117,17 @@ class Client(ClientCore):
                 outcomes.append(None)
             except BridgeError as exc:
                 outcomes.append(exc)
-        if self.settings.pool_enabled and frames and not self._closed:
-            sock = self._socket()
-            replies = iter(fanout.pipeline(
-                sock, frames, time.monotonic() + timeout + HUB_GRACE,
-                lambda r: result_of(r, self.settings.max_message_size),
-                window=self.settings.max_in_flight,
-                lost=lambda: self._connection_lost() if self._dropped(sock) else None))
+        if self.settings.pool_enabled and frames:
+            self._enter_io()
+            try:
+                sock = self._socket()
+                replies = iter(fanout.pipeline(
+                    sock, frames, timeout + HUB_GRACE,
+                    lambda r: result_of(r, self.settings.max_message_size),
+                    window=self.settings.max_in_flight,
+                    lost=lambda: self._connection_lost() if self._dropped(sock) else None))
+            finally:
+                self._leave_io()
             outcomes = [o if isinstance(o, BridgeError) else next(replies) for o in outcomes]
         for i, (tool, args) in enumerate(calls):
             if plans.needs_another_try(self, outcomes[i], idempotent):
@@ -146,18 +156,34 @@ class Client(ClientCore):
         return status
 
     def close(self) -> None:
-        """Close sockets; waiting calls in other threads end with Cancelled."""
-        if self._closed:
-            return
-        self._closed = True
+        """Close sockets; waiting calls in other threads end with Cancelled (within a poll
+        slice: each thread's socket is closed only once no thread is inside a zmq call)."""
+        with self._idle:
+            if self._closed:
+                return
+            self._closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, timeout=CLOSE_WAIT)
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for _, sock in sockets:
             self._close_socket(sock)
         if self._own_context:
             self.context.destroy(linger=0)  # never waits on a socket another frame still holds
+
+    def _enter_io(self) -> None:
+        with self._idle:
+            if self._closed:
+                raise plans.closed_error()
+            self._busy += 1
+
+    def _leave_io(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.notify_all()
 
     def __enter__(self) -> Client:
         return self
@@ -185,7 +211,7 @@ class Client(ClientCore):
     def _perform(self, op: plans.Op) -> Any:
         match op:
             case plans.Roundtrip(frame, timeout):
-                return self._roundtrip(frame, timeout)
+                return self._io(self._roundtrip, frame, timeout)
             case plans.OneShot(tool, args, timeout):
                 return self._one_shot_call(tool, args, timeout)
             case plans.Sleep(seconds):
@@ -209,26 +235,34 @@ class Client(ClientCore):
                         yield from self._one_shot_stream(tool, args, timeout)
                     case plans.Open(frame):
                         sock, request_id = self._new_socket(), plans.request_id(frame)
-                        error = self._try(lambda: self._send(sock, frame))
+                        error = self._try(lambda: self._io(self._send, sock, frame))
                     case plans.Receive(deadline, timeout):
                         assert sock is not None  # Open comes first
                         try:
-                            outcome = self._next_stream_message(sock, request_id, deadline, timeout)
+                            outcome = self._io(self._next_stream_message, sock, request_id, deadline, timeout)
                         except BridgeError as exc:
                             error = exc
-                    case plans.Credit(n):
+                    case plans.Credit(n):  # advisory: never blocks, never raises
                         assert sock is not None
-                        sock.send(encode_credit(request_id, n))
+                        self._send_quietly(sock, encode_credit(request_id, n))
                 try:
                     op = plan.send(outcome) if error is None else plan.throw(error)
                 except StopIteration:
                     finished = True
                     return
         finally:
-            if sock is not None:
+            if sock is not None and not self._closed:  # close() already closed it otherwise
                 if not finished:  # the consumer left early, the deadline passed, or it failed
                     self._send_cancel(sock, request_id)
                 self._close_socket(sock, linger=0 if finished else 100)
+
+    def _io(self, action: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking socket operation that close() must wait for."""
+        self._enter_io()
+        try:
+            return action(*args)
+        finally:
+            self._leave_io()
 
     @staticmethod
     def _try(action: Callable[[], None]) -> BridgeError | None:
@@ -252,13 +286,17 @@ class Client(ClientCore):
         except zmq.Again:
             raise self._unreachable() from None
 
-    @staticmethod
-    def _send_cancel(sock: zmq.Socket[Any], request_id: int) -> None:
+    @classmethod
+    def _send_cancel(cls, sock: zmq.Socket[Any], request_id: int) -> None:
         """CANCEL on the socket that sent the call: the hub honours no other."""
+        cls._send_quietly(sock, encode_cancel(request_id))
+
+    @staticmethod
+    def _send_quietly(sock: zmq.Socket[Any], frame: bytes) -> None:
         try:
-            sock.send(encode_cancel(request_id), zmq.NOBLOCK)
+            sock.send(frame, zmq.NOBLOCK)
         except zmq.ZMQError:
-            pass  # the hub is gone: nothing runs there to cancel
+            pass  # the hub is gone or not reading: nothing to tell it
 
     def _receive(self, sock: zmq.Socket[Any], deadline: float, timeout: float,
                  on_slice: Callable[[], None] | None = None) -> bytes:
@@ -269,7 +307,7 @@ class Client(ClientCore):
                 if on_slice is not None:
                     on_slice()
                 if self._closed:
-                    raise Cancelled("client closed while the call was waiting") from None
+                    raise plans.closed_while_waiting() from None
                 if self._dropped(sock):
                     raise self._connection_lost() from None
                 if time.monotonic() >= deadline:

@@ -30,6 +30,8 @@ Anything else is a TypeError that names the type and says what to do.
 
 from __future__ import annotations
 
+import threading
+
 import datetime as dt
 import uuid
 from decimal import Decimal, InvalidOperation
@@ -180,7 +182,22 @@ def _array(data: bytes, strict: bool) -> list[Any]:
     return items
 
 
+MAX_EXT_DEPTH = 32  # each level decodes a copy of its body: bound the copies of one frame
+_depth = threading.local()
+
+
 def _ext_hook(code: int, data: bytes, *, strict: bool) -> Any:
+    level = getattr(_depth, "level", 0)
+    if level >= MAX_EXT_DEPTH:
+        raise ValueDecodeError(f"extension values nested deeper than {MAX_EXT_DEPTH} levels")
+    _depth.level = level + 1
+    try:
+        return _decode_ext(code, data, strict)
+    finally:
+        _depth.level = level
+
+
+def _decode_ext(code: int, data: bytes, strict: bool) -> Any:
     known = _DECODERS.get(code)
     if known is None:
         raise ValueDecodeError(

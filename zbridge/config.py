@@ -81,6 +81,9 @@ class Settings:
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if self.serializer not in SERIALIZERS:
             raise ValueError(f"serializer must be msgpack or pickle, not {self.serializer!r}")
+        if self.serializer == "pickle" and not self.pool_enabled:
+            raise ValueError("serializer='pickle' needs the pool (pool_enabled=True): the one-shot "
+                             "pipe subprocess carries msgpack only")
         if self.timeout <= 0 or self.max_queue < 0 or self.max_queue_bytes < 0:
             raise ValueError("timeout must be > 0, max_queue and max_queue_bytes >= 0")
 

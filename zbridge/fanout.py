@@ -12,22 +12,27 @@ from typing import Any, Callable
 import zmq
 
 from .errors import BridgeError, CallTimeout, PoolUnavailable
-from .protocol import Header, Kind, read_header
+from .protocol import Header, Kind, encode_cancel, read_header
 
 WINDOW = 64
 
 
-def pipeline(sock: zmq.Socket[Any], frames: list[bytes], deadline: float,
+def pipeline(sock: zmq.Socket[Any], frames: list[bytes], wait: float,
              decode: Callable[[bytes], Any], window: int = WINDOW,
              lost: Callable[[], BridgeError | None] = lambda: None) -> list[Any]:
     """Send every frame and wait for all replies: a result or a BridgeError per frame, in order.
-    ``lost`` says (as an error) whether the connection dropped, failing what is in flight."""
+
+    At most ``window`` calls are at the hub at once; the rest wait here, and each call's
+    ``wait`` (its timeout plus grace) starts when it is sent. A call whose wait runs out gets
+    CallTimeout and a CANCEL. ``lost`` says (as an error) whether the connection dropped,
+    failing what is in flight.
+    """
     ids = [read_header(f).id for f in frames]
-    wanted = set(ids)
     outcomes: dict[int, Any] = {}
+    due: dict[int, float] = {}  # in flight: id -> when its wait runs out
     sent = 0
     while len(outcomes) < len(frames):
-        while sent < len(frames) and sent - len(outcomes) < window:
+        while sent < len(frames) and len(due) < window:
             try:
                 sock.send(frames[sent])
             except zmq.Again:  # the hub is unreachable: the rest never left
@@ -36,27 +41,40 @@ def pipeline(sock: zmq.Socket[Any], frames: list[bytes], deadline: float,
                                                    {"cause": "unreachable"})
                 sent = len(frames)
                 break
+            due[ids[sent]] = time.monotonic() + wait
             sent += 1
-        if len(outcomes) == len(frames):
+        if not due:
             break
         try:
             reply = sock.recv()
         except zmq.Again:
-            if time.monotonic() >= deadline:
-                for id in wanted - outcomes.keys():
-                    outcomes[id] = CallTimeout("no reply from the hub before the deadline")
-            elif (error := lost()) is not None:  # what was sent is lost; the rest may still go
-                for id in set(ids[:sent]) - outcomes.keys():
-                    outcomes[id] = error
+            _expire(sock, due, outcomes, lost())
             continue
         header = _header(reply)
-        if header is None or header.id not in wanted or header.id in outcomes:
-            continue
+        if header is None or header.id not in due:
+            continue  # not ours, or already given up on
+        del due[header.id]
         try:
             outcomes[header.id] = decode(reply)
         except BridgeError as exc:
             outcomes[header.id] = exc
     return [outcomes[id] for id in ids]
+
+
+def _expire(sock: zmq.Socket[Any], due: dict[int, float], outcomes: dict[int, Any],
+            error: BridgeError | None) -> None:
+    """Fail what the dropped connection lost, or what waited past its time (and cancel it)."""
+    now = time.monotonic()
+    for id, until in list(due.items()):
+        if error is None and now < until:
+            continue
+        del due[id]
+        outcomes[id] = error or CallTimeout("no reply from the hub before the call's deadline")
+        if error is None:
+            try:
+                sock.send(encode_cancel(id), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
 
 
 def _header(reply: bytes) -> Header | None:

@@ -101,6 +101,7 @@ class Hub:
         self.frontend_endpoint = frontend
         self._stop_at: float | None = None   # drain deadline once stopping
         self._stopped = threading.Event()
+        self._post_lock = threading.Lock()  # _post never races the shutdown
         self._failed: list[tuple[str, bytes, Any, bool]] = []  # sends that failed while applying actions
         self._warned: OrderedDict[bytes, None] = OrderedDict()
         self._discarding: list[Any] | None = None  # [client, frames] of an over-long message
@@ -171,13 +172,20 @@ class Hub:
     # --- cross-thread entry points -----------------------------------------------------
 
     def _post(self, *frames: bytes) -> None:
-        sock = self.context.socket(zmq.PUSH)
-        sock.linger = 1000
-        try:
-            sock.connect(self.events_endpoint)
-            sock.send_multipart(list(frames))
-        finally:
-            sock.close()
+        """From another thread (a daemon's watcher, close()): never once the hub has stopped."""
+        with self._post_lock:
+            if self._stopped.is_set():
+                return
+            try:
+                sock = self.context.socket(zmq.PUSH)
+            except zmq.ZMQError:
+                return  # the context is ending: nobody is left to tell
+            sock.linger = 1000
+            try:
+                sock.connect(self.events_endpoint)
+                sock.send_multipart(list(frames))
+            finally:
+                sock.close()
 
     def _notify_exit(self, ident: bytes, code: int | None, tail: str) -> None:
         if not self._stopped.is_set():
@@ -480,7 +488,8 @@ class Hub:
                 sock.close(0)
 
     def _shutdown(self) -> None:
-        self._stopped.set()
+        with self._post_lock:
+            self._stopped.set()
         if self._exporter is not None:
             self._exporter.stop()
         try:

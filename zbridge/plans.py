@@ -26,6 +26,7 @@ from .calls import (
 from .errors import (
     BridgeError,
     CallTimeout,
+    Cancelled,
     InvalidParams,
     InvalidRequest,
     PoolUnavailable,
@@ -97,7 +98,13 @@ Plan = Generator[Op, Any, Any]
 # --- plans -------------------------------------------------------------------------------
 
 def closed_error() -> PoolUnavailable:
+    """A call on a closed client: it never left."""
     return PoolUnavailable("client is closed", {"closing": True, "cause": "closing"})
+
+
+def closed_while_waiting() -> Cancelled:
+    """A call whose client was closed while it waited: it may have run."""
+    return Cancelled("client closed while the call was waiting")
 
 
 def call(core: ClientCore, tool: str, args: Any, timeout: float | None,
@@ -157,7 +164,14 @@ def stream(core: ClientCore, tool: str, args: Any, timeout: float | None, window
         yield OneShotItems(tool, args, timeout)
         return
     frame = build_request(core.settings, next(core._ids), tool, args, timeout, False, window)
-    yield Open(frame)
+    try:
+        yield Open(frame)
+    except BridgeError as exc:  # it never left: the pipe may serve it, as call() would
+        if core._can_fallback() and after_error(exc, attempt=0, idempotent=False, retries=0,
+                                                can_fallback=True) is Step.FALLBACK:
+            yield OneShotItems(tool, args, timeout)
+            return
+        raise
     deadline = time.monotonic() + timeout + HUB_GRACE
     consumed, yielded = 0, False
     while True:

@@ -228,7 +228,7 @@ def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
         raise InvalidRequest("request 'params' must be an array, a map or nil")
     window = body.get("window", 0)
     if not isinstance(window, int) or isinstance(window, bool) or not 0 <= window <= MAX_WINDOW:
-        raise InvalidRequest(f"request 'window' must be an integer from 1 to {MAX_WINDOW}")
+        raise InvalidRequest(f"request 'window' must be an integer from 0 (the default window) to {MAX_WINDOW}")
     trace = body.get("trace")
     if trace is not None and not (isinstance(trace, str) and _TRACEPARENT.fullmatch(trace)):
         raise InvalidRequest("request 'trace' must be a W3C traceparent string")
