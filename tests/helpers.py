@@ -88,8 +88,10 @@ def served(directory: Path, *args: str, endpoint: str | None = None) -> Iterator
     (then SIGKILL) after."""
     import zbridge
     endpoint = endpoint or f"ipc://{directory / 'hub.sock'}"
+    # a file, not a pipe nobody reads: a long test's log must never fill a pipe and stop the hub
+    log = open(directory / "serve.log", "w+b")
     proc = subprocess.Popen(ZBRIDGE + ["serve", "--bind", endpoint, *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=log)
     try:
         def up() -> bool:
             try:
@@ -98,11 +100,11 @@ def served(directory: Path, *args: str, endpoint: str | None = None) -> Iterator
                 return True
             except zbridge.BridgeError:
                 return proc.poll() is not None
-        assert wait_until(up, timeout=20) and proc.poll() is None, proc.stderr.read().decode()
+        assert wait_until(up, timeout=20) and proc.poll() is None, (directory / "serve.log").read_text()
         yield endpoint, proc
     finally:
         stop(proc)
-        proc.stderr.close()
+        log.close()
 
 
 def stop(proc: subprocess.Popen, timeout: float = 20.0) -> int:

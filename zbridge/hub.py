@@ -446,7 +446,8 @@ class Hub:
         self._warned[client] = None
         if len(self._warned) > WARNED_PEERS:
             self._warned.popitem(last=False)
-        log_note("replies_dropped", logging.WARNING, {
+        # a client that exits with a reply on its way is ordinary; one that stops reading is not
+        log_note("replies_dropped", logging.INFO if gone else logging.WARNING, {
             "peer": repr(client)[:80], "why": "gone" if gone else "not reading (its queue is full)",
             "counted_as": "dropped_replies"})
 
