@@ -83,3 +83,9 @@ def test_a_stream_to_an_unreachable_hub_falls_back_like_a_call():
                         connect_timeout=0.2) as client:
         assert client.call("add", [1, 2]) == 3
         assert list(client.stream("count", [3])) == [0, 1, 2]
+
+
+def test_a_pipe_daemon_that_cannot_start_is_pool_unavailable_not_an_os_error(bridge_factory):
+    bridge = bridge_factory(BASIC, pool_enabled=False, python="/nonexistent/python")
+    with pytest.raises(zbridge.PoolUnavailable, match="cannot start"):
+        bridge.call("add", [1, 2])

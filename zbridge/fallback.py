@@ -16,7 +16,7 @@ import threading
 from typing import Any, Generator
 
 from .config import Settings
-from .errors import BridgeError, CallTimeout, WorkerLost, error_from_wire
+from .errors import BridgeError, CallTimeout, PoolUnavailable, WorkerLost, error_from_wire
 from .protocol import Kind, decode_partial, decode_reply_body, read_header
 from .supervisor import _emit, describe_exit
 
@@ -41,8 +41,13 @@ def _request(settings: Settings, tool: str, args: Any, timeout: float, stream: b
 
 
 def _start(settings: Settings, tools: list[str], stderr: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(stdio_command(settings, tools), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+    command = stdio_command(settings, tools)
+    try:
+        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr, start_new_session=True)
+    except OSError as exc:  # e.g. a `python` setting naming no interpreter: the call never ran
+        raise PoolUnavailable(f"cannot start the one-shot pipe daemon {command[0]!r}: {exc}",
+                              {"cause": "start_failed"}) from None
 
 
 def call_once(settings: Settings, tools: list[str], tool: str, args: Any, timeout: float) -> Any:
@@ -108,7 +113,10 @@ def stream_once(settings: Settings, tools: list[str], tool: str, args: Any,
     timer.start()
     assert proc.stdin is not None and proc.stdout is not None  # spawned with pipes
     try:
-        proc.stdin.write(data)
+        try:
+            proc.stdin.write(data)
+        except BrokenPipeError:  # it exited before reading: the loop below reports how
+            pass
         proc.stdin.close()
         streamed = 0
         while True:
