@@ -262,13 +262,18 @@ def headers() -> None:
         steps += [send(frame(kind, id, {})), expect(err(id, -32600))]
     case("kinds_clients_may_not_send", "Kinds: a known kind a client may not send is -32600 "
          "with the header's id", *steps)
-    case("multi_frame_message", "Frames: a message of several frames is -32600 (id 0) naming "
-         "the count, after the hub read and dropped all its frames; nothing runs",
-         send(req(1, "echo", ["a"]), b"extra"),
-         expect(err(0, -32600, message="expected exactly one frame per message, got 2")),
-         send(req(2, "echo", ["b"]), b"", b"x"),
-         expect(err(0, -32600, message="expected exactly one frame per message, got 3")),
+    too_many = "expected at most 65 frames per message (a frame and 64 buffer frames), got {}"
+    case("multi_frame_message", "Frames: a message of more than 1 + 64 frames is -32600 (id 0) "
+         "naming the count, after the hub read and dropped all its frames; nothing runs",
+         send(req(1, "echo", ["a"]), *[b"x"] * 65),
+         expect(err(0, -32600, message=too_many.format(66))),
+         send(req(2, "echo", ["b"]), *[b""] * 66),
+         expect(err(0, -32600, message=too_many.format(67))),
          silence(200), send(good), expect(ok(9, "still here")))
+    case("buffer_frames_only_on_requests", "Frames: buffer frames after a frame other than "
+         "REQUEST are -32600 with the header's id",
+         send(frame(STATUS, 5, None), b"x"), expect(err(5, -32600)),
+         send(good), expect(ok(9, "still here")))
 
 
 def bodies() -> None:
