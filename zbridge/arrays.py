@@ -90,7 +90,7 @@ def from_buffer(header: Any, buffer: Any) -> Any:
     if dtype.itemsize == 0:
         return np.empty(shape, dtype)
     try:
-        flat = np.frombuffer(buffer, dtype=dtype, count=count)
+        flat = np.frombuffer(memoryview(buffer).toreadonly(), dtype=dtype, count=count)
     except ValueError as exc:
         raise ArrayDecodeError(f"cannot rebuild an array of dtype {dtype}: {exc}") from None
     return flat.reshape(shape[::-1]).T if order == "F" else flat.reshape(shape)

@@ -7,29 +7,32 @@ hub spreads them over idle daemons, and replies are matched back by request id.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import zmq
 
 from .errors import BridgeError, CallTimeout, PoolUnavailable
+from .frames import recv_buffers, send_message
 from .protocol import Header, Kind, read_header
 
 WINDOW = 64
 
 
-def pipeline(sock: zmq.Socket[Any], frames: list[bytes], deadline: float,
-             decode: Callable[[bytes], Any], window: int = WINDOW,
+def pipeline(sock: zmq.Socket[Any], frames: Sequence[tuple[bytes, Sequence[Any]]], deadline: float,
+             decode: Callable[[bytes, Sequence[Any]], Any], window: int = WINDOW,
              lost: Callable[[], BridgeError | None] = lambda: None) -> list[Any]:
-    """Send every frame and wait for all replies: a result or a BridgeError per frame, in order.
-    ``lost`` says (as an error) whether the connection dropped, failing what is in flight."""
-    ids = [read_header(f).id for f in frames]
+    """Send every request (a frame and its buffer frames) and wait for all replies: a
+    result or a BridgeError per request, in order (``decode`` gets a reply and its buffer
+    frames). ``lost`` says (as an error) whether the connection dropped, failing what is
+    in flight."""
+    ids = [read_header(f).id for f, _ in frames]
     wanted = set(ids)
     outcomes: dict[int, Any] = {}
     sent = 0
     while len(outcomes) < len(frames):
         while sent < len(frames) and sent - len(outcomes) < window:
             try:
-                sock.send(frames[sent])
+                send_message(sock, *frames[sent])
             except zmq.Again:  # the hub is unreachable: the rest never left
                 for id in ids[sent:]:
                     outcomes[id] = PoolUnavailable("hub not reachable (the call was not sent)",
@@ -41,6 +44,7 @@ def pipeline(sock: zmq.Socket[Any], frames: list[bytes], deadline: float,
             break
         try:
             reply = sock.recv()
+            buffers = recv_buffers(sock)
         except zmq.Again:
             if time.monotonic() >= deadline:
                 for id in wanted - outcomes.keys():
@@ -53,7 +57,7 @@ def pipeline(sock: zmq.Socket[Any], frames: list[bytes], deadline: float,
         if header is None or header.id not in wanted or header.id in outcomes:
             continue
         try:
-            outcomes[header.id] = decode(reply)
+            outcomes[header.id] = decode(reply, buffers)
         except BridgeError as exc:
             outcomes[header.id] = exc
     return [outcomes[id] for id in ids]
