@@ -214,7 +214,10 @@ class Broker(InFlight):
             if job.stats is not None:
                 job.stats.queue.add(now - job.accepted)
             daemon.state, daemon.job = DaemonState.BUSY, job
+            # the buffers go with the action: a job holding them would keep a large request
+            # alive in the hub until its reply (a failed send hands them back)
             actions.append(ToDaemon(daemon.ident, job.frame, job.extra))
+            job.extra = ()
         return actions
 
     def _scale(self, now: float) -> list[Action]:
@@ -412,16 +415,18 @@ class Broker(InFlight):
             return f"{last} ({cause})" if cause else last
         return cause
 
-    def daemon_unreachable(self, ident: bytes, frame: bytes, now: float) -> list[Action]:
+    def daemon_unreachable(self, ident: bytes, frame: bytes, now: float,
+                           extra: tuple[Any, ...] = ()) -> list[Action]:
         """A send to the daemon failed (gone, or not reading): a job that never left goes
-        back in front of the queue, and the daemon is given up."""
+        back in front of the queue (with its buffer frames, ``extra``), and the daemon is
+        given up."""
         daemon = self.daemons.get(ident)
         if daemon is None:
             return []
         job = daemon.job
         if job is not None and job.frame is frame and job.state is JobState.RUNNING:
             daemon.job = None
-            job.state, job.daemon = JobState.QUEUED, None
+            job.state, job.daemon, job.extra = JobState.QUEUED, None, extra
             self.queue.appendleft(job)
             self.queued += 1
             self.queued_bytes += job.size

@@ -113,7 +113,7 @@ class Hub:
         self.frontend_endpoint = frontend
         self._stop_at: float | None = None   # drain deadline once stopping
         self._stopped = threading.Event()
-        self._failed: list[tuple[str, bytes, Any, bool]] = []  # sends that failed while applying actions
+        self._failed: list[tuple[str, bytes, Any, bool, tuple[Any, ...]]] = []  # sends that failed while applying actions
         self._warned: OrderedDict[bytes, None] = OrderedDict()
         self._discarding: list[Any] | None = None  # [client, frames] of an over-long message
         self._pending: list[Action] = []     # actions a handler produced while actions ran
@@ -446,7 +446,7 @@ class Hub:
                 return
             sock.send(frame, _NOBLOCK, copy=len(frame) < COPY_THRESHOLD)
         except zmq.ZMQError as exc:
-            self._failed.append((role, ident, frame, exc.errno == zmq.EHOSTUNREACH))
+            self._failed.append((role, ident, frame, exc.errno == zmq.EHOSTUNREACH, extra))
 
     def _take_failures(self) -> list[Action]:
         actions, self._pending = self._pending, []
@@ -454,12 +454,12 @@ class Hub:
             return actions
         failed, self._failed = self._failed, []
         now = time.monotonic()
-        for role, ident, frame, gone in failed:
+        for role, ident, frame, gone, extra in failed:
             if role == "client":
                 self._warn_once(ident, gone)
                 actions += self.broker.client_unreachable(ident, frame, gone, now)
             elif role == "daemon":
-                actions += self.broker.daemon_unreachable(ident, frame, now)
+                actions += self.broker.daemon_unreachable(ident, frame, now, extra)
             else:  # a kill for a daemon that is not our process: forget it now
                 actions += self.broker.daemon_exited(ident, now, frame)
         return actions
@@ -476,13 +476,13 @@ class Hub:
 
     def _kill(self, ident: bytes, reason: str, hard: bool) -> None:
         if not self.supervisor.kill(ident, hard):
-            self._failed.append(("remote", ident, reason, True))
+            self._failed.append(("remote", ident, reason, True, ()))
 
     def _spawn(self, ident: bytes) -> None:
         try:
             self._pending += self.broker.daemon_spawned(ident, self.supervisor.spawn(ident))
         except OSError as exc:
-            self._failed.append(("remote", ident, f"cannot start daemon: {exc}", True))
+            self._failed.append(("remote", ident, f"cannot start daemon: {exc}", True, ()))
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         status = self.broker.status(time.monotonic() if now is None else now)

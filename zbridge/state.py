@@ -52,7 +52,7 @@ class Job:
     touched: float = 0.0             # streams: last item, credit or probe
     tool: str | None = None          # the body's "method", peeked at by the hub
     stats: ToolStats | None = None   # that tool's numbers (kept here: no lookup per reply)
-    extra: tuple[Any, ...] = ()      # the request's buffer frames (opaque), sent after ``frame``
+    extra: tuple[Any, ...] = ()      # the request's buffer frames (opaque), until dispatched
     extra_size: int = 0              # their bytes, counted in ``size``
 
     @property
