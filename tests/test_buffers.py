@@ -263,3 +263,15 @@ def test_the_hub_does_not_copy_a_large_array(tmp_path):
             peak = _status_kib(proc.pid, "VmHWM")
     grew = (peak - idle) * 1024
     assert grew < 1.2 * size, f"hub grew by {grew / size:.2f} x 64 MiB"
+
+
+def test_large_bytes_among_the_body_values_skip_the_in_band_pass(monkeypatch):
+    calls = []
+    real = codec._pack
+    monkeypatch.setattr(codec, "_pack", lambda obj, sink: calls.append(1) or real(obj, sink))
+    data = b"d" * BIG
+    body, buffers = codec.pack_value({"method": "t", "params": [data]})
+    assert buffers == [data] and len(calls) == 1  # found before packing: packed once
+    calls.clear()
+    body, buffers = codec.pack_value({"result": {"deep": [data]}})
+    assert buffers == [data] and len(calls) == 2  # deeper: found after the in-band pass
