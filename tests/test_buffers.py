@@ -8,7 +8,8 @@ import random
 
 import numpy as np
 import pytest
-import zmq
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
 
 import zbridge
 from zbridge import codec, protocol
@@ -275,3 +276,21 @@ def test_large_bytes_among_the_body_values_skip_the_in_band_pass(monkeypatch):
     calls.clear()
     body, buffers = codec.pack_value({"result": {"deep": [data]}})
     assert buffers == [data] and len(calls) == 2  # deeper: found after the in-band pass
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(dtype=st.sampled_from([np.float64, np.int8, ">u4", np.complex64, np.bool_]),
+                  shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=80)),
+       st.sampled_from(["C", "F", "strided"]))
+def test_pack_value_round_trips_any_array_either_side_of_the_threshold(array, layout):
+    big = np.tile(array, 1 + BIG // max(1, array.nbytes)) if array.ndim == 1 else array
+    for sent in (array, big):
+        if layout == "F":
+            sent = np.asfortranarray(sent)
+        elif layout == "strided":
+            sent = sent[::2]
+        body, buffers = codec.pack_value({"v": [sent]})
+        assert bool(buffers) == (sent.nbytes >= BIG)
+        got = codec.unpack_value(body, [memoryview(b) for b in buffers])["v"][0]
+        assert got.dtype == sent.dtype and got.shape == sent.shape
+        assert np.array_equal(got, sent, equal_nan=sent.dtype.kind in "fc")
