@@ -96,11 +96,11 @@ def pack_value(obj: Any) -> tuple[bytes, list[Any]]:
     buffer is an object with the buffer protocol (an array's own memory, or the bytes
     object itself) to send as one frame without copying; ``[]`` when nothing is large."""
     if _shallow_large_bytes(obj):  # the common places, found before a costly in-band pack
-        obj = _lift_bytes(obj, [WALK_BUDGET], 0)
+        obj = _lift_bytes(obj, [WALK_BUDGET])
     sink = _Sink()
     packed = _pack(obj, sink)
     if len(packed) >= OOB_THRESHOLD and len(sink.buffers) < MAX_BUFFERS:
-        lifted = _lift_bytes(obj, [WALK_BUDGET], len(sink.buffers))
+        lifted = _lift_bytes(obj, [WALK_BUDGET])
         if lifted is not obj:  # large bytes found: pack again with them as buffers
             sink = _Sink()
             packed = _pack(lifted, sink)
@@ -171,7 +171,7 @@ def _shallow_large_bytes(body: Any) -> bool:
     return False
 
 
-def _lift_bytes(obj: Any, budget: list[int], taken: int) -> Any:
+def _lift_bytes(obj: Any, budget: list[int]) -> Any:
     """``obj`` with large bytes values wrapped in ``_Bytes`` (containers on their way
     rebuilt, the rest shared); ``obj`` itself when there is none. Visits at most
     ``budget[0]`` values in all: what lies beyond stays in band."""
@@ -186,7 +186,7 @@ def _lift_bytes(obj: Any, budget: list[int], taken: int) -> Any:
     for i, value in enumerate(values):
         if budget[0] <= 0:
             break
-        new = _lift_bytes(value, budget, taken)
+        new = _lift_bytes(value, budget)
         if new is not value:
             if out is None:
                 out = list(values)
