@@ -294,3 +294,17 @@ def test_pack_value_round_trips_any_array_either_side_of_the_threshold(array, la
         got = codec.unpack_value(body, [memoryview(b) for b in buffers])["v"][0]
         assert got.dtype == sent.dtype and got.shape == sent.shape
         assert np.array_equal(got, sent, equal_nan=sent.dtype.kind in "fc")
+
+
+def test_pickle_bodies_carry_large_arrays_as_buffer_frames(bridge_factory):
+    array = np.arange(BIG, dtype=np.float64).reshape(-1, 4)
+    buffers: list = []
+    frame = protocol.encode_request(1, "echo", [array, array[:, ::2], b"b" * BIG], pickle=True,
+                                    oob=buffers)
+    assert len(buffers) == 1 and len(frame) < array.nbytes  # the contiguous array only
+    bridge = bridge_factory(VALUES_TOOLS, workers=1, serializer="pickle")
+    value = {"a": array, "f": np.asfortranarray(array), "s": array[:, ::2], "n": [array] * 3}
+    got = bridge.call("echo", [value])
+    for key in ("a", "f", "s"):
+        same_array(value[key], got[key])
+    assert all(np.array_equal(x, array) for x in got["n"])

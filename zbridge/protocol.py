@@ -145,12 +145,13 @@ def unpackb(data: bytes | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE,
         raise ParseError(f"undecodable msgpack body: {type(exc).__name__}: {exc}"[:300]) from None
 
 
-def _unpickle(data: bytes | memoryview, max_size: int) -> Any:
-    """A pickle body, only in a process that opted in; InvalidRequest otherwise."""
+def _unpickle(data: bytes | memoryview, max_size: int, buffers: Sequence[Any] = ()) -> Any:
+    """A pickle body (and its out-of-band buffers), only in a process that opted in;
+    InvalidRequest otherwise."""
     if len(data) > max_size:
         raise ParseError(f"body of {len(data)} bytes exceeds the {max_size}-byte limit")
     try:
-        return pickling.loads(data)
+        return pickling.loads(data, buffers)
     except PermissionError as exc:
         raise InvalidRequest(str(exc)) from None
     except ValueError as exc:
@@ -160,7 +161,7 @@ def _unpickle(data: bytes | memoryview, max_size: int) -> Any:
 def _body(frame: bytes, max_size: int, strict_map_key: bool, buffers: Sequence[Any] = ()) -> Any:
     """The body of a value-carrying frame, pickle or msgpack as its header flag says."""
     if len(frame) > 4 and frame[4] & FLAG_PICKLE:
-        return _unpickle(body_of(frame), max_size)
+        return _unpickle(body_of(frame), max_size, buffers)
     return unpackb(body_of(frame), max_size=max_size, strict_map_key=strict_map_key,
                    buffers=buffers)
 
@@ -169,7 +170,7 @@ def _pack_body(obj: Any, flags: int, oob: list[Any] | None = None) -> bytes:
     """The body; with an ``oob`` list, large arrays and bytes are appended to it as buffer
     frames to send after this one (``codec.pack_value``) instead of going in band."""
     if flags & FLAG_PICKLE:
-        return pickling.dumps(obj)
+        return pickling.dumps(obj, oob)
     if oob is None:
         return packb(obj)
     body, buffers = codec.pack_value(obj)
