@@ -274,6 +274,14 @@ def headers() -> None:
          "REQUEST are -32600 with the header's id",
          send(frame(STATUS, 5, None), b"x"), expect(err(5, -32600)),
          send(good), expect(ok(9, "still here")))
+    ref = msgpack.ExtType(11, msgpack.packb([0, "b", None]))  # "buffer frame 0, as bytes"
+    case("buffer_frame_round_trip", "Values: a REQUEST may carry buffer frames, referenced from "
+         "the body by extension type 11 [index, kind, meta]; a receiver accepts any size (small "
+         "values come back in band)",
+         send(req(4, "echo", [ref]), b"\x00\xffzb"), expect(ok(4, {"$bin": "00ff7a62"})),
+         send(req(5, "echo", [[ref, ref]]), b"\x01"), expect(ok(5, [{"$bin": "01"}, {"$bin": "01"}])),
+         send(req(6, "echo", [msgpack.ExtType(11, msgpack.packb([1, "b", None]))]), b"\x01"),
+         expect(err(6, -32602, message=contains("buffer reference 1"))))
 
 
 def bodies() -> None:
