@@ -70,7 +70,7 @@ EXT_BUFFER = 11
 
 OOB_THRESHOLD = 65536   # buffers at least this large travel as their own frame
 MAX_BUFFERS = 64        # buffer frames per message, at most (beyond: in band)
-WALK_BUDGET = 10_000    # containers a search for large bytes visits, at most
+WALK_BUDGET = 10_000    # values a search for large bytes visits, at most
 
 _ZERO = dt.timedelta(0)
 
@@ -142,8 +142,11 @@ class _Bytes:
 
 
 def _is_large_bytes(obj: Any) -> bool:
-    return type(obj) in (bytes, bytearray, memoryview) and (
-        obj.nbytes if type(obj) is memoryview else len(obj)) >= OOB_THRESHOLD
+    """A bytes, bytearray or contiguous memoryview of at least OOB_THRESHOLD bytes."""
+    cls = type(obj)
+    if cls is memoryview:
+        return bool(obj.contiguous and obj.nbytes >= OOB_THRESHOLD)
+    return (cls is bytes or cls is bytearray) and len(obj) >= OOB_THRESHOLD
 
 
 _BYTES = (bytes, bytearray, memoryview)
