@@ -5,7 +5,7 @@
 Round trip of a float64 array of 1 MiB and 64 MiB to the ``noop`` echo tool of bench/tools.py:
 the array itself, and the same array as a list (what users do today: ``.tolist()`` before
 the call, ``np.array(...)`` after). Medians of ``--repeats`` runs, after one warm-up.
-Phase 2 (out-of-band frames) adds the issue's full rows to the main runner.
+The issue's full rows (buffer frames, the raw floor, ProcessPoolExecutor, hub RSS): bench/arrays.py.
 """
 
 from __future__ import annotations

@@ -37,16 +37,32 @@ GOALS = (
 )
 
 
+ARRAY_GOALS = (  # bench/arrays.py: medians in ms of one run; hub growth in MiB
+    Goal("zbridge.array.64MiB <= 1.3 x floor.zmq_copy_false.64MiB",
+         ("zbridge.array.64MiB", "ms"), ("floor.zmq_copy_false.64MiB", "ms"), 1.3, True),
+    Goal("zbridge.array.1MiB >= 3 x faster than peer.process_pool_executor.1MiB",
+         ("peer.process_pool_executor.1MiB", "ms"), ("zbridge.array.1MiB", "ms"), 3.0, False),
+    Goal("zbridge.array.64MiB >= 3 x faster than peer.process_pool_executor.64MiB",
+         ("peer.process_pool_executor.64MiB", "ms"), ("zbridge.array.64MiB", "ms"), 3.0, False),
+    Goal("zbridge.array.1MiB >= 20 x faster than zbridge.tolist.1MiB",
+         ("zbridge.tolist.1MiB", "ms"), ("zbridge.array.1MiB", "ms"), 20.0, False),
+    Goal("zbridge.array.64MiB >= 20 x faster than zbridge.tolist.64MiB",
+         ("zbridge.tolist.64MiB", "ms"), ("zbridge.array.64MiB", "ms"), 20.0, False),
+    Goal("hub peak RSS growth during a 64 MiB array call <= 1.2 x 64 MiB",
+         ("hub.peak_rss_growth.64MiB", "mib"), ("hub.peak_rss_growth.64MiB", "array_mib"), 1.2, True),
+)
+
+
 def _value(rows: dict[str, dict], ref: tuple[str, str]) -> float | None:
     row = rows.get(ref[0])
     return None if row is None or row.get("skipped") else row.get(ref[1])
 
 
-def evaluate(rows: list[dict]) -> list[dict]:
+def evaluate(rows: list[dict], targets: tuple[Goal, ...] = GOALS) -> list[dict]:
     """Each goal with its measured ratio and whether it was met (None: not measured)."""
     by_name = {row["name"]: row for row in rows}
     results = []
-    for goal in GOALS:
+    for goal in targets:
         top, bottom = _value(by_name, goal.numerator), _value(by_name, goal.denominator)
         ratio = top / bottom if top is not None and bottom else None
         met = None if ratio is None else (ratio <= goal.bound if goal.at_most else ratio >= goal.bound)

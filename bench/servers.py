@@ -4,6 +4,7 @@
     zmq_router ENDPOINT   the same worker on a ROUTER it binds itself: callers talk to it direct
     pipe RFD WFD          length-prefixed echo over two os.pipe file descriptors
     zerorpc ENDPOINT      a zerorpc server exposing noop
+    zmq_echo ENDPOINT     a ROUTER bound at ENDPOINT echoing every message, frames zero-copy
 
 Each runs until killed (the benchmark TERMs its process group) or its input ends.
 """
@@ -84,7 +85,19 @@ def zmq_router(endpoint: str) -> None:
     zmq_worker(endpoint, direct=True)
 
 
-MODES = {"zmq_worker": zmq_worker, "zmq_router": zmq_router, "pipe": pipe, "zerorpc": zerorpc_server}
+def zmq_echo(endpoint: str) -> None:
+    """The floor for large buffers: frames received and sent back with copy=False."""
+    import zmq
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.setsockopt(zmq.MAXMSGSIZE, -1)
+    sock.bind(endpoint)
+    while True:
+        sock.send_multipart(sock.recv_multipart(copy=False), copy=False)
+
+
+MODES = {"zmq_worker": zmq_worker, "zmq_router": zmq_router, "pipe": pipe, "zerorpc": zerorpc_server,
+         "zmq_echo": zmq_echo}
 
 if __name__ == "__main__":
     MODES[sys.argv[1]](*sys.argv[2:])

@@ -3,8 +3,10 @@
 Hidden and internal: ``zbridge.fallback`` starts one of these per call so a call that falls
 back gets the same values and the same errors as the pool (bytes, NaN, int map keys in
 results, 64-bit ints; int map keys in arguments refused the same way). Each message on
-stdin and stdout is a 4-byte big-endian length, then one protocol frame exactly as it
-travels on zmq: REQUEST in; PARTIAL items (for a stream request) and one REPLY out. The
+stdin and stdout is its frames exactly as they travel on zmq (the protocol frame, then any
+buffer frames: large arrays and bytes out of band), each after a 4-byte big-endian prefix:
+bit 31 set when another frame of the same message follows (zmq's "more"), bits 0-30 the
+frame's length. REQUEST in; PARTIAL items (for a stream request) and one REPLY out. The
 seed-facing ``--stdio`` stays JSON lines.
 """
 
@@ -17,6 +19,7 @@ from zbridge.errors import BridgeError, InternalError, InvalidRequest
 from zbridge.execution import Executor, as_items
 from zbridge.protocol import (
     DEFAULT_MAX_MESSAGE,
+    MAX_BUFFERS,
     Kind,
     decode_request,
     encode_error,
@@ -27,46 +30,90 @@ from zbridge.protocol import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO
+    from typing import Any, BinaryIO, Sequence
 
 LENGTH = struct.Struct(">I")
+MORE = 0x8000_0000  # in a length prefix: another frame of this message follows
 
 
-def write_frame(out: BinaryIO, frame: bytes) -> None:
-    out.write(LENGTH.pack(len(frame)) + frame)
+def message_chunks(frame: bytes, buffers: Sequence[Any] = ()) -> list[Any]:
+    """What to write for a message, in order: prefixes and frames (buffers not copied)."""
+    chunks: list[Any] = [LENGTH.pack(len(frame) | (MORE if buffers else 0)), frame]
+    for i, buffer in enumerate(buffers):
+        view = memoryview(buffer).cast("B")
+        chunks += [LENGTH.pack(view.nbytes | (MORE if i < len(buffers) - 1 else 0)), view]
+    return chunks
+
+
+def write_frame(out: BinaryIO, frame: bytes, buffers: Sequence[Any] = ()) -> None:
+    """One message: ``frame`` and its buffer frames."""
+    if not buffers:
+        out.write(LENGTH.pack(len(frame)) + frame)
+    else:
+        for chunk in message_chunks(frame, buffers):
+            out.write(chunk)
     out.flush()
 
 
+def read_message(inp: BinaryIO, max_size: int) -> tuple[bytes, list[bytes]] | None:
+    """The next message (its frame and buffer frames), None at a clean EOF; a short read,
+    an oversized length or more than MAX_BUFFERS buffer frames is an error."""
+    first = _read_one(inp, max_size, at_start=True)
+    if first is None:
+        return None
+    frame, more = first
+    buffers: list[bytes] = []
+    while more:
+        if len(buffers) == MAX_BUFFERS:
+            raise ValueError(f"message of more than {MAX_BUFFERS} buffer frames")
+        part = _read_one(inp, max_size, at_start=False)
+        assert part is not None  # EOF inside a message raises
+        buffer, more = part
+        buffers.append(buffer)
+    return frame, buffers
+
+
 def read_frame(inp: BinaryIO, max_size: int) -> bytes | None:
-    """The next frame, None at a clean EOF; a short read or an oversized length is an error."""
+    """The next message's first frame (see ``read_message``)."""
+    message = read_message(inp, max_size)
+    return None if message is None else message[0]
+
+
+def _read_one(inp: BinaryIO, max_size: int, at_start: bool) -> tuple[bytes, bool] | None:
     head = inp.read(LENGTH.size)
-    if not head:
+    if not head and at_start:
         return None
     if len(head) < LENGTH.size:
         raise EOFError("pipe closed inside a length prefix")
-    (size,) = LENGTH.unpack(head)
+    (prefix,) = LENGTH.unpack(head)
+    size = prefix & ~MORE
     if size > max_size:
         raise ValueError(f"frame of {size} bytes exceeds the {max_size}-byte limit")
     body = inp.read(size)
     if len(body) < size:
         raise EOFError("pipe closed inside a frame")
-    return body
+    return body, bool(prefix & MORE)
 
 
-def _encoded(what: str, encode: Any, max_message: int) -> bytes:
+def _encoded(what: str, encode: Any, max_message: int) -> tuple[bytes, list[Any]]:
     """Same wording as the zmq worker, so both paths fail alike."""
+    buffers: list[Any] = []
     try:
-        frame: bytes = encode()
+        frame: bytes = encode(buffers)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InternalError(f"{what} cannot be encoded: {type(exc).__name__}: {exc}"[:500]) from None
-    if len(frame) > max_message:
-        raise InternalError(f"{what} is {len(frame)} bytes, over the {max_message}-byte limit")
-    return frame
+    for size in [len(frame)] + [memoryview(b).nbytes for b in buffers]:
+        if size > max_message:
+            raise InternalError(f"{what} has a frame of {size} bytes, over the "
+                                f"{max_message}-byte limit")
+    return frame, buffers
 
 
 
-def answer(executor: Executor | BridgeError, frame: bytes, out: BinaryIO, max_message: int) -> None:
-    """Write the replies to one REQUEST frame: its items if it streams, then one REPLY."""
+def answer(executor: Executor | BridgeError, frame: bytes, out: BinaryIO, max_message: int,
+           buffers: Sequence[Any] = ()) -> None:
+    """Write the replies to one REQUEST frame (and its buffer frames): its items if it
+    streams, then one REPLY."""
     request_id = 0
     try:
         header = read_header(frame)
@@ -75,19 +122,21 @@ def answer(executor: Executor | BridgeError, frame: bytes, out: BinaryIO, max_me
             raise InvalidRequest(f"expected a request, got {header.kind.name}")
         if isinstance(executor, BridgeError):  # tools failed to load: every call says why
             raise executor
-        request = decode_request(frame, max_size=max_message, header=header)
+        request = decode_request(frame, max_size=max_message, header=header, buffers=buffers)
         result = executor.run(request.method, request.params, stream=request.stream)
         if not request.stream:
-            reply = _encoded(f"result of {request.method!r}",
-                             lambda: encode_result(request_id, result), max_message)
-            write_frame(out, reply)
+            reply, reply_buffers = _encoded(f"result of {request.method!r}",
+                                            lambda oob: encode_result(request_id, result, oob=oob),
+                                            max_message)
+            write_frame(out, reply, reply_buffers)
             return
         items = as_items(result)
         sent = 0
         try:
             for item in items:
-                write_frame(out, _encoded(f"item {sent} of {request.method!r}",
-                                          lambda: encode_partial(request_id, item), max_message))
+                write_frame(out, *_encoded(f"item {sent} of {request.method!r}",
+                                           lambda oob: encode_partial(request_id, item, oob=oob),
+                                           max_message))
                 sent += 1
         finally:
             items.close()
@@ -101,10 +150,10 @@ def serve(executor: Executor | BridgeError, out: BinaryIO, inp: BinaryIO | None 
     """Answer frames until EOF on stdin."""
     inp = inp or sys.stdin.buffer
     while True:
-        frame = read_frame(inp, max_message + 4096)
-        if frame is None:
+        message = read_message(inp, max_message + 4096)
+        if message is None:
             return
-        answer(executor, frame, out, max_message)
+        answer(executor, message[0], out, max_message, message[1])
 
 
 def run(tools: tuple[str, ...] | list[str], out: BinaryIO, expose_tracebacks: bool) -> None:

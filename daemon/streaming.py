@@ -15,6 +15,7 @@ from typing import Any, Generator
 import zmq
 
 from zbridge.errors import BridgeError, Cancelled, InternalError, WorkerLost
+from zbridge.frames import oversized, send_message
 from zbridge.protocol import (
     DEFAULT_WINDOW,
     Kind,
@@ -44,7 +45,8 @@ def send_stream(sock: zmq.Socket[Any], request: Request, items: Generator[Any, N
             credits += _control(sock, request.id, block=credits == 0)
             while credits == 0:
                 credits += _control(sock, request.id, block=True)
-            sock.send(_partial(request, item, sent, max_message))
+            frame, buffers = _partial(request, item, sent, max_message)
+            send_message(sock, frame, buffers)
             credits -= 1
             sent += 1
     except BridgeError as exc:
@@ -58,16 +60,19 @@ def send_stream(sock: zmq.Socket[Any], request: Request, items: Generator[Any, N
     return encode_result(request.id, {"items": sent}), False
 
 
-def _partial(request: Request, item: object, seq: int, max_message: int) -> bytes:
+def _partial(request: Request, item: object, seq: int, max_message: int) -> tuple[bytes, list[Any]]:
+    """The PARTIAL frame for an item and its buffer frames (large arrays and bytes)."""
+    buffers: list[Any] = []
     try:
-        frame = encode_partial(request.id, item)
+        frame = encode_partial(request.id, item, oob=buffers)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InternalError(f"item {seq} of {request.method!r} cannot be encoded: "
                             f"{type(exc).__name__}: {exc}"[:500]) from None
-    if len(frame) > max_message:
-        raise InternalError(f"item {seq} of {request.method!r} is {len(frame)} bytes, over the "
-                            f"{max_message}-byte limit")
-    return frame
+    size = oversized(frame, buffers, max_message)
+    if size is not None:
+        raise InternalError(f"item {seq} of {request.method!r} has a frame of {size} bytes, "
+                            f"over the {max_message}-byte limit")
+    return frame, buffers
 
 
 def _control(sock: zmq.Socket[Any], request_id: int, block: bool) -> int:

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import zmq
 
@@ -15,6 +15,7 @@ from zbridge import __version__
 from zbridge import context as call_context
 from zbridge.errors import BridgeError, Cancelled, InternalError, Interrupted
 from zbridge.execution import Executor, as_items
+from zbridge.frames import oversized, recv_buffers, send_message
 from zbridge.procinfo import rss_bytes
 from zbridge.protocol import (
     DEFAULT_MAX_MESSAGE,
@@ -67,15 +68,19 @@ def _dealer(context: zmq.Context[Any], options: WorkerOptions) -> zmq.Socket[Any
     return sock
 
 
+Reply = tuple[bytes, list[Any]]  # a reply frame and its buffer frames
+
+
 def handle_request(executor: Executor, frame: bytes, header: Header, max_message: int,
-                   sock: zmq.Socket[Any] | None = None) -> tuple[bytes, bool]:
-    """Answer one request: exactly one final reply frame (after any streamed items), and
-    whether the hub asked this daemon to stop meanwhile."""
+                   sock: zmq.Socket[Any] | None = None,
+                   buffers: Sequence[Any] = ()) -> tuple[Reply, bool]:
+    """Answer one request (``buffers``: its buffer frames): exactly one final reply (after
+    any streamed items), and whether the hub asked this daemon to stop meanwhile."""
     request_id = header.id
     try:
-        request = decode_request(frame, max_size=max_message, header=header)
+        request = decode_request(frame, max_size=max_message, header=header, buffers=buffers)
     except BridgeError as exc:
-        return encode_error(request_id, exc), False
+        return (encode_error(request_id, exc), []), False
     # zbridge.current_call() for the tool, through its stream's last item too
     token = call_context.begin(call_context.CallInfo(
         request_id, request.method,
@@ -84,34 +89,38 @@ def handle_request(executor: Executor, frame: bytes, header: Header, max_message
         try:
             result = executor.run(request.method, request.params, stream=request.stream)
         except BridgeError as exc:
-            return encode_error(request_id, exc), False
+            return (encode_error(request_id, exc), []), False
         if request.stream and sock is not None:  # a plain result streams as one item
-            return send_stream(sock, request, as_items(result), max_message)
+            final, stop = send_stream(sock, request, as_items(result), max_message)
+            return (final, []), stop
         return _final_reply(request, result, max_message), False
     finally:
         call_context.end(token)
 
 
-def _final_reply(request: Request, result: Any, max_message: int) -> bytes:
+def _final_reply(request: Request, result: Any, max_message: int) -> Reply:
     request_id = request.id
-    try:
-        reply = encode_result(request_id, result, request.flags & FLAG_PICKLE)  # pickle answers pickle
+    buffers: list[Any] = []
+    try:  # pickle answers pickle; large arrays and bytes go out of band
+        reply = encode_result(request_id, result, request.flags & FLAG_PICKLE, oob=buffers)
     except (TypeError, ValueError, OverflowError) as exc:
         return encode_error(request_id, InternalError(
-            f"result of {request.method!r} cannot be encoded: {type(exc).__name__}: {exc}"[:500]))
-    if len(reply) > max_message:
+            f"result of {request.method!r} cannot be encoded: {type(exc).__name__}: {exc}"[:500])), []
+    size = oversized(reply, buffers, max_message)
+    if size is not None:
         return encode_error(request_id, InternalError(
-            f"result of {request.method!r} is {len(reply)} bytes, over the {max_message}-byte limit"))
-    return reply
+            f"result of {request.method!r} has a frame of {size} bytes, over the "
+            f"{max_message}-byte limit")), []
+    return reply, buffers
 
 
 def serve_request(executor: Executor, activity: Activity, sock: zmq.Socket[Any], frame: bytes,
-                  header: Header, max_message: int) -> tuple[bytes, bool]:
+                  header: Header, max_message: int, buffers: Sequence[Any] = ()) -> tuple[Reply, bool]:
     activity.begin(header.id)
     try:
-        return handle_request(executor, frame, header, max_message, sock)
+        return handle_request(executor, frame, header, max_message, sock, buffers)
     except Interrupted as exc:  # raised in the tool, or landed just after it returned
-        return encode_error(header.id, Cancelled(str(exc) or "cancelled by the caller")), False
+        return (encode_error(header.id, Cancelled(str(exc) or "cancelled by the caller")), []), False
     finally:
         finish(activity)
 
@@ -165,9 +174,10 @@ def _connection(context: zmq.Context[Any], registry: Registry, executor: Executo
                             link.heard.set, link.patience)
         sock.send(encode_ready(os.getpid(), registry.names(), __version__))
         while True:
-            frame = _next_frame(sock, link, options.on_silence)
-            if frame is None:
+            message = _next_message(sock, link, options.on_silence)
+            if message is None:
                 return False
+            frame, buffers = message
             try:
                 header = read_header(frame)
             except BridgeError as exc:
@@ -178,23 +188,27 @@ def _connection(context: zmq.Context[Any], registry: Registry, executor: Executo
             if header.kind is not Kind.REQUEST:
                 continue
             link.streaming = header.id if header.flags & FLAG_STREAM else None
-            reply, stop = serve_request(executor, activity, sock, frame, header, options.max_message)
+            (reply, reply_buffers), stop = serve_request(executor, activity, sock, frame, header,
+                                                         options.max_message, buffers)
+            del buffers  # the request's frames may be freed once the call is done
             link.streaming = None
             if _over_rss(options.max_rss_mb):  # ask to be replaced, after answering
                 reply = add_flags(reply, FLAG_RETIRE)
-            sock.send(reply)  # after a lost link: dropped, or a late reply the hub ignores
+            send_message(sock, reply, reply_buffers)  # after a lost link: dropped, or ignored as late
             if stop:
                 return True
     finally:
         sock.close(0)
 
 
-def _next_frame(sock: zmq.Socket[Any], link: HubLink, on_silence: OnSilence) -> bytes | None:
-    """The next frame from the hub, or None once the link is lost. Only a reconnecting
-    daemon pays for a poll per message; local ones block in recv as before."""
-    if on_silence is not OnSilence.RECONNECT:
-        return sock.recv()
-    while not sock.poll(LINK_CHECK_MS):
-        if link.lost.is_set():
-            return None
-    return sock.recv()
+def _next_message(sock: zmq.Socket[Any], link: HubLink,
+                  on_silence: OnSilence) -> tuple[bytes, list[memoryview]] | None:
+    """The next message from the hub (a frame and its buffer frames), or None once the
+    link is lost. Only a reconnecting daemon pays for a poll per message; local ones block
+    in recv as before."""
+    if on_silence is OnSilence.RECONNECT:
+        while not sock.poll(LINK_CHECK_MS):
+            if link.lost.is_set():
+                return None
+    frame = sock.recv()
+    return frame, recv_buffers(sock)

@@ -81,8 +81,9 @@ def reply_error(sock) -> tuple[int, int]:
 CASES = {
     "garbage": ([b"\x00garbage\xff" * 3], 0, -32700),
     "empty frame": ([b""], 0, -32700),
-    "two frames": ([request(5, {"method": "echo"}), b"extra"], 0, -32600),
-    "three empty frames": ([b"", b"", b""], 0, -32600),
+    "over 1 + MAX_BUFFERS frames": ([request(5, {"method": "echo"})] + [b"x"] * 65, 0, -32600),
+    "three empty frames": ([b"", b"", b""], 0, -32700),
+    "buffer frames after a status": ([protocol.encode_status_request(6), b"x"], 6, -32600),
     "bad magic": ([hdr(magic=b"XX") + b"\x80"], 0, -32700),
     "unknown version": ([hdr(version=9) + b"\x80"], 0, -32600),
     "unknown kind": ([hdr(kind=99) + b"\x80"], 0, -32600),

@@ -12,16 +12,20 @@ from typing import Any, Union
 
 @dataclass(frozen=True, slots=True)
 class ToClient:
-    """Send ``frame`` to the client with routing id ``client``."""
+    """Send ``frame`` to the client with routing id ``client``, then the buffer frames in
+    ``extra`` (opaque here: the hub forwards them as they came, never copied)."""
     client: bytes
     frame: bytes
+    extra: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ToDaemon:
-    """Send ``frame`` to the daemon with routing id ``daemon`` (its data socket)."""
+    """Send ``frame`` to the daemon with routing id ``daemon`` (its data socket), then the
+    buffer frames in ``extra``."""
     daemon: bytes
     frame: bytes
+    extra: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Iterable, Sequence
 
 import zmq
 import zmq.asyncio
@@ -30,7 +30,7 @@ from .calls import (
 from .config import Settings, load_settings
 from .errors import BridgeError, ConnectionLost
 from .hub import start_embedded
-from .protocol import encode_cancel, encode_credit, read_header
+from .protocol import MAX_BUFFERS, OOB_THRESHOLD, encode_cancel, encode_credit, read_header
 from .statusmap import Status
 from .tools import tool_specs
 
@@ -157,24 +157,26 @@ class AsyncClient(ClientCore):
         assert sock is not None  # started by _socket() once the socket exists
         while True:
             reply = await sock.recv()
+            buffers = await _recv_buffers(sock) if sock.getsockopt(zmq.RCVMORE) else []
             if self._streams:
-                if self._to_stream(reply):
+                if self._to_stream(reply, buffers):
                     continue
             future = self._pending.get(reply_id(reply) or 0)
             if future is None or future.done():
                 continue  # the caller gave up (timeout, cancel): dropped
             try:
-                future.set_result(result_of(reply, self.settings.max_message_size))
+                future.set_result(result_of(reply, self.settings.max_message_size, buffers))
             except BridgeError as exc:
                 future.set_exception(exc)
 
-    def _to_stream(self, frame: bytes) -> bool:
+    def _to_stream(self, frame: bytes, buffers: Sequence[Any] = ()) -> bool:
         try:
             request_id = read_header(frame).id
         except BridgeError:
             return False
         queue = self._streams.get(request_id)
-        message = read_stream_message(frame, request_id, self.settings.max_message_size) if queue else None
+        message = (read_stream_message(frame, request_id, self.settings.max_message_size, buffers)
+                   if queue else None)
         if queue is None or message is None:
             return False
         queue.put_nowait(message)  # bounded by the credit window
@@ -197,11 +199,11 @@ class AsyncClient(ClientCore):
                     case plans.OneShotItems(tool, args, timeout):
                         async for item in self._fallback_stream(tool, args, timeout):
                             yield item
-                    case plans.Open(frame):
+                    case plans.Open(frame, buffers):
                         request_id, sock = plans.request_id(frame), self._socket()
                         self._streams[request_id] = asyncio.Queue()
                         try:
-                            await self._send(sock, frame)
+                            await self._send(sock, frame, buffers)
                         except BridgeError as exc:
                             error = exc
                     case plans.Receive(deadline, timeout):
@@ -246,9 +248,9 @@ class AsyncClient(ClientCore):
 
     async def _perform(self, op: plans.Op) -> Any:
         match op:
-            case plans.Roundtrip(frame, timeout):
+            case plans.Roundtrip(frame, timeout, buffers):
                 async with self._in_flight():
-                    return await self._roundtrip(frame, timeout)
+                    return await self._roundtrip(frame, timeout, buffers)
             case plans.OneShot(tool, args, timeout):
                 return await asyncio.get_running_loop().run_in_executor(
                     None, self._one_shot_call, tool, args, timeout)
@@ -268,19 +270,23 @@ class AsyncClient(ClientCore):
         finally:
             await loop.run_in_executor(None, items.close)
 
-    async def _send(self, sock: zmq.asyncio.Socket, frame: bytes) -> None:
+    async def _send(self, sock: zmq.asyncio.Socket, frame: bytes, buffers: Sequence[Any] = ()) -> None:
+        """``frame``, then its buffer frames without a copy (see ``frames.send_message``)."""
         try:
-            await sock.send(frame)
+            if buffers:
+                await sock.send_multipart([frame, *buffers], copy=False)
+            else:
+                await sock.send(frame, copy=len(frame) < OOB_THRESHOLD)
         except zmq.Again:
             raise self._unreachable() from None
 
-    async def _roundtrip(self, frame: bytes, timeout: float) -> Any:
+    async def _roundtrip(self, frame: bytes, timeout: float, buffers: Sequence[Any] = ()) -> Any:
         sock = self._socket()
         request_id = read_header(frame).id
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await self._send(sock, frame)
+            await self._send(sock, frame, buffers)
             try:
                 return await asyncio.wait_for(future, timeout + HUB_GRACE)
             except asyncio.TimeoutError:
@@ -303,6 +309,17 @@ class AsyncClient(ClientCore):
         except zmq.ZMQError:
             pass  # the hub is gone or not reading: nothing to tell it
 
+
+
+async def _recv_buffers(sock: zmq.asyncio.Socket) -> list[memoryview]:
+    """The buffer frames after a message's first frame (the twin of ``frames.recv_buffers``):
+    zero-copy views; frames beyond MAX_BUFFERS are read and dropped."""
+    buffers: list[memoryview] = []
+    while sock.getsockopt(zmq.RCVMORE):
+        part = await sock.recv(copy=False)
+        if len(buffers) < MAX_BUFFERS:
+            buffers.append(part.buffer)
+    return buffers
 
 
 class AsyncBridge(AsyncClient):

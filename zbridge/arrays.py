@@ -43,10 +43,7 @@ def pack(arr: Any) -> bytes:
     """The payload for ``arr`` (one copy of its data)."""
     import numpy as np
     dtype = arr.dtype
-    if dtype.hasobject or not getattr(type(dtype), "_legacy", True):
-        raise TypeError(f"numpy arrays of dtype {dtype} hold Python objects, not bytes, and cannot "
-                        "be sent: convert them (arr.tolist(), arr.astype(...)) or use "
-                        "serializer='pickle' on a local bridge")
+    _check_dtype(dtype)
     if arr.flags.c_contiguous:
         order, raw = "C", arr
     elif arr.flags.f_contiguous:
@@ -56,6 +53,63 @@ def pack(arr: Any) -> bytes:
     header = msgpack.packb([np.lib.format.dtype_to_descr(dtype), list(arr.shape), order])
     start = _data_offset(len(header))
     return b"".join([_LENGTH.pack(len(header)), header, bytes(start - 4 - len(header)), raw])
+
+
+def out_of_band(arr: Any) -> tuple[list[Any], Any]:
+    """(header ``[descr, shape, order]``, the data as a flat uint8 array) for sending
+    ``arr`` as its own frame: the array's own memory when it is C- or F-contiguous."""
+    import numpy as np
+    _check_dtype(arr.dtype)
+    if arr.flags.c_contiguous:
+        order, raw = "C", arr
+    elif arr.flags.f_contiguous:
+        order, raw = "F", arr.T
+    else:
+        order, raw = "C", np.ascontiguousarray(arr)
+    header = [np.lib.format.dtype_to_descr(arr.dtype), list(arr.shape), order]
+    return header, raw.reshape(-1).view(np.uint8)
+
+
+def from_buffer(header: Any, buffer: Any) -> Any:
+    """The array ``header`` describes, viewing ``buffer`` (a received frame) without a copy."""
+    try:
+        import numpy as np
+    except ImportError:
+        raise ArrayDecodeError("a numpy array arrived but numpy is not installed here: "
+                               "pip install 'zbridge[arrays]'") from None
+    descr, shape, order = _check_header(header)
+    try:
+        dtype = np.lib.format.descr_to_dtype(descr)
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise ArrayDecodeError(f"array with an unknown dtype {descr!r}: {exc}") from None
+    count = prod(shape)
+    size = memoryview(buffer).nbytes
+    if size != count * dtype.itemsize:
+        raise ArrayDecodeError(f"array of shape {tuple(shape)} and dtype {dtype} needs "
+                               f"{count * dtype.itemsize} bytes, got {size}")
+    if dtype.itemsize == 0:
+        return np.empty(shape, dtype)
+    try:
+        flat = np.frombuffer(memoryview(buffer).toreadonly(), dtype=dtype, count=count)
+    except ValueError as exc:
+        raise ArrayDecodeError(f"cannot rebuild an array of dtype {dtype}: {exc}") from None
+    return flat.reshape(shape[::-1]).T if order == "F" else flat.reshape(shape)
+
+
+def _check_dtype(dtype: Any) -> None:
+    if dtype.hasobject or not getattr(type(dtype), "_legacy", True):
+        raise TypeError(f"numpy arrays of dtype {dtype} hold Python objects, not bytes, and cannot "
+                        "be sent: convert them (arr.tolist(), arr.astype(...)) or use "
+                        "serializer='pickle' on a local bridge")
+
+
+def _check_header(header: Any) -> tuple[Any, list[int], str]:
+    if not (isinstance(header, list) and len(header) == 3 and isinstance(header[1], list)
+            and header[2] in ("C", "F") and len(header[1]) <= MAX_DIMS
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in header[1])):
+        raise ArrayDecodeError("array header must be [descr, shape, 'C'|'F'] with a shape of "
+                               f"at most {MAX_DIMS} non-negative integers")
+    return header[0], header[1], header[2]
 
 
 def unpack(data: bytes) -> Any:
@@ -97,9 +151,4 @@ def _header(data: bytes) -> tuple[Any, list[int], str, int]:
         header = msgpack.unpackb(data[4:4 + length], raw=False)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ArrayDecodeError(f"undecodable array header: {exc}") from None
-    if not (isinstance(header, list) and len(header) == 3 and isinstance(header[1], list)
-            and header[2] in ("C", "F") and len(header[1]) <= MAX_DIMS
-            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in header[1])):
-        raise ArrayDecodeError("array header must be [descr, shape, 'C'|'F'] with a shape of "
-                               f"at most {MAX_DIMS} non-negative integers")
-    return header[0], header[1], header[2], _data_offset(length)
+    return (*_check_header(header), _data_offset(length))

@@ -83,14 +83,15 @@ class Broker(InFlight):
 
     # --- answering calls: the only ways a job ends -------------------------------------
 
-    def _answer(self, job: Job, frame: bytes, code: int | None = None) -> Action:
-        """The call's one reply (``code``: its error code, None for a result). Asserting
-        here makes "exactly once" hold by construction."""
+    def _answer(self, job: Job, frame: bytes, code: int | None = None,
+                extra: tuple[Any, ...] = ()) -> Action:
+        """The call's one reply (``code``: its error code, None for a result; ``extra``:
+        its buffer frames). Asserting here makes "exactly once" hold by construction."""
         assert job.state is not JobState.DONE, f"call {job.id} would be answered twice"
         self._end(job)
         if job.stats is not None:
             job.stats.answered(code)
-        return ToClient(job.client, frame)
+        return ToClient(job.client, frame, extra)
 
     def _answer_error(self, job: Job, error: BridgeError) -> Action:
         return self._answer(job, encode_error(job.id, error), error.code)
@@ -108,11 +109,14 @@ class Broker(InFlight):
 
     # --- requests ----------------------------------------------------------------------
 
-    def submit(self, client: bytes, header: Header, frame: bytes, now: float) -> list[Action]:
+    def submit(self, client: bytes, header: Header, frame: bytes, now: float,
+               extra: tuple[Any, ...] = ()) -> list[Action]:
+        """A request; ``extra``: its buffer frames (opaque objects with a length)."""
         tool = peek_method(frame)
         if self.closing:
             return self._refuse(client, header.id, SHUTTING_DOWN(), tool)
-        refusal = self._invalid(client, header) or self._overloaded(len(frame))
+        extra_size = sum(len(part) for part in extra) if extra else 0
+        refusal = self._invalid(client, header) or self._overloaded(len(frame) + extra_size)
         if refusal is not None:
             self.tools.get(tool).answered(refusal.code)
             return [ToClient(client, encode_error(header.id, refusal))]
@@ -120,7 +124,7 @@ class Broker(InFlight):
             return self._refuse(client, header.id, self._unavailable_error(), tool)
         timeout = header.timeout_ms / 1000.0 if header.timeout_ms else self.s.timeout
         job = Job(client, header.id, frame, now + timeout, now, bool(header.flags & FLAG_STREAM),
-                  tool=tool, stats=self.tools.get(tool))
+                  tool=tool, stats=self.tools.get(tool), extra=extra, extra_size=extra_size)
         self.counters["accepted"] += 1
         self.jobs[job.key] = job
         self.queue.append(job)
@@ -210,7 +214,10 @@ class Broker(InFlight):
             if job.stats is not None:
                 job.stats.queue.add(now - job.accepted)
             daemon.state, daemon.job = DaemonState.BUSY, job
-            actions.append(ToDaemon(daemon.ident, job.frame))
+            # the buffers go with the action: a job holding them would keep a large request
+            # alive in the hub until its reply (a failed send hands them back)
+            actions.append(ToDaemon(daemon.ident, job.frame, job.extra))
+            job.extra = ()
         return actions
 
     def _scale(self, now: float) -> list[Action]:
@@ -268,7 +275,8 @@ class Broker(InFlight):
             rss = info.get("rss")
             daemon.rss = rss if isinstance(rss, int) else daemon.rss
 
-    def daemon_reply(self, ident: bytes, header: Header, frame: bytes, now: float) -> list[Action]:
+    def daemon_reply(self, ident: bytes, header: Header, frame: bytes, now: float,
+                     extra: tuple[Any, ...] = ()) -> list[Action]:
         daemon = self.daemons.get(ident)
         if daemon is None:
             return []
@@ -281,7 +289,8 @@ class Broker(InFlight):
                 frame = without_flags(frame, FLAG_RETIRE)
             if job.stats is not None and job.started is not None:
                 job.stats.run.add(now - job.started)
-            return [self._answer(job, frame, peek_error_code(frame))] + self._after_call(daemon, header, now)
+            return ([self._answer(job, frame, peek_error_code(frame), extra)]
+                    + self._after_call(daemon, header, now))
         if daemon.state is DaemonState.STALE and daemon.stale_id == header.id:
             daemon.calls += 1  # late reply: dropped, the daemon is free again
             return self._after_call(daemon, header, now)
@@ -406,16 +415,18 @@ class Broker(InFlight):
             return f"{last} ({cause})" if cause else last
         return cause
 
-    def daemon_unreachable(self, ident: bytes, frame: bytes, now: float) -> list[Action]:
+    def daemon_unreachable(self, ident: bytes, frame: bytes, now: float,
+                           extra: tuple[Any, ...] = ()) -> list[Action]:
         """A send to the daemon failed (gone, or not reading): a job that never left goes
-        back in front of the queue, and the daemon is given up."""
+        back in front of the queue (with its buffer frames, ``extra``), and the daemon is
+        given up."""
         daemon = self.daemons.get(ident)
         if daemon is None:
             return []
         job = daemon.job
         if job is not None and job.frame is frame and job.state is JobState.RUNNING:
             daemon.job = None
-            job.state, job.daemon = JobState.QUEUED, None
+            job.state, job.daemon, job.extra = JobState.QUEUED, None, extra
             self.queue.appendleft(job)
             self.queued += 1
             self.queued_bytes += job.size

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any, Generator
+from typing import Any, Generator, Sequence
 
 import zmq
 
 from . import fallback, pickling
+from .frames import oversized
 from .config import Settings, load_settings
 from .endpoints import check_endpoint, default_endpoint
 from .errors import (
@@ -42,9 +43,11 @@ STREAM_WINDOW = DEFAULT_WINDOW  # items a stream may run ahead of its consumer
 
 
 def build_request(settings: Settings, request_id: int, tool: str, args: Any, timeout: float,
-                  idempotent: bool, window: int = 0, trace: str | None = None) -> bytes:
+                  idempotent: bool, window: int = 0, trace: str | None = None,
+                  oob: list[Any] | None = None) -> bytes:
     """The request frame, or InvalidRequest/InvalidParams before anything is sent;
-    ValueError for a ``trace`` that is not a W3C traceparent."""
+    ValueError for a ``trace`` that is not a W3C traceparent. With an ``oob`` list, large
+    arrays and bytes are appended to it as buffer frames to send after the frame."""
     if not isinstance(tool, str) or not tool:
         raise InvalidRequest("tool name must be a non-empty string")
     if args is not None and not isinstance(args, (list, tuple, dict)):
@@ -56,11 +59,14 @@ def build_request(settings: Settings, request_id: int, tool: str, args: Any, tim
     timeout_ms = max(1, min(MAX_TIMEOUT_MS, int(timeout * 1000)))
     try:
         frame = encode_request(request_id, tool, args, timeout_ms=timeout_ms, idempotent=idempotent,
-                               window=window, trace=trace, pickle=settings.serializer == "pickle")
+                               window=window, trace=trace, pickle=settings.serializer == "pickle",
+                               oob=oob)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidParams(f"arguments cannot be encoded: {exc}") from None
-    if len(frame) > settings.max_message_size:
-        raise InvalidRequest(f"request is {len(frame)} bytes, over max_message_size="
+    size = oversized(frame, oob or (), settings.max_message_size)
+    if size is not None:  # libzmq's limit is per frame: each buffer frame is bounded alike
+        what = "request" if size == len(frame) else "a buffer frame of the request"
+        raise InvalidRequest(f"{what} is {size} bytes, over max_message_size="
                              f"{settings.max_message_size}")
     return frame
 
@@ -74,10 +80,10 @@ def reply_id(reply: bytes) -> int | None:
     return header.id if header.kind is Kind.REPLY else None
 
 
-def result_of(reply: bytes, max_size: int) -> Any:
-    """The result in a REPLY, or its error raised."""
+def result_of(reply: bytes, max_size: int, buffers: Sequence[Any] = ()) -> Any:
+    """The result in a REPLY (``buffers``: its buffer frames), or its error raised."""
     try:
-        body = decode_reply_body(reply, max_size=max_size)
+        body = decode_reply_body(reply, max_size=max_size, buffers=buffers)
     except BridgeError as exc:
         raise InternalError(f"undecodable reply: {exc}") from None
     if "error" in body:
@@ -152,7 +158,8 @@ def credit_due(consumed: int, window: int) -> bool:
     return consumed >= max(1, window // 2)
 
 
-def read_stream_message(frame: bytes, request_id: int, max_size: int) -> tuple[str, Any] | None:
+def read_stream_message(frame: bytes, request_id: int, max_size: int,
+                        buffers: Sequence[Any] = ()) -> tuple[str, Any] | None:
     """A message for stream ``request_id`` as ("item", value), ("end", None) or
     ("error", BridgeError); None when it belongs to something else."""
     try:
@@ -163,7 +170,7 @@ def read_stream_message(frame: bytes, request_id: int, max_size: int) -> tuple[s
         return None
     if header.kind is Kind.PARTIAL:
         try:
-            return "item", decode_partial(frame, max_size=max_size)
+            return "item", decode_partial(frame, max_size=max_size, buffers=buffers)
         except BridgeError as exc:
             return "error", InternalError(f"undecodable stream item: {exc}")
     if header.kind is Kind.REPLY:

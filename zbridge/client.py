@@ -12,7 +12,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import zmq
 
@@ -29,6 +29,7 @@ from .calls import (
 )
 from .config import Settings
 from .errors import BridgeError, ConnectionLost
+from .frames import recv_buffers, send_message
 from .protocol import encode_cancel, encode_credit, read_header
 from .statusmap import Status
 
@@ -110,10 +111,12 @@ class Client(ClientCore):
         calls = list(calls)
         timeout = self.timeout_of(timeout)
         outcomes: list[Any] = []
-        frames: list[bytes] = []
+        frames: list[tuple[bytes, list[Any]]] = []
         for tool, args in calls:
             try:
-                frames.append(build_request(self.settings, next(self._ids), tool, args, timeout, idempotent))
+                buffers: list[Any] = []
+                frames.append((build_request(self.settings, next(self._ids), tool, args, timeout,
+                                             idempotent, oob=buffers), buffers))
                 outcomes.append(None)
             except BridgeError as exc:
                 outcomes.append(exc)
@@ -123,7 +126,7 @@ class Client(ClientCore):
                 sock = self._socket()
                 replies = iter(fanout.pipeline(
                     sock, frames, timeout + HUB_GRACE,
-                    lambda r: result_of(r, self.settings.max_message_size),
+                    lambda r, b: result_of(r, self.settings.max_message_size, b),
                     window=self.settings.max_in_flight,
                     lost=lambda: self._connection_lost() if self._dropped(sock) else None))
             finally:
@@ -210,8 +213,8 @@ class Client(ClientCore):
 
     def _perform(self, op: plans.Op) -> Any:
         match op:
-            case plans.Roundtrip(frame, timeout):
-                return self._io(self._roundtrip, frame, timeout)
+            case plans.Roundtrip(frame, timeout, buffers):
+                return self._io(self._roundtrip, frame, timeout, buffers)
             case plans.OneShot(tool, args, timeout):
                 return self._one_shot_call(tool, args, timeout)
             case plans.Sleep(seconds):
@@ -233,9 +236,9 @@ class Client(ClientCore):
                         yield value
                     case plans.OneShotItems(tool, args, timeout):
                         yield from self._one_shot_stream(tool, args, timeout)
-                    case plans.Open(frame):
+                    case plans.Open(frame, buffers):
                         sock, request_id = self._new_socket(), plans.request_id(frame)
-                        error = self._try(lambda: self._io(self._send, sock, frame))
+                        error = self._try(lambda: self._io(self._send, sock, frame, buffers))
                     case plans.Receive(deadline, timeout):
                         assert sock is not None  # Open comes first
                         try:
@@ -275,14 +278,14 @@ class Client(ClientCore):
     def _next_stream_message(self, sock: zmq.Socket[Any], request_id: int, deadline: float,
                              timeout: float) -> tuple[str, Any]:
         while True:
-            message = read_stream_message(self._receive(sock, deadline, timeout), request_id,
-                                          self.settings.max_message_size)
+            frame, buffers = self._receive(sock, deadline, timeout)
+            message = read_stream_message(frame, request_id, self.settings.max_message_size, buffers)
             if message is not None:
                 return message
 
-    def _send(self, sock: zmq.Socket[Any], frame: bytes) -> None:
+    def _send(self, sock: zmq.Socket[Any], frame: bytes, buffers: Sequence[Any] = ()) -> None:
         try:
-            sock.send(frame, 0, copy=len(frame) < 65536)
+            send_message(sock, frame, buffers)
         except zmq.Again:
             raise self._unreachable() from None
 
@@ -299,10 +302,11 @@ class Client(ClientCore):
             pass  # the hub is gone or not reading: nothing to tell it
 
     def _receive(self, sock: zmq.Socket[Any], deadline: float, timeout: float,
-                 on_slice: Callable[[], None] | None = None) -> bytes:
+                 on_slice: Callable[[], None] | None = None) -> tuple[bytes, list[memoryview]]:
+        """The next message: a frame and its buffer frames (zero copy)."""
         while True:
             try:
-                return sock.recv()
+                frame = sock.recv()
             except zmq.Again:
                 if on_slice is not None:
                     on_slice()
@@ -312,6 +316,8 @@ class Client(ClientCore):
                     raise self._connection_lost() from None
                 if time.monotonic() >= deadline:
                     raise plans.timed_out(timeout) from None
+                continue
+            return frame, recv_buffers(sock)
 
     def _connection_lost(self) -> ConnectionLost:
         return ConnectionLost(f"the hub at {self.endpoint} dropped the connection while the call was "
@@ -355,7 +361,7 @@ class Client(ClientCore):
                 self._sockets = alive + [(weakref.ref(threading.current_thread()), sock)]
         return sock
 
-    def _roundtrip(self, frame: bytes, timeout: float) -> Any:
+    def _roundtrip(self, frame: bytes, timeout: float, buffers: Sequence[Any] = ()) -> Any:
         sock = self._socket()
         request_id = read_header(frame).id
         tracker: CallFuture | None = getattr(self._local, "tracker", None)
@@ -368,14 +374,14 @@ class Client(ClientCore):
         watch = self._watches.get(sock)
         if watch is not None:
             watch.forget()  # a drop before this call is not this call's
-        self._send(sock, frame)
+        self._send(sock, frame, buffers)
         deadline = time.monotonic() + timeout + HUB_GRACE
         try:
             while True:
-                reply = self._receive(sock, deadline, timeout, on_slice)
+                reply, reply_buffers = self._receive(sock, deadline, timeout, on_slice)
                 if reply_id(reply) != request_id:
                     continue  # a late reply to an earlier call on this socket
-                return result_of(reply, self.settings.max_message_size)
+                return result_of(reply, self.settings.max_message_size, reply_buffers)
         except KeyboardInterrupt:  # Ctrl-C: the call must not keep running in the daemon
             self._send_cancel(sock, request_id)
             raise

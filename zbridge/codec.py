@@ -22,7 +22,21 @@ code   Python value         extension body
   8    ``set``              msgpack array of the items
   9    ``frozenset``        msgpack array of the items
  10    numpy ``ndarray``    see ``zbridge.arrays``: dtype, shape, order, raw bytes
+ 11    buffer frame         msgpack ``[index, kind, meta]``: the value is buffer frame
+                            ``index`` of the message (out of band, ``pack_value``); kind
+                            ``"a"`` = numpy array, meta ``[descr, shape, order]``; kind
+                            ``"b"`` = bytes (also from bytearray / memoryview), meta nil
 =====  ===================  ==============================================================
+
+Out of band (``pack_value`` / ``unpack_value``): a numpy array or bytes-like value of at
+least ``OOB_THRESHOLD`` bytes is not copied into the body; it becomes its own buffer (the
+array's memory itself, made contiguous only if it was neither C- nor F-contiguous), and
+the receiver rebuilds arrays with ``numpy.frombuffer`` over the received buffer. Arrays
+are found by msgpack's ``default`` hook (no cost for values without arrays). msgpack packs
+bytes itself, so large bytes are looked for: among a body's values and their items first
+(cheap, every message), then, when the in-band body still came out at least
+``OOB_THRESHOLD`` bytes long, by a walk of at most ``WALK_BUDGET`` values at any depth
+(the body is then packed a second time).
 
 numpy scalars (``np.float64(1.5)``, ``np.int32``, ``np.bool_``) are sent as plain numbers.
 Anything else is a TypeError that names the type and says what to do.
@@ -36,7 +50,7 @@ import datetime as dt
 import uuid
 from decimal import Decimal, InvalidOperation
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import msgpack
 
@@ -54,6 +68,11 @@ EXT_TUPLE = 7
 EXT_SET = 8
 EXT_FROZENSET = 9
 EXT_NDARRAY = 10
+EXT_BUFFER = 11
+
+OOB_THRESHOLD = 65536   # buffers at least this large travel as their own frame
+MAX_BUFFERS = 64        # buffer frames per message, at most (beyond: in band)
+WALK_BUDGET = 10_000    # values a search for large bytes visits, at most
 
 _ZERO = dt.timedelta(0)
 
@@ -65,14 +84,129 @@ class ValueDecodeError(ValueError):
 
 def packb(obj: Any) -> bytes:
     """msgpack with zbridge's extension types; TypeError names a type that cannot be sent."""
-    packed: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=True, default=_default)
-    return packed
+    return _pack(obj, None)
 
 
 def unpackb(data: bytes | memoryview, *, strict_map_key: bool = True) -> Any:
     """The value in ``data``; msgpack's own errors and ValueDecodeError propagate."""
     return msgpack.unpackb(data, raw=False, strict_map_key=strict_map_key, timestamp=3,
                            ext_hook=_HOOKS[strict_map_key])
+
+
+def pack_value(obj: Any) -> tuple[bytes, list[Any]]:
+    """``obj`` packed with its large arrays and bytes out of band: (body, buffers). Each
+    buffer is an object with the buffer protocol (an array's own memory, or the bytes
+    object itself) to send as one frame without copying; ``[]`` when nothing is large."""
+    if _shallow_large_bytes(obj):  # the common places, found before a costly in-band pack
+        obj = _lift_bytes(obj, [WALK_BUDGET])
+    sink = _Sink()
+    packed = _pack(obj, sink)
+    if len(packed) >= OOB_THRESHOLD and len(sink.buffers) < MAX_BUFFERS:
+        lifted = _lift_bytes(obj, [WALK_BUDGET])
+        if lifted is not obj:  # large bytes found: pack again with them as buffers
+            sink = _Sink()
+            packed = _pack(lifted, sink)
+    return packed, sink.buffers
+
+
+def unpack_value(data: bytes | memoryview, buffers: Sequence[Any], *,
+                 strict_map_key: bool = True) -> Any:
+    """The value in ``data`` whose buffer references point into ``buffers`` (objects with
+    the buffer protocol, e.g. ``zmq.Frame.buffer``); arrays view them without a copy."""
+    if not buffers:
+        return unpackb(data, strict_map_key=strict_map_key)
+    hook = partial(_ext_hook, strict=strict_map_key, buffers=buffers)
+    return msgpack.unpackb(data, raw=False, strict_map_key=strict_map_key, timestamp=3,
+                           ext_hook=hook)
+
+
+class _Sink:
+    """Where one ``pack_value`` collects its out-of-band buffers."""
+    __slots__ = ("buffers",)
+
+    def __init__(self) -> None:
+        self.buffers: list[Any] = []
+
+    def take(self, buffer: Any, kind: str, meta: Any) -> msgpack.ExtType:
+        self.buffers.append(buffer)
+        return msgpack.ExtType(EXT_BUFFER, msgpack.packb([len(self.buffers) - 1, kind, meta]))
+
+    def room(self) -> bool:
+        return len(self.buffers) < MAX_BUFFERS
+
+
+class _Bytes:
+    """A large bytes-like value found by ``_lift_bytes``, to go out of band."""
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+def _is_large_bytes(obj: Any) -> bool:
+    """A bytes, bytearray or contiguous memoryview of at least OOB_THRESHOLD bytes."""
+    cls = type(obj)
+    if cls is memoryview:
+        return bool(obj.contiguous and obj.nbytes >= OOB_THRESHOLD)
+    return (cls is bytes or cls is bytearray) and len(obj) >= OOB_THRESHOLD
+
+
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def _shallow_large_bytes(body: Any) -> bool:
+    """Whether a large bytes value is one of a body map's values or their items (an
+    argument, a keyword argument, a result, an item of a returned list or map). A few
+    hundred nanoseconds: run on every message."""
+    if type(body) is not dict:
+        return False
+    for value in body.values():
+        cls = type(value)
+        if cls in _BYTES:
+            if _is_large_bytes(value):
+                return True
+        elif cls is list or cls is tuple:
+            for item in value:
+                if type(item) in _BYTES and _is_large_bytes(item):
+                    return True
+        elif cls is dict:
+            for item in value.values():
+                if type(item) in _BYTES and _is_large_bytes(item):
+                    return True
+    return False
+
+
+def _lift_bytes(obj: Any, budget: list[int]) -> Any:
+    """``obj`` with large bytes values wrapped in ``_Bytes`` (containers on their way
+    rebuilt, the rest shared); ``obj`` itself when there is none. Visits at most
+    ``budget[0]`` values in all: what lies beyond stays in band."""
+    budget[0] -= 1
+    if _is_large_bytes(obj):
+        return _Bytes(obj)
+    cls = type(obj)
+    if cls not in (list, tuple, dict):
+        return obj
+    values = list(obj.values()) if cls is dict else obj
+    out: list[Any] | None = None
+    for i, value in enumerate(values):
+        if budget[0] <= 0:
+            break
+        new = _lift_bytes(value, budget)
+        if new is not value:
+            if out is None:
+                out = list(values)
+            out[i] = new
+    if out is None:
+        return obj
+    if cls is dict:
+        return dict(zip(obj.keys(), out))
+    return out if cls is list else tuple(out)
+
+
+def _pack(obj: Any, sink: _Sink | None) -> bytes:
+    default = _default if sink is None else partial(_default, sink=sink)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=True, default=default)
+    return packed
 
 
 # --- packing -----------------------------------------------------------------------------
@@ -86,37 +220,50 @@ def _datetime(value: dt.datetime) -> Any:
     return msgpack.ExtType(EXT_DATETIME, value.isoformat().encode())
 
 
-def _items(code: int) -> Callable[[Any], msgpack.ExtType]:
-    return lambda value: msgpack.ExtType(code, packb(list(value)))
+def _items(code: int) -> Callable[[Any, _Sink | None], msgpack.ExtType]:
+    return lambda value, sink: msgpack.ExtType(code, _pack(list(value), sink))
 
 
-_ENCODERS: dict[type, Callable[[Any], Any]] = {
-    dt.datetime: _datetime,
-    dt.date: lambda v: msgpack.ExtType(EXT_DATE, v.isoformat().encode()),
-    dt.time: lambda v: msgpack.ExtType(EXT_TIME, v.isoformat().encode()),
-    Decimal: lambda v: msgpack.ExtType(EXT_DECIMAL, str(v).encode()),
-    uuid.UUID: lambda v: msgpack.ExtType(EXT_UUID, v.bytes),
+def _plain(convert: Callable[[Any], Any]) -> Callable[[Any, _Sink | None], Any]:
+    return lambda value, sink: convert(value)
+
+
+_ENCODERS: dict[type, Callable[[Any, _Sink | None], Any]] = {
+    dt.datetime: _plain(_datetime),
+    dt.date: _plain(lambda v: msgpack.ExtType(EXT_DATE, v.isoformat().encode())),
+    dt.time: _plain(lambda v: msgpack.ExtType(EXT_TIME, v.isoformat().encode())),
+    Decimal: _plain(lambda v: msgpack.ExtType(EXT_DECIMAL, str(v).encode())),
+    uuid.UUID: _plain(lambda v: msgpack.ExtType(EXT_UUID, v.bytes)),
     tuple: _items(EXT_TUPLE),
     set: _items(EXT_SET),
     frozenset: _items(EXT_FROZENSET),
     # subclasses of what msgpack packs natively: sent as the plain base
-    int: int, float: float, str: str.__str__, bytes: bytes, dict: dict, list: list,
+    int: _plain(int), float: _plain(float), str: _plain(str.__str__), bytes: _plain(bytes),
+    dict: _plain(dict), list: _plain(list),
 }
 
 
-def _default(obj: Any) -> Any:
-    """What msgpack cannot pack by itself, as something it can (or an ExtType)."""
+def _default(obj: Any, sink: _Sink | None = None) -> Any:
+    """What msgpack cannot pack by itself, as something it can (or an ExtType); with a
+    ``sink``, large arrays and lifted bytes go out of band into it."""
     cls = type(obj)
+    if cls is _Bytes:
+        if sink is not None and sink.room():
+            return sink.take(obj.data, "b", None)
+        return bytes(obj.data)
     user = usertypes.for_type(cls)
     if user is not None:
-        return msgpack.ExtType(EXT_USER, packb([user.name, user.to_wire(obj)]))
+        return msgpack.ExtType(EXT_USER, _pack([user.name, user.to_wire(obj)], sink))
     for base in cls.__mro__:
         encode = _ENCODERS.get(base)
         if encode is not None:
-            return encode(obj)
+            return encode(obj, sink)
     np = arrays.numpy_if_loaded()
     if np is not None:
         if isinstance(obj, np.ndarray):
+            if sink is not None and obj.nbytes >= OOB_THRESHOLD and sink.room():
+                header, data = arrays.out_of_band(obj)
+                return sink.take(data, "a", header)
             return msgpack.ExtType(EXT_NDARRAY, arrays.pack(obj))
         if isinstance(obj, np.generic):
             return _numpy_scalar(obj)
@@ -143,8 +290,8 @@ def _text(data: bytes) -> str:
     return data.decode()
 
 
-def _user(data: bytes, strict: bool) -> Any:
-    value = unpackb(data, strict_map_key=strict)
+def _user(data: bytes, strict: bool, buffers: Sequence[Any]) -> Any:
+    value = unpack_value(data, buffers, strict_map_key=strict)
     if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
         raise ValueDecodeError("a user type's body must be [name, value]")
     name, wire = value
@@ -160,23 +307,38 @@ def _user(data: bytes, strict: bool) -> Any:
                                f"{type(exc).__name__}: {exc}") from None
 
 
-_DECODERS: dict[int, tuple[str, Callable[[bytes, bool], Any]]] = {
+def _buffer(data: bytes, buffers: Sequence[Any]) -> Any:
+    """The value of a buffer reference ``[index, kind, meta]``."""
+    ref = msgpack.unpackb(data, raw=False)
+    if not (isinstance(ref, list) and len(ref) == 3 and type(ref[0]) is int and ref[1] in ("a", "b")):
+        raise ValueDecodeError("a buffer reference must be [index, 'a'|'b', meta]")
+    index, kind, meta = ref
+    if not 0 <= index < len(buffers):
+        raise ValueDecodeError(f"buffer reference {index} but the message has "
+                               f"{len(buffers)} buffer frame(s)")
+    if kind == "b":
+        return bytes(buffers[index])
+    return arrays.from_buffer(meta, buffers[index])
+
+
+_DECODERS: dict[int, tuple[str, Callable[[bytes, bool, Sequence[Any]], Any]]] = {
     EXT_USER: ("user type", _user),
-    EXT_DATETIME: ("datetime", lambda d, s: dt.datetime.fromisoformat(_text(d))),
-    EXT_NAIVE_DATETIME: ("datetime", lambda d, s: dt.datetime.fromisoformat(_text(d))),
-    EXT_DATE: ("date", lambda d, s: dt.date.fromisoformat(_text(d))),
-    EXT_TIME: ("time", lambda d, s: dt.time.fromisoformat(_text(d))),
-    EXT_DECIMAL: ("Decimal", lambda d, s: Decimal(_text(d))),
-    EXT_UUID: ("UUID", lambda d, s: uuid.UUID(bytes=d)),
-    EXT_TUPLE: ("tuple", lambda d, s: tuple(_array(d, s))),
-    EXT_SET: ("set", lambda d, s: set(_array(d, s))),
-    EXT_FROZENSET: ("frozenset", lambda d, s: frozenset(_array(d, s))),
-    EXT_NDARRAY: ("numpy array", lambda d, s: arrays.unpack(d)),
+    EXT_DATETIME: ("datetime", lambda d, s, b: dt.datetime.fromisoformat(_text(d))),
+    EXT_NAIVE_DATETIME: ("datetime", lambda d, s, b: dt.datetime.fromisoformat(_text(d))),
+    EXT_DATE: ("date", lambda d, s, b: dt.date.fromisoformat(_text(d))),
+    EXT_TIME: ("time", lambda d, s, b: dt.time.fromisoformat(_text(d))),
+    EXT_DECIMAL: ("Decimal", lambda d, s, b: Decimal(_text(d))),
+    EXT_UUID: ("UUID", lambda d, s, b: uuid.UUID(bytes=d)),
+    EXT_TUPLE: ("tuple", lambda d, s, b: tuple(_array(d, s, b))),
+    EXT_SET: ("set", lambda d, s, b: set(_array(d, s, b))),
+    EXT_FROZENSET: ("frozenset", lambda d, s, b: frozenset(_array(d, s, b))),
+    EXT_NDARRAY: ("numpy array", lambda d, s, b: arrays.unpack(d)),
+    EXT_BUFFER: ("buffer", lambda d, s, b: _buffer(d, b)),
 }
 
 
-def _array(data: bytes, strict: bool) -> list[Any]:
-    items = unpackb(data, strict_map_key=strict)
+def _array(data: bytes, strict: bool, buffers: Sequence[Any]) -> list[Any]:
+    items = unpack_value(data, buffers, strict_map_key=strict)
     if not isinstance(items, list):
         raise ValueDecodeError("body must be a msgpack array")
     return items
@@ -186,18 +348,18 @@ MAX_EXT_DEPTH = 32  # each level decodes a copy of its body: bound the copies of
 _depth = threading.local()
 
 
-def _ext_hook(code: int, data: bytes, *, strict: bool) -> Any:
+def _ext_hook(code: int, data: bytes, *, strict: bool, buffers: Sequence[Any] = ()) -> Any:
     level = getattr(_depth, "level", 0)
     if level >= MAX_EXT_DEPTH:
         raise ValueDecodeError(f"extension values nested deeper than {MAX_EXT_DEPTH} levels")
     _depth.level = level + 1
     try:
-        return _decode_ext(code, data, strict)
+        return _decode_ext(code, data, strict, buffers)
     finally:
         _depth.level = level
 
 
-def _decode_ext(code: int, data: bytes, strict: bool) -> Any:
+def _decode_ext(code: int, data: bytes, strict: bool, buffers: Sequence[Any]) -> Any:
     known = _DECODERS.get(code)
     if known is None:
         raise ValueDecodeError(
@@ -205,7 +367,7 @@ def _decode_ext(code: int, data: bytes, strict: bool) -> Any:
             f"{max(_DECODERS)} (is the sender a newer zbridge?)")
     kind, decode = known
     try:
-        return decode(data, strict)
+        return decode(data, strict, buffers)
     except ValueDecodeError:
         raise
     except (ValueError, TypeError, InvalidOperation, UnicodeDecodeError, RecursionError,

@@ -32,12 +32,15 @@ def stdio_command(settings: Settings, tools: list[str]) -> list[str]:
 
 
 def _request(settings: Settings, tool: str, args: Any, timeout: float, stream: bool) -> bytes:
-    """The request frame with its length prefix; InvalidParams/InvalidRequest as the pool raises."""
-    from zbridge_daemon.framed import LENGTH
+    """The request as written on the pipe (its frame and buffer frames, each with its
+    prefix); InvalidParams/InvalidRequest as the pool raises."""
+    from zbridge_daemon.framed import message_chunks
 
     from .calls import build_request  # calls imports this module
-    frame = build_request(settings, REQUEST_ID, tool, args, timeout, False, window=1 if stream else 0)
-    return LENGTH.pack(len(frame)) + frame
+    buffers: list[Any] = []
+    frame = build_request(settings, REQUEST_ID, tool, args, timeout, False,
+                          window=1 if stream else 0, oob=buffers)
+    return b"".join(message_chunks(frame, buffers))
 
 
 def _start(settings: Settings, tools: list[str], stderr: Any) -> subprocess.Popen[bytes]:
@@ -82,18 +85,21 @@ def _answer(settings: Settings, out: bytes, err: bytes, returncode: int) -> Any:
 
 def _read_message(settings: Settings, stream: Any) -> tuple[Kind, Any]:
     """(kind, body) of the next frame: the reply map, or a streamed item."""
-    from zbridge_daemon.framed import read_frame
+    from zbridge_daemon.framed import read_message
     try:
-        frame = read_frame(stream, settings.max_message_size + 4096)
+        message = read_message(stream, settings.max_message_size + 4096)
     except (EOFError, ValueError) as exc:
         raise WorkerLost(f"pipe daemon gave a broken frame: {exc}") from None
-    if frame is None:
+    if message is None:
         raise WorkerLost("pipe daemon gave no reply")
+    frame, buffers = message
     try:
         header = read_header(frame)
         if header.kind is Kind.PARTIAL:
-            return header.kind, decode_partial(frame, max_size=settings.max_message_size)
-        return header.kind, decode_reply_body(frame, max_size=settings.max_message_size)
+            return header.kind, decode_partial(frame, max_size=settings.max_message_size,
+                                               buffers=buffers)
+        return header.kind, decode_reply_body(frame, max_size=settings.max_message_size,
+                                              buffers=buffers)
     except BridgeError as exc:
         raise WorkerLost(f"pipe daemon gave a malformed frame: {exc}") from None
 

@@ -7,34 +7,37 @@ hub spreads them over idle daemons, and replies are matched back by request id.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import zmq
 
 from .errors import BridgeError, CallTimeout, PoolUnavailable
+from .frames import recv_buffers, send_message
 from .protocol import Header, Kind, encode_cancel, read_header
 
 WINDOW = 64
 
 
-def pipeline(sock: zmq.Socket[Any], frames: list[bytes], wait: float,
-             decode: Callable[[bytes], Any], window: int = WINDOW,
+def pipeline(sock: zmq.Socket[Any], frames: Sequence[tuple[bytes, Sequence[Any]]], wait: float,
+             decode: Callable[[bytes, Sequence[Any]], Any], window: int = WINDOW,
              lost: Callable[[], BridgeError | None] = lambda: None) -> list[Any]:
-    """Send every frame and wait for all replies: a result or a BridgeError per frame, in order.
+    """Send every request (a frame and its buffer frames) and wait for all replies: a
+    result or a BridgeError per request, in order (``decode`` gets a reply and its buffer
+    frames).
 
     At most ``window`` calls are at the hub at once; the rest wait here, and each call's
     ``wait`` (its timeout plus grace) starts when it is sent. A call whose wait runs out gets
     CallTimeout and a CANCEL. ``lost`` says (as an error) whether the connection dropped,
     failing what is in flight.
     """
-    ids = [read_header(f).id for f in frames]
+    ids = [read_header(f).id for f, _ in frames]
     outcomes: dict[int, Any] = {}
     due: dict[int, float] = {}  # in flight: id -> when its wait runs out
     sent = 0
     while len(outcomes) < len(frames):
         while sent < len(frames) and len(due) < window:
             try:
-                sock.send(frames[sent])
+                send_message(sock, *frames[sent])
             except zmq.Again:  # the hub is unreachable: the rest never left
                 for id in ids[sent:]:
                     outcomes[id] = PoolUnavailable("hub not reachable (the call was not sent)",
@@ -47,6 +50,7 @@ def pipeline(sock: zmq.Socket[Any], frames: list[bytes], wait: float,
             break
         try:
             reply = sock.recv()
+            buffers = recv_buffers(sock)
         except zmq.Again:
             _expire(sock, due, outcomes, lost())
             continue
@@ -55,7 +59,7 @@ def pipeline(sock: zmq.Socket[Any], frames: list[bytes], wait: float,
             continue  # not ours, or already given up on
         del due[header.id]
         try:
-            outcomes[header.id] = decode(reply)
+            outcomes[header.id] = decode(reply, buffers)
         except BridgeError as exc:
             outcomes[header.id] = exc
     return [outcomes[id] for id in ids]

@@ -40,7 +40,7 @@ from .errors import BridgeError, InvalidRequest
 from .logs import configure as configure_logs
 from .logs import note_text
 from .pickling import refuse_remote
-from .protocol import (FLAG_PREWARM, VERSION, Kind, decode_credit, decode_heartbeat,
+from .protocol import (FLAG_PREWARM, MAX_BUFFERS, VERSION, Kind, decode_credit, decode_heartbeat,
                        decode_ready, encode_cancel, encode_error, encode_heartbeat, encode_result,
                        read_header)
 from .security import HubSecurity
@@ -77,6 +77,18 @@ def daemon_command(settings: Settings, endpoint: str, heartbeat: str, tools: lis
     return cmd
 
 
+def _read_buffers(sock: zmq.Socket[Any]) -> tuple[tuple[Any, ...], bool]:
+    """The buffer frames after a message's first frame, as zmq.Frame objects (never
+    copied: they are forwarded as they are), and whether the message ended within
+    MAX_BUFFERS of them (if not, the rest is still to be discarded)."""
+    parts = []
+    for _ in range(MAX_BUFFERS):
+        parts.append(sock.recv(copy=False))
+        if not sock.getsockopt(_RCVMORE):
+            return tuple(parts), True
+    return tuple(parts), False
+
+
 def _discard_rest(sock: zmq.Socket[Any], limit: int | None = None) -> tuple[int, bool]:
     """Drop the remaining frames of a message: (frames dropped, whether the message ended)."""
     dropped = 0
@@ -102,7 +114,7 @@ class Hub:
         self._stop_at: float | None = None   # drain deadline once stopping
         self._stopped = threading.Event()
         self._post_lock = threading.Lock()  # _post never races the shutdown
-        self._failed: list[tuple[str, bytes, Any, bool]] = []  # sends that failed while applying actions
+        self._failed: list[tuple[str, bytes, Any, bool, tuple[Any, ...]]] = []  # sends that failed while applying actions
         self._warned: OrderedDict[bytes, None] = OrderedDict()
         self._discarding: list[Any] | None = None  # [client, frames] of an over-long message
         self._pending: list[Action] = []     # actions a handler produced while actions ran
@@ -291,10 +303,13 @@ class Hub:
             except zmq.Again:
                 return
             frame = self.frontend.recv()
+            extra: tuple[Any, ...] = ()
             if self.frontend.getsockopt(_RCVMORE):
-                self._discarding = [client, 1]
-                continue
-            self._on_client(client, frame, now)
+                extra, ended = _read_buffers(self.frontend)
+                if not ended:
+                    self._discarding = [client, 1 + len(extra)]
+                    continue
+            self._on_client(client, frame, now, extra)
             handled += 1
 
     def _discard_client_frames(self) -> bool:
@@ -305,10 +320,12 @@ class Hub:
         if ended:
             client, frames = self._discarding
             self._discarding = None
-            self._send_error(client, 0, InvalidRequest(f"expected exactly one frame per message, got {frames}"))
+            self._send_error(client, 0, InvalidRequest(
+                f"expected at most {1 + MAX_BUFFERS} frames per message (a frame and "
+                f"{MAX_BUFFERS} buffer frames), got {frames}"))
         return ended
 
-    def _on_client(self, client: bytes, frame: bytes, now: float) -> None:
+    def _on_client(self, client: bytes, frame: bytes, now: float, extra: tuple[Any, ...] = ()) -> None:
         try:
             header = read_header(frame)
         except BridgeError as exc:
@@ -316,7 +333,10 @@ class Hub:
             return
         kind = header.kind
         if kind is Kind.REQUEST:
-            self._apply(self.broker.submit(client, header, frame, now))
+            self._apply(self.broker.submit(client, header, frame, now, extra))
+        elif extra:
+            self._send_error(client, header.id, InvalidRequest(
+                f"only a REQUEST may carry buffer frames, not {kind.name}"))
         elif kind is Kind.CREDIT:
             try:
                 self._apply(self.broker.client_credit(client, header.id, decode_credit(frame), now))
@@ -339,16 +359,21 @@ class Hub:
 
     def _on_backend(self, ident: bytes, now: float) -> None:
         frame = self.backend.recv()
+        extra: tuple[Any, ...] = ()
         if self.backend.getsockopt(_RCVMORE):
-            dropped, _ = _discard_rest(self.backend)
-            log.warning("dropping a %d-frame message from daemon %r", dropped + 2, ident)
-            return
+            extra, ended = _read_buffers(self.backend)
+            if not ended:
+                dropped, _ = _discard_rest(self.backend)
+                log.warning("dropping a %d-frame message from daemon %r", dropped + len(extra) + 2, ident)
+                return
         try:
             header = read_header(frame)
             if header.kind is Kind.REPLY:
-                self._apply(self.broker.daemon_reply(ident, header, frame, now))
+                self._apply(self.broker.daemon_reply(ident, header, frame, now, extra))
             elif header.kind is Kind.PARTIAL:
-                self._apply(self.broker.daemon_partial(ident, header, frame, now))
+                self._apply(self.broker.daemon_partial(ident, header, frame, now, extra))
+            elif extra:
+                log.warning("dropping a %s with buffer frames from daemon %r", header.kind.name, ident)
             elif header.kind is Kind.READY:
                 self._apply(self.broker.daemon_ready(ident, decode_ready(frame), now))
             elif header.kind is Kind.DISCONNECT:
@@ -403,10 +428,10 @@ class Hub:
         while actions:
             for action in actions:
                 match action:
-                    case ToClient(client, frame):
-                        self._send(self.frontend, client, frame, "client")
-                    case ToDaemon(daemon, frame):
-                        self._send(self.backend, daemon, frame, "daemon")
+                    case ToClient(client, frame, extra):
+                        self._send(self.frontend, client, frame, "client", extra)
+                    case ToDaemon(daemon, frame, extra):
+                        self._send(self.backend, daemon, frame, "daemon", extra)
                     case Spawn(daemon):
                         self._spawn(daemon)
                     case Kill(daemon, reason, hard):
@@ -417,12 +442,19 @@ class Hub:
                         log_note(event, level, fields)
             actions = self._take_failures()
 
-    def _send(self, sock: zmq.Socket[Any], ident: bytes, frame: bytes, role: str) -> None:
+    def _send(self, sock: zmq.Socket[Any], ident: bytes, frame: bytes, role: str,
+              extra: tuple[Any, ...] = ()) -> None:
         try:
             sock.send(ident, _SNDMORE | _NOBLOCK)
+            if extra:  # buffer frames: the zmq.Frame objects as received, shared, not copied
+                sock.send(frame, _SNDMORE | _NOBLOCK, copy=len(frame) < COPY_THRESHOLD)
+                last = len(extra) - 1
+                for i, part in enumerate(extra):
+                    sock.send(part, _NOBLOCK if i == last else _SNDMORE | _NOBLOCK, copy=False)
+                return
             sock.send(frame, _NOBLOCK, copy=len(frame) < COPY_THRESHOLD)
         except zmq.ZMQError as exc:
-            self._failed.append((role, ident, frame, exc.errno == zmq.EHOSTUNREACH))
+            self._failed.append((role, ident, frame, exc.errno == zmq.EHOSTUNREACH, extra))
 
     def _take_failures(self) -> list[Action]:
         actions, self._pending = self._pending, []
@@ -430,12 +462,12 @@ class Hub:
             return actions
         failed, self._failed = self._failed, []
         now = time.monotonic()
-        for role, ident, frame, gone in failed:
+        for role, ident, frame, gone, extra in failed:
             if role == "client":
                 self._warn_once(ident, gone)
                 actions += self.broker.client_unreachable(ident, frame, gone, now)
             elif role == "daemon":
-                actions += self.broker.daemon_unreachable(ident, frame, now)
+                actions += self.broker.daemon_unreachable(ident, frame, now, extra)
             else:  # a kill for a daemon that is not our process: forget it now
                 actions += self.broker.daemon_exited(ident, now, frame)
         return actions
@@ -453,13 +485,13 @@ class Hub:
 
     def _kill(self, ident: bytes, reason: str, hard: bool) -> None:
         if not self.supervisor.kill(ident, hard):
-            self._failed.append(("remote", ident, reason, True))
+            self._failed.append(("remote", ident, reason, True, ()))
 
     def _spawn(self, ident: bytes) -> None:
         try:
             self._pending += self.broker.daemon_spawned(ident, self.supervisor.spawn(ident))
         except OSError as exc:
-            self._failed.append(("remote", ident, f"cannot start daemon: {exc}", True))
+            self._failed.append(("remote", ident, f"cannot start daemon: {exc}", True, ()))
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         status = self.broker.status(time.monotonic() if now is None else now)

@@ -9,7 +9,7 @@ touches any other call.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from logging import INFO
 
@@ -57,7 +57,8 @@ class InFlight:
 
     # --- streams -----------------------------------------------------------------------
 
-    def daemon_partial(self, ident: bytes, header: Header, frame: bytes, now: float) -> list[Action]:
+    def daemon_partial(self, ident: bytes, header: Header, frame: bytes, now: float,
+                       extra: tuple[Any, ...] = ()) -> list[Action]:
         """One streamed item: to the caller if this daemon holds that stream, else dropped."""
         daemon = self.daemons.get(ident)
         job = daemon.job if daemon is not None else None
@@ -66,7 +67,7 @@ class InFlight:
             return []
         job.delivered += 1
         job.touched = now
-        return [ToClient(job.client, frame)]
+        return [ToClient(job.client, frame, extra)]
 
     def client_credit(self, client: bytes, id: int, n: int, now: float) -> list[Action]:
         """A consumer's credit, to the daemon running its stream; never more than the items

@@ -39,10 +39,11 @@ from .protocol import MAX_WINDOW, encode_status_request, read_header
 
 @dataclass(frozen=True, slots=True)
 class Roundtrip:
-    """Send ``frame`` and return the result of its REPLY (or raise its error), giving up
-    with CallTimeout ``timeout`` + HUB_GRACE seconds later."""
+    """Send ``frame`` (then its ``buffers`` frames) and return the result of its REPLY (or
+    raise its error), giving up with CallTimeout ``timeout`` + HUB_GRACE seconds later."""
     frame: bytes
     timeout: float
+    buffers: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +61,10 @@ class Sleep:
 
 @dataclass(frozen=True, slots=True)
 class Open:
-    """Send a stream's request on a channel of its own; later ops name no channel."""
+    """Send a stream's request (and its ``buffers`` frames) on a channel of its own; later
+    ops name no channel."""
     frame: bytes
+    buffers: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +121,11 @@ def call(core: ClientCore, tool: str, args: Any, timeout: float | None,
         return (yield OneShot(tool, args, timeout))
     attempt = 0
     while True:
-        frame = build_request(core.settings, next(core._ids), tool, args, timeout, idempotent)
+        buffers: list[Any] = []
+        frame = build_request(core.settings, next(core._ids), tool, args, timeout, idempotent,
+                              oob=buffers)
         try:
-            return (yield Roundtrip(frame, timeout))
+            return (yield Roundtrip(frame, timeout, tuple(buffers)))
         except BridgeError as exc:
             step = after_error(exc, attempt=attempt, idempotent=idempotent,
                                retries=core.settings.retries, can_fallback=core._can_fallback())
@@ -163,9 +168,11 @@ def stream(core: ClientCore, tool: str, args: Any, timeout: float | None, window
     if not core.settings.pool_enabled:
         yield OneShotItems(tool, args, timeout)
         return
-    frame = build_request(core.settings, next(core._ids), tool, args, timeout, False, window)
+    buffers: list[Any] = []
+    frame = build_request(core.settings, next(core._ids), tool, args, timeout, False, window,
+                          oob=buffers)
     try:
-        yield Open(frame)
+        yield Open(frame, tuple(buffers))
     except BridgeError as exc:  # it never left: the pipe may serve it, as call() would
         if core._can_fallback() and after_error(exc, attempt=0, idempotent=False, retries=0,
                                                 can_fallback=True) is Step.FALLBACK:

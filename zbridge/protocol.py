@@ -1,4 +1,6 @@
-"""The zmq wire format: one frame per message, a fixed binary header, then msgpack.
+"""The zmq wire format: a frame with a fixed binary header, then msgpack; a REQUEST, REPLY
+or PARTIAL may be followed by up to MAX_BUFFERS buffer frames (large arrays and bytes out
+of band, referenced from the body by extension type 11, see ``codec``).
 
 Pure and socket-free. Layout (network byte order), 20 bytes::
 
@@ -25,7 +27,7 @@ import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Sequence
 
 import msgpack
 
@@ -49,6 +51,8 @@ MAX_WINDOW = 1024       # bounded so a stream's items always fit the sockets' qu
 EXIT_LOAD_FAILED = 3    # a daemon's exit status when its tools or start-up hooks failed
 MAX_ID = 2**64 - 1
 MAX_TIMEOUT_MS = 2**32 - 1
+MAX_BUFFERS = codec.MAX_BUFFERS      # buffer frames after a REQUEST/REPLY/PARTIAL frame, at most
+OOB_THRESHOLD = codec.OOB_THRESHOLD  # bytes from which an array or bytes value is its own frame
 
 
 class Kind(IntEnum):
@@ -117,10 +121,11 @@ def _packb_plain(obj: Any) -> bytes:
 
 
 def unpackb(data: bytes | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE,
-            strict_map_key: bool = True, values: bool = True) -> Any:
+            strict_map_key: bool = True, values: bool = True, buffers: Sequence[Any] = ()) -> Any:
     """Decode msgpack with size limits; a malformed body is a ParseError, an extension
     value this side cannot rebuild (e.g. an unregistered user type) an InvalidParams
     naming it. ``values=False`` (control messages) leaves extension values undecoded.
+    ``buffers``: the message's buffer frames, which buffer references point into.
 
     unpackb already bounds every declared length by the size of the input, so a lying
     length prefix cannot make it allocate more than the frame it was given.
@@ -128,6 +133,8 @@ def unpackb(data: bytes | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE,
     if len(data) > max_size:
         raise ParseError(f"body of {len(data)} bytes exceeds the {max_size}-byte limit")
     try:
+        if buffers:
+            return codec.unpack_value(data, buffers, strict_map_key=strict_map_key)
         if values:
             return codec.unpackb(data, strict_map_key=strict_map_key)
         return msgpack.unpackb(data, raw=False, strict_map_key=strict_map_key)
@@ -138,27 +145,37 @@ def unpackb(data: bytes | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE,
         raise ParseError(f"undecodable msgpack body: {type(exc).__name__}: {exc}"[:300]) from None
 
 
-def _unpickle(data: bytes | memoryview, max_size: int) -> Any:
-    """A pickle body, only in a process that opted in; InvalidRequest otherwise."""
+def _unpickle(data: bytes | memoryview, max_size: int, buffers: Sequence[Any] = ()) -> Any:
+    """A pickle body (and its out-of-band buffers), only in a process that opted in;
+    InvalidRequest otherwise."""
     if len(data) > max_size:
         raise ParseError(f"body of {len(data)} bytes exceeds the {max_size}-byte limit")
     try:
-        return pickling.loads(data)
+        return pickling.loads(data, buffers)
     except PermissionError as exc:
         raise InvalidRequest(str(exc)) from None
     except ValueError as exc:
         raise InvalidParams(str(exc)) from None
 
 
-def _body(frame: bytes, max_size: int, strict_map_key: bool) -> Any:
+def _body(frame: bytes, max_size: int, strict_map_key: bool, buffers: Sequence[Any] = ()) -> Any:
     """The body of a value-carrying frame, pickle or msgpack as its header flag says."""
     if len(frame) > 4 and frame[4] & FLAG_PICKLE:
-        return _unpickle(body_of(frame), max_size)
-    return unpackb(body_of(frame), max_size=max_size, strict_map_key=strict_map_key)
+        return _unpickle(body_of(frame), max_size, buffers)
+    return unpackb(body_of(frame), max_size=max_size, strict_map_key=strict_map_key,
+                   buffers=buffers)
 
 
-def _pack_body(obj: Any, flags: int) -> bytes:
-    return pickling.dumps(obj) if flags & FLAG_PICKLE else packb(obj)
+def _pack_body(obj: Any, flags: int, oob: list[Any] | None = None) -> bytes:
+    """The body; with an ``oob`` list, large arrays and bytes are appended to it as buffer
+    frames to send after this one (``codec.pack_value``) instead of going in band."""
+    if flags & FLAG_PICKLE:
+        return pickling.dumps(obj, oob)
+    if oob is None:
+        return packb(obj)
+    body, buffers = codec.pack_value(obj)
+    oob.extend(buffers)
+    return body
 
 
 def body_of(frame: bytes | memoryview) -> memoryview:
@@ -195,10 +212,11 @@ def check_traceparent(trace: str) -> str:
 
 def encode_request(id: int, method: str, params: Any = None, *, timeout_ms: int = 0,
                    idempotent: bool = False, window: int = 0, trace: str | None = None,
-                   pickle: bool = False) -> bytes:
+                   pickle: bool = False, oob: list[Any] | None = None) -> bytes:
     """A request; ``window`` > 0 asks for a stream with that many items of credit;
     ``trace`` is a W3C traceparent the daemon shows the tool (``zbridge.current_call()``);
-    ``pickle`` sends the body as pickle (the daemon must allow it)."""
+    ``pickle`` sends the body as pickle (the daemon must allow it); ``oob``: a list that
+    receives the buffer frames to send after this frame (without it, all in band)."""
     flags = ((FLAG_IDEMPOTENT if idempotent else 0) | (FLAG_STREAM if window else 0)
              | (FLAG_PICKLE if pickle else 0))
     if isinstance(params, tuple):  # positional arguments, not a tuple value
@@ -208,16 +226,17 @@ def encode_request(id: int, method: str, params: Any = None, *, timeout_ms: int 
         body["window"] = window
     if trace is not None:
         body["trace"] = check_traceparent(trace)
-    return pack_header(Kind.REQUEST, id, timeout_ms, flags) + _pack_body(body, flags)
+    return pack_header(Kind.REQUEST, id, timeout_ms, flags) + _pack_body(body, flags, oob)
 
 
 def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
-                   header: Header | None = None) -> Request:
-    """The request in ``frame``; pass ``header`` when it was already read, to skip a parse."""
+                   header: Header | None = None, buffers: Sequence[Any] = ()) -> Request:
+    """The request in ``frame`` (and its ``buffers``, the frames after it); pass ``header``
+    when it was already read, to skip a parse."""
     header = header or read_header(frame)
     if header.kind is not Kind.REQUEST:
         raise InvalidRequest(f"expected a request, got {header.kind.name}")
-    body = _body(frame, max_size, strict_map_key=True)
+    body = _body(frame, max_size, strict_map_key=True, buffers=buffers)
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a map")
     method = body.get("method")
@@ -302,20 +321,23 @@ def peek_error_code(frame: bytes) -> int | None:
 
 # --- replies -----------------------------------------------------------------------------
 
-def encode_result(id: int, result: Any, flags: int = 0) -> bytes:
+def encode_result(id: int, result: Any, flags: int = 0, oob: list[Any] | None = None) -> bytes:
     """Raises TypeError/ValueError/OverflowError if the result cannot be encoded; with
-    FLAG_PICKLE in ``flags`` (the answer to a pickle request) the body is pickle."""
+    FLAG_PICKLE in ``flags`` (the answer to a pickle request) the body is pickle; ``oob``
+    as for ``encode_request``."""
     flags &= ~FLAG_IDEMPOTENT & ~FLAG_STREAM  # only reply bits travel back
-    return pack_header(Kind.REPLY, id, 0, flags) + _pack_body({"result": result}, flags)
+    return pack_header(Kind.REPLY, id, 0, flags) + _pack_body({"result": result}, flags, oob)
 
 
 def encode_error(id: int, error: BridgeError) -> bytes:
     return pack_header(Kind.REPLY, id) + _packb_plain({"error": error.to_wire()})
 
 
-def decode_reply_body(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> dict[str, Any]:
-    """Body of a REPLY frame; the caller already checked the header."""
-    body = _body(frame, max_size, strict_map_key=False)
+def decode_reply_body(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
+                      buffers: Sequence[Any] = ()) -> dict[str, Any]:
+    """Body of a REPLY frame (``buffers``: the frames after it); the caller already
+    checked the header."""
+    body = _body(frame, max_size, strict_map_key=False, buffers=buffers)
     if not isinstance(body, dict) or ("result" not in body and "error" not in body):
         raise ParseError("reply body must be a map with 'result' or 'error'")
     return body
@@ -349,14 +371,16 @@ def encode_disconnect(reason: str = "") -> bytes:
     return pack_header(Kind.DISCONNECT, 0) + _packb_plain({"reason": reason})
 
 
-def encode_partial(id: int, item: Any, flags: int = 0) -> bytes:
-    """Raises TypeError/ValueError/OverflowError if the item cannot be encoded."""
+def encode_partial(id: int, item: Any, flags: int = 0, oob: list[Any] | None = None) -> bytes:
+    """Raises TypeError/ValueError/OverflowError if the item cannot be encoded; ``oob``
+    as for ``encode_request``."""
     flags &= FLAG_PICKLE
-    return pack_header(Kind.PARTIAL, id, 0, flags) + _pack_body({"item": item}, flags)
+    return pack_header(Kind.PARTIAL, id, 0, flags) + _pack_body({"item": item}, flags, oob)
 
 
-def decode_partial(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE) -> Any:
-    body = _body(frame, max_size, strict_map_key=False)
+def decode_partial(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
+                   buffers: Sequence[Any] = ()) -> Any:
+    body = _body(frame, max_size, strict_map_key=False, buffers=buffers)
     if not isinstance(body, dict) or "item" not in body:
         raise ParseError("partial body must be a map with 'item'")
     return body["item"]

@@ -52,6 +52,8 @@ class Job:
     touched: float = 0.0             # streams: last item, credit or probe
     tool: str | None = None          # the body's "method", peeked at by the hub
     stats: ToolStats | None = None   # that tool's numbers (kept here: no lookup per reply)
+    extra: tuple[Any, ...] = ()      # the request's buffer frames (opaque), until dispatched
+    extra_size: int = 0              # their bytes, counted in ``size``
 
     @property
     def key(self) -> tuple[bytes, int]:
@@ -59,7 +61,7 @@ class Job:
 
     @property
     def size(self) -> int:
-        return len(self.frame)
+        return len(self.frame) + self.extra_size
 
 
 @dataclass(eq=False)

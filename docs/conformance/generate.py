@@ -262,13 +262,26 @@ def headers() -> None:
         steps += [send(frame(kind, id, {})), expect(err(id, -32600))]
     case("kinds_clients_may_not_send", "Kinds: a known kind a client may not send is -32600 "
          "with the header's id", *steps)
-    case("multi_frame_message", "Frames: a message of several frames is -32600 (id 0) naming "
-         "the count, after the hub read and dropped all its frames; nothing runs",
-         send(req(1, "echo", ["a"]), b"extra"),
-         expect(err(0, -32600, message="expected exactly one frame per message, got 2")),
-         send(req(2, "echo", ["b"]), b"", b"x"),
-         expect(err(0, -32600, message="expected exactly one frame per message, got 3")),
+    too_many = "expected at most 65 frames per message (a frame and 64 buffer frames), got {}"
+    case("multi_frame_message", "Frames: a message of more than 1 + 64 frames is -32600 (id 0) "
+         "naming the count, after the hub read and dropped all its frames; nothing runs",
+         send(req(1, "echo", ["a"]), *[b"x"] * 65),
+         expect(err(0, -32600, message=too_many.format(66))),
+         send(req(2, "echo", ["b"]), *[b""] * 66),
+         expect(err(0, -32600, message=too_many.format(67))),
          silence(200), send(good), expect(ok(9, "still here")))
+    case("buffer_frames_only_on_requests", "Frames: buffer frames after a frame other than "
+         "REQUEST are -32600 with the header's id",
+         send(frame(STATUS, 5, None), b"x"), expect(err(5, -32600)),
+         send(good), expect(ok(9, "still here")))
+    ref = msgpack.ExtType(11, msgpack.packb([0, "b", None]))  # "buffer frame 0, as bytes"
+    case("buffer_frame_round_trip", "Values: a REQUEST may carry buffer frames, referenced from "
+         "the body by extension type 11 [index, kind, meta]; a receiver accepts any size (small "
+         "values come back in band)",
+         send(req(4, "echo", [ref]), b"\x00\xffzb"), expect(ok(4, {"$bin": "00ff7a62"})),
+         send(req(5, "echo", [[ref, ref]]), b"\x01"), expect(ok(5, [{"$bin": "01"}, {"$bin": "01"}])),
+         send(req(6, "echo", [msgpack.ExtType(11, msgpack.packb([1, "b", None]))]), b"\x01"),
+         expect(err(6, -32602, message=contains("buffer reference 1"))))
 
 
 def bodies() -> None:
