@@ -136,6 +136,13 @@ def raw_dealer(endpoint: str, context: zmq.Context | None = None,
         sock.close(0)
 
 
+def default_sigint() -> None:
+    """preexec_fn for children a test interrupts: a CI runner may start us with SIGINT
+    ignored (a background job), and a child inherits that; Ctrl-C must reach it."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import zbridge
-from helpers import TOOLSETS, wait_until
+from helpers import TOOLSETS, default_sigint, wait_until
 
 BASIC = str(TOOLSETS / "basic.py")
 
@@ -35,7 +35,7 @@ CTRL_C = textwrap.dedent("""
 def test_ctrl_c_during_a_sync_call_cancels_it_in_the_daemon(tmp_path):
     marker = tmp_path / "cancelled"
     proc = subprocess.Popen([sys.executable, "-c", CTRL_C, BASIC, str(marker)],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.5)  # the call is running in the daemon

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 import zbridge
-from helpers import TOOLSETS, ZBRIDGE, free_port, raw_dealer, stop, wait_until
+from helpers import TOOLSETS, ZBRIDGE, default_sigint, free_port, raw_dealer, stop, wait_until
 from zbridge import errors, protocol
 from zbridge.actions import Note
 from zbridge.broker import Broker
@@ -378,7 +378,8 @@ def test_watch_redraws_under_a_pty_and_exits_on_sigint(tmp_path):
             client.call("noop", [1])
         master, slave = pty.openpty()
         proc = subprocess.Popen(ZBRIDGE + ["status", "--endpoint", endpoint, "--watch", "0.3"],
-                                stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+                                stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                                preexec_fn=default_sigint)
         os.close(slave)
         try:
             data = _read_until(master, lambda d: d.count(b"\x1b[H\x1b[J") >= 2 and d.endswith(b"\n"))
@@ -399,7 +400,8 @@ def test_watch_redraws_under_a_pty_and_exits_on_sigint(tmp_path):
 def test_watch_over_a_pipe_prints_snapshots_separated_by_blank_lines(tmp_path):
     with serving(tmp_path) as (endpoint, _):
         proc = subprocess.Popen(ZBRIDGE + ["status", "--endpoint", endpoint, "--watch", "0.2"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=default_sigint)
         try:
             data = _read_until(proc.stdout.fileno(), lambda d: d.count(b"zbridge ") >= 3)
             proc.send_signal(signal.SIGINT)
