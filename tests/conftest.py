@@ -21,9 +21,15 @@ PURE = {"test_broker.py", "test_protocol.py", "test_jsonrpc.py", "test_policy_co
         "test_plans.py", "test_codec.py", "test_stats.py", "test_api.py"}
 
 
+# Long end-to-end groups, run by .ci/run after the main suite (`python -m pytest -m slow`).
+SLOW = {"test_chaos.py", "test_conformance.py"}
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         item.add_marker(pytest.mark.pure if item.path.name in PURE else pytest.mark.process)
+        if item.path.name in SLOW:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
