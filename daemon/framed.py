@@ -158,11 +158,5 @@ def serve(executor: Executor | BridgeError, out: BinaryIO, inp: BinaryIO | None 
 
 def run(tools: tuple[str, ...] | list[str], out: BinaryIO, expose_tracebacks: bool) -> None:
     """Load the tools and serve; if they fail to load, every call is answered with why."""
-    from .loading import load, load_failure
-    try:
-        executor: Executor | BridgeError = Executor(load(tools), expose_tracebacks)
-    except BaseException as exc:  # noqa: BLE001 - reported on every call instead
-        import traceback
-        traceback.print_exc()
-        executor = load_failure(exc)
-    serve(executor, out)
+    from .loading import executor_for
+    serve(executor_for(tools, expose_tracebacks), out)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gc
 
-from zbridge.errors import PoolUnavailable
+from zbridge.errors import BridgeError, PoolUnavailable
+from zbridge.execution import Executor
 from zbridge.tools import Registry, load_tools
 
 
@@ -22,6 +23,17 @@ def load(specs: tuple[str, ...] | list[str]) -> Registry:
     gc.collect()
     gc.freeze()
     return registry
+
+
+def executor_for(tools: tuple[str, ...] | list[str], expose_tracebacks: bool) -> Executor | BridgeError:
+    """What a pipe daemon serves: the loaded tools, or the error every call gets because they
+    failed to load (its traceback printed on stderr once)."""
+    try:
+        return Executor(load(tools), expose_tracebacks)
+    except BaseException as exc:  # noqa: BLE001 - reported on every call instead
+        import traceback
+        traceback.print_exc()
+        return load_failure(exc)
 
 
 def load_failure(exc: BaseException) -> PoolUnavailable:

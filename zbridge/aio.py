@@ -218,10 +218,8 @@ class AsyncClient(ClientCore):
                     case plans.Credit(n):  # advisory: never blocks, never raises
                         assert sock is not None  # Open comes first
                         await self._send_quietly(sock, encode_credit(request_id, n))
-                try:
-                    op = plan.send(outcome) if error is None else plan.throw(error)
-                except StopIteration:
-                    finished = True
+                finished, op = plans.advance(plan, outcome, error)
+                if finished:
                     return
         finally:
             if sock is not None:
@@ -236,10 +234,9 @@ class AsyncClient(ClientCore):
         outcome: Any = None
         error: BaseException | None = None
         while True:
-            try:
-                op = plan.send(outcome) if error is None else plan.throw(error)
-            except StopIteration as done:
-                return done.value
+            done, op = plans.advance(plan, outcome, error)
+            if done:
+                return op
             outcome, error = None, None
             try:
                 outcome = await self._perform(op)

@@ -201,10 +201,9 @@ class Client(ClientCore):
         outcome: Any = None
         error: BaseException | None = None
         while True:
-            try:
-                op = plan.send(outcome) if error is None else plan.throw(error)
-            except StopIteration as done:
-                return done.value
+            done, op = plans.advance(plan, outcome, error)
+            if done:
+                return op
             outcome, error = None, None
             try:
                 outcome = self._perform(op)
@@ -248,10 +247,8 @@ class Client(ClientCore):
                     case plans.Credit(n):  # advisory: never blocks, never raises
                         assert sock is not None
                         self._send_quietly(sock, encode_credit(request_id, n))
-                try:
-                    op = plan.send(outcome) if error is None else plan.throw(error)
-                except StopIteration:
-                    finished = True
+                finished, op = plans.advance(plan, outcome, error)
+                if finished:
                     return
         finally:
             if sock is not None and not self._closed:  # close() already closed it otherwise

@@ -98,6 +98,15 @@ Op = Union[Roundtrip, OneShot, Sleep, Open, Receive, Credit, Item, OneShotItems]
 Plan = Generator[Op, Any, Any]
 
 
+def advance(plan: Plan, outcome: Any, error: BaseException | None) -> tuple[bool, Any]:
+    """Hand a plan its last operation's outcome (or throw in its error): (True, the plan's
+    result) when it ends, else (False, its next operation). The one step both drivers take."""
+    try:
+        return False, (plan.send(outcome) if error is None else plan.throw(error))
+    except StopIteration as done:
+        return True, done.value
+
+
 # --- plans -------------------------------------------------------------------------------
 
 def closed_error() -> PoolUnavailable:
