@@ -194,3 +194,16 @@ def test_a_closed_client_refuses_calls(twin):
     with pytest.raises(zbridge.PoolUnavailable) as info:
         t.call("pid")
     assert info.value.data["closing"]
+
+
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_traceparent_reaches_the_tool(twin):
+    t = twin(str(TOOLSETS / "observe.py"))
+    who = t.call("whoami", traceparent=TRACE)
+    assert who["traceparent"] == TRACE and who["tool"] == "whoami" and who["request_id"] >= 1
+    assert t.stream("whoami_stream", [2], traceparent=TRACE) == [TRACE, TRACE]
+    assert t.call("whoami")["traceparent"] is None
+    with pytest.raises(ValueError, match="traceparent"):
+        t.call("whoami", traceparent="not-a-trace")

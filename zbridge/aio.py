@@ -54,14 +54,15 @@ class AsyncClient(ClientCore):
     # --- public API --------------------------------------------------------------------
 
     async def call(self, tool: str, args: Any = None, *, timeout: float | None = None,
-                   idempotent: bool = False) -> Any:
+                   idempotent: bool = False, traceparent: str | None = None) -> Any:
         """Run ``tool`` and return its result; cancelling the task cancels the call."""
-        return await self._drive(plans.call(self, tool, args, timeout, idempotent))
+        return await self._drive(plans.call(self, tool, args, timeout, idempotent, traceparent))
 
     def submit(self, tool: str, args: Any = None, *, timeout: float | None = None,
-               idempotent: bool = False) -> asyncio.Task[Any]:
+               idempotent: bool = False, traceparent: str | None = None) -> asyncio.Task[Any]:
         """Start a call now; await the task for its result, cancel it to cancel the call."""
-        return asyncio.ensure_future(self.call(tool, args, timeout=timeout, idempotent=idempotent))
+        return asyncio.ensure_future(self.call(tool, args, timeout=timeout, idempotent=idempotent,
+                                               traceparent=traceparent))
 
     async def call_many(self, calls: Iterable[tuple[str, Any]], *, timeout: float | None = None,
                         idempotent: bool = False, return_exceptions: bool = False) -> list[Any]:
@@ -183,9 +184,9 @@ class AsyncClient(ClientCore):
         return True
 
     async def astream(self, tool: str, args: Any = None, *, timeout: float | None = None,
-                      window: int = STREAM_WINDOW) -> AsyncIterator[Any]:
+                      window: int = STREAM_WINDOW, traceparent: str | None = None) -> AsyncIterator[Any]:
         """Async-iterate over a generator tool's items (see Client.stream)."""
-        plan = plans.stream(self, tool, args, timeout, window)
+        plan = plans.stream(self, tool, args, timeout, window, traceparent)
         op = next(plan)
         sock: zmq.asyncio.Socket | None = None
         request_id, finished = 0, False

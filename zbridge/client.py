@@ -58,12 +58,13 @@ class Client(ClientCore):
     # --- public API --------------------------------------------------------------------
 
     def call(self, tool: str, args: Any = None, *, timeout: float | None = None,
-             idempotent: bool = False) -> Any:
-        """Run ``tool`` with ``args`` (a list, a dict or None) and return its result."""
-        return self._drive(plans.call(self, tool, args, timeout, idempotent))
+             idempotent: bool = False, traceparent: str | None = None) -> Any:
+        """Run ``tool`` with ``args`` (a list, a dict or None) and return its result.
+        ``traceparent`` (W3C) reaches the tool as ``zbridge.current_call().traceparent``."""
+        return self._drive(plans.call(self, tool, args, timeout, idempotent, traceparent))
 
     def submit(self, tool: str, args: Any = None, *, timeout: float | None = None,
-               idempotent: bool = False) -> CallFuture:
+               idempotent: bool = False, traceparent: str | None = None) -> CallFuture:
         """Like call(), but returns a Future at once; its cancel() also cancels a running call."""
         if self._closed:
             raise plans.closed_error()
@@ -77,7 +78,8 @@ class Client(ClientCore):
                 return  # cancelled before it left this process: it never runs
             self._local.tracker = future
             try:
-                future.set_result(self.call(tool, args, timeout=timeout, idempotent=idempotent))
+                future.set_result(self.call(tool, args, timeout=timeout, idempotent=idempotent,
+                                            traceparent=traceparent))
             except BaseException as exc:  # noqa: BLE001 - handed to the waiter
                 future.set_exception(exc)
             finally:
@@ -87,14 +89,14 @@ class Client(ClientCore):
         return future
 
     def stream(self, tool: str, args: Any = None, *, timeout: float | None = None,
-               window: int = STREAM_WINDOW) -> Iterator[Any]:
+               window: int = STREAM_WINDOW, traceparent: str | None = None) -> Iterator[Any]:
         """Iterate over a generator tool's items as they are produced.
 
         The tool runs at most ``window`` items ahead of you; an exception in the tool is
         raised here after the items before it; ``timeout`` bounds the whole stream; leaving
         the loop early cancels the call. A tool that is not a generator yields its result once.
         """
-        plan = plans.stream(self, tool, args, timeout, window)
+        plan = plans.stream(self, tool, args, timeout, window, traceparent)
         first = next(plan)  # usage errors (closed client, bad window) surface here, at once
         return self._drive_stream(plan, first)
 

@@ -120,7 +120,7 @@ def closed_while_waiting() -> Cancelled:
 
 
 def call(core: ClientCore, tool: str, args: Any, timeout: float | None,
-         idempotent: bool) -> Plan:
+         idempotent: bool, traceparent: str | None = None) -> Plan:
     """One call: the pool, retried if idempotent and lost, else the pipe fallback when the
     pool cannot serve a call that never ran."""
     if core._closed:
@@ -132,7 +132,7 @@ def call(core: ClientCore, tool: str, args: Any, timeout: float | None,
     while True:
         buffers: list[Any] = []
         frame = build_request(core.settings, next(core._ids), tool, args, timeout, idempotent,
-                              oob=buffers)
+                              trace=traceparent, oob=buffers)
         try:
             return (yield Roundtrip(frame, timeout, tuple(buffers)))
         except BridgeError as exc:
@@ -165,7 +165,8 @@ def wait_ready(core: ClientCore, timeout: float, count: int | None) -> Plan:
     return current
 
 
-def stream(core: ClientCore, tool: str, args: Any, timeout: float | None, window: int) -> Plan:
+def stream(core: ClientCore, tool: str, args: Any, timeout: float | None, window: int,
+           traceparent: str | None = None) -> Plan:
     """A generator tool's items, paced by credit; falls back to the pipe only if nothing was
     yielded and the pool could not serve it. The driver cancels the call whenever this
     plan does not run to its end."""
@@ -179,7 +180,7 @@ def stream(core: ClientCore, tool: str, args: Any, timeout: float | None, window
         return
     buffers: list[Any] = []
     frame = build_request(core.settings, next(core._ids), tool, args, timeout, False, window,
-                          oob=buffers)
+                          trace=traceparent, oob=buffers)
     try:
         yield Open(frame, tuple(buffers))
     except BridgeError as exc:  # it never left: the pipe may serve it, as call() would
