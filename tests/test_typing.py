@@ -19,7 +19,7 @@ CASES = Path(__file__).parent / "typing_cases"
 
 
 def check(path: Path) -> tuple[str, int]:
-    env_path = os.pathsep.join([str(ROOT), str(ROOT / "typing")])
+    env_path = os.pathsep.join([str(ROOT), str(ROOT / ".typecheck")])
     os.environ["MYPYPATH"] = env_path
     out, err, status = mypy_api.run([str(path), "--strict", "--no-incremental",
                                      "--config-file", str(ROOT / "pyproject.toml"),
