@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 import zbridge
-from helpers import TOOLSETS, ZBRIDGE, default_sigint, free_port, raw_dealer, stop, wait_until
+from helpers import TOOLSETS, ZBRIDGE, default_sigint, free_port, raw_dealer, served, wait_until
 from zbridge import errors, protocol
 from zbridge.actions import Note
 from zbridge.broker import Broker
@@ -209,25 +209,9 @@ def test_watch_frame_shows_daemons_tools_and_rates():
 
 @contextlib.contextmanager
 def serving(tmp_path, *args):
-    """`zbridge serve` with our tools; its stderr goes to a file the test can read."""
-    endpoint = f"ipc://{tmp_path}/hub.sock"
-    log_path = tmp_path / "hub.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(ZBRIDGE + ["--log-level", "INFO", "serve", "--tools", OBSERVE,
-                                           "--bind", endpoint, *args],
-                                stdout=subprocess.DEVNULL, stderr=log_file)
-    try:
-        def up():
-            try:
-                with zbridge.Client(endpoint, fallback=False, connect_timeout=1.0) as client:
-                    client.status(timeout=1.0)
-                return True
-            except zbridge.BridgeError:
-                return proc.poll() is not None
-        assert wait_until(up, timeout=20) and proc.poll() is None, log_path.read_text()
-        yield endpoint, log_path
-    finally:
-        stop(proc)
+    """`zbridge serve` with our tools at INFO; its log is the file the test can read."""
+    with served(tmp_path, "--log-level", "INFO", "--tools", OBSERVE, *args) as (endpoint, _):
+        yield endpoint, tmp_path / "serve.log"
 
 
 def json_lines(path):
