@@ -87,12 +87,14 @@ def _env_expose() -> bool | None:
 @click.option("--allow-pickle", is_flag=True,
               help="Decode requests whose body is pickle (serializer='pickle'): runs the caller's "
                    "code, so only for a local hub that trusts its callers; refused with tcp.")
+@click.option("--direct", is_flag=True, hidden=True,
+              help="Also serve an embedded hub's callers on our own ROUTER (set by that hub).")
 @click.option("--log-level", default="INFO", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
 def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[str, ...], identity: str | None,
          lifeline: bool, max_message_size: int, heartbeat: str | None, heartbeat_interval: float,
          heartbeat_misses: int, exit_on_hub_loss: bool, max_rss_mb: int, curve_secret: str,
          curve_server_key: str, expose_tracebacks: bool | None, allow_pickle: bool,
-         log_level: str) -> None:
+         direct: bool, log_level: str) -> None:
     """Keep tools warm and serve calls to them."""
     if bool(endpoint) + stdio + stdio_msgpack != 1:
         raise click.UsageError("give exactly one of --connect ENDPOINT or --stdio")
@@ -128,7 +130,8 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
     assert endpoint is not None  # exactly one of --connect and --stdio was given
     run_worker(tools, lifeline, WorkerOptions(
         endpoint, identity.encode(), max_message_size, heartbeat,
-        heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks, on_silence))
+        heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks, on_silence,
+        direct=direct))
 
 
 def _allow_pickle(endpoint: str) -> None:

@@ -36,6 +36,7 @@ from zbridge.security import make_client
 from zbridge.tools import Registry
 
 from .activity import Activity, finish, install_cancel_handler
+from .direct import DirectSocket
 from .heartbeat import start_heartbeat
 from .link import HubLink, OnSilence, reconnect_delay
 from .streaming import send_stream
@@ -56,6 +57,7 @@ class WorkerOptions:
     curve: tuple[bytes, tuple[bytes, bytes]] | None = None  # (hub public key, (our public, our secret))
     expose_tracebacks: bool = True
     on_silence: OnSilence = OnSilence.RECONNECT
+    direct: bool = False  # also serve an embedded hub's callers on our own ROUTER
 
 
 def _dealer(context: zmq.Context[Any], options: WorkerOptions) -> zmq.Socket[Any]:
@@ -114,7 +116,7 @@ def _final_reply(request: Request, result: Any, max_message: int) -> Reply:
     return reply, buffers
 
 
-def serve_request(executor: Executor, activity: Activity, sock: zmq.Socket[Any], frame: bytes,
+def serve_request(executor: Executor, activity: Activity, sock: zmq.Socket[Any] | None, frame: bytes,
                   header: Header, max_message: int, buffers: Sequence[Any] = ()) -> tuple[Reply, bool]:
     activity.begin(header.id)
     try:
@@ -158,6 +160,8 @@ def _connection(context: zmq.Context[Any], registry: Registry, executor: Executo
     (linger 0) drops anything the hub queued on it, so no request can arrive twice."""
     sock = _dealer(context, options)
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_message + 4096)
+    direct = DirectSocket(context, options.endpoint, options.max_message) if options.direct else None
+    inbox = Inbox(sock, direct, link, options.on_silence)
 
     def lost(why: str) -> None:
         link.mark_lost(why)
@@ -172,12 +176,13 @@ def _connection(context: zmq.Context[Any], registry: Registry, executor: Executo
             start_heartbeat(_dealer(context, options), options.heartbeat, activity,
                             options.heartbeat_interval, options.heartbeat_misses, on_silence,
                             link.heard.set, link.patience)
-        sock.send(encode_ready(os.getpid(), registry.names(), __version__))
+        sock.send(encode_ready(os.getpid(), registry.names(), __version__,
+                              direct.endpoint if direct is not None else None))
         while True:
-            message = _next_message(sock, link, options.on_silence)
+            message = inbox.next()
             if message is None:
                 return False
-            frame, buffers = message
+            frame, buffers, peer = message
             try:
                 header = read_header(frame)
             except BridgeError as exc:
@@ -187,28 +192,51 @@ def _connection(context: zmq.Context[Any], registry: Registry, executor: Executo
                 return True
             if header.kind is not Kind.REQUEST:
                 continue
-            link.streaming = header.id if header.flags & FLAG_STREAM else None
-            (reply, reply_buffers), stop = serve_request(executor, activity, sock, frame, header,
-                                                         options.max_message, buffers)
+            # a direct call is never a stream: its socket carries no CREDIT or CANCEL
+            link.streaming = header.id if header.flags & FLAG_STREAM and peer is None else None
+            (reply, reply_buffers), stop = serve_request(executor, activity, sock if peer is None else None,
+                                                         frame, header, options.max_message, buffers)
             del buffers  # the request's frames may be freed once the call is done
             link.streaming = None
             if _over_rss(options.max_rss_mb):  # ask to be replaced, after answering
                 reply = add_flags(reply, FLAG_RETIRE)
-            send_message(sock, reply, reply_buffers)  # after a lost link: dropped, or ignored as late
+            if peer is not None and direct is not None:
+                direct.reply(peer, reply, reply_buffers, sock)
+            else:  # after a lost link: dropped, or ignored as late
+                send_message(sock, reply, reply_buffers)
             if stop:
                 return True
     finally:
         sock.close(0)
+        if direct is not None:
+            direct.close()
 
 
-def _next_message(sock: zmq.Socket[Any], link: HubLink,
-                  on_silence: OnSilence) -> tuple[bytes, list[memoryview]] | None:
-    """The next message from the hub (a frame and its buffer frames), or None once the
-    link is lost. Only a reconnecting daemon pays for a poll per message; local ones block
-    in recv as before."""
-    if on_silence is OnSilence.RECONNECT:
-        while not sock.poll(LINK_CHECK_MS):
-            if link.lost.is_set():
+class Inbox:
+    """The next message from the hub's data socket or, with ``--direct``, from a direct
+    caller: (frame, buffer frames, caller's routing id or None for the hub), or None once
+    the link is lost. Only a reconnecting or direct daemon pays for a poll per message;
+    others block in recv as before. The hub's messages come first (DISCONNECT)."""
+
+    def __init__(self, sock: zmq.Socket[Any], direct: DirectSocket | None, link: HubLink,
+                 on_silence: OnSilence) -> None:
+        self.sock, self.direct, self.link = sock, direct, link
+        self.check_link = on_silence is OnSilence.RECONNECT
+        self.poller = zmq.Poller()
+        self.poller.register(sock, zmq.POLLIN)
+        if direct is not None:
+            self.poller.register(direct.sock, zmq.POLLIN)
+
+    def next(self) -> tuple[bytes, list[memoryview], bytes | None] | None:
+        if not self.check_link and self.direct is None:
+            frame = self.sock.recv()
+            return frame, recv_buffers(self.sock), None
+        while True:
+            ready = dict(self.poller.poll(LINK_CHECK_MS if self.check_link else None))
+            if self.sock in ready:
+                frame = self.sock.recv()
+                return frame, recv_buffers(self.sock), None
+            if self.direct is not None and self.direct.sock in ready:
+                return self.direct.recv()
+            if self.check_link and self.link.lost.is_set():
                 return None
-    frame = sock.recv()
-    return frame, recv_buffers(sock)

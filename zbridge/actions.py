@@ -6,7 +6,7 @@ sends back as new broker events, so the broker never learns of I/O any other way
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 
@@ -22,10 +22,12 @@ class ToClient:
 @dataclass(frozen=True, slots=True)
 class ToDaemon:
     """Send ``frame`` to the daemon with routing id ``daemon`` (its data socket), then the
-    buffer frames in ``extra``."""
+    buffer frames in ``extra``. ``client``: whose request it is (empty for control
+    frames); an embedded caller sends its own requests (``zbridge/direct.py``)."""
     daemon: bytes
     frame: bytes
     extra: tuple[Any, ...] = ()
+    client: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

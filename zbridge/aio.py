@@ -28,9 +28,11 @@ from .calls import (
     result_of,
 )
 from .config import Settings, load_settings
+from .direct import NoVerdict
+from .direct_async import AsyncDirect
 from .errors import BridgeError, ConnectionLost
 from .hub import start_embedded
-from .protocol import MAX_BUFFERS, OOB_THRESHOLD, encode_cancel, encode_credit, read_header
+from .protocol import MAX_BUFFERS, OOB_THRESHOLD, Kind, encode_cancel, encode_credit, read_header
 from .statusmap import Status
 from .tools import tool_specs
 
@@ -330,14 +332,34 @@ class AsyncBridge(AsyncClient):
         self._hub, self._thread, sync_context, endpoint = start_embedded(settings, specs)
         super().__init__(endpoint, tools=specs, settings=settings, context=sync_context)
         self._sync_context = sync_context
+        hub = self._hub
+        self._direct = (AsyncDirect(hub, settings.max_message_size, self.context)
+                        if hub is not None and hub.directory is not None else None)
+
+    async def _roundtrip(self, frame: bytes, timeout: float, buffers: Sequence[Any] = ()) -> Any:
+        """A plain call: straight to an idle daemon and back (``zbridge/direct_async.py``)."""
+        if self._direct is None or frame[3] != Kind.REQUEST:  # STATUS goes to the hub thread
+            return await super()._roundtrip(frame, timeout, buffers)
+        if self._closed:
+            raise plans.closed_error()
+        try:
+            reply, extra = await self._direct.roundtrip(frame, buffers, timeout)
+        except NoVerdict:
+            raise plans.timed_out(timeout) from None
+        return result_of(reply, self.settings.max_message_size, extra)
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Refuse new calls, let running ones finish (up to drain_timeout), stop daemons."""
-        if self._hub is not None and self._thread is not None:
-            self._hub.request_stop(drain_timeout)
+        hub = self._hub
+        if hub is not None and self._thread is not None:
+            hub.request_stop(drain_timeout)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
             self._hub = None
+        if self._direct is not None:
+            await self._direct.close()
         await super().close()
+        if hub is not None:
+            hub.close_direct()
         self._sync_context.term()
 
     @property

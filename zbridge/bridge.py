@@ -5,9 +5,13 @@ from __future__ import annotations
 import atexit
 import threading
 import weakref
-from typing import Any
+from typing import Any, Sequence
 
-from .client import Client
+from . import plans
+from .calls import result_of
+from .client import CallFuture, Client
+from .direct import Closed, DirectCaller, NoVerdict, Slot
+from .protocol import Kind
 from .config import Settings, load_settings
 from .hub import start_embedded
 from .tools import tool_specs
@@ -31,16 +35,44 @@ class Bridge(Client):
         super().__init__(endpoint, tools=specs, settings=settings, context=context)
         self._own_context = True
         self._bridge_lock = threading.Lock()
+        hub = self._hub
+        self._direct = (DirectCaller(hub, settings.max_message_size, context)
+                        if hub is not None and hub.directory is not None else None)
         atexit.register(_close_at_exit, weakref.ref(self))
 
     def close(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
         """Refuse new calls, let running ones finish (up to drain_timeout), stop daemons."""
         with self._bridge_lock:
-            if self._hub is not None and self._thread is not None:
-                self._hub.request_stop(drain_timeout)
+            hub = self._hub
+            if hub is not None and self._thread is not None:
+                hub.request_stop(drain_timeout)
                 self._thread.join()
                 self._hub = None
             super().close()
+            if hub is not None:
+                hub.close_direct()
+
+    def _roundtrip(self, frame: bytes, timeout: float, buffers: Sequence[Any] = ()) -> Any:
+        """A plain call: straight to an idle daemon and back (``zbridge/direct.py``)."""
+        direct = self._direct
+        if direct is None or frame[3] != Kind.REQUEST:  # STATUS goes to the hub thread
+            return super()._roundtrip(frame, timeout, buffers)
+        tracker: CallFuture | None = getattr(self._local, "tracker", None)
+
+        def on_submit(slot: Slot, request_id: int) -> None:
+            if tracker is not None:  # CallFuture.cancel() then asks the broker itself
+                tracker.bind_cancel(lambda: direct.cancel(slot, request_id))
+
+        try:
+            reply, extra = direct.roundtrip(frame, buffers, timeout, lambda: self._closed, on_submit)
+        except NoVerdict:
+            raise plans.timed_out(timeout) from None
+        except Closed:
+            raise plans.closed_while_waiting() from None
+        finally:
+            if tracker is not None:
+                tracker.bind_cancel(None)
+        return result_of(reply, self.settings.max_message_size, extra)
 
     @property
     def private_dir(self) -> str | None:

@@ -48,12 +48,14 @@ class Broker(InFlight):
     def __init__(self, settings: Settings, *, remote_ok: bool = False,
                  rng: random.Random | None = None,
                  new_ident: Callable[[int], bytes] | None = None,
-                 probe: Probe | None = None, expose_errors: bool = True) -> None:
+                 probe: Probe | None = None, expose_errors: bool = True,
+                 direct_prefix: str | None = None) -> None:
         self.s = settings
         self.rng = rng or random.Random()
         self._new_ident = new_ident or _secret_ident
         self.probe = probe                # asks the OS about a local daemon; None for remote ones
         self.expose_errors = expose_errors  # stderr tails and routing ids only to local callers
+        self.direct_prefix = direct_prefix  # where our own daemons' direct sockets may be
         self.daemons: dict[bytes, Daemon] = {}
         self.ready: deque[bytes] = deque()
         self.queue: deque[Job] = deque()
@@ -216,7 +218,7 @@ class Broker(InFlight):
             daemon.state, daemon.job = DaemonState.BUSY, job
             # the buffers go with the action: a job holding them would keep a large request
             # alive in the hub until its reply (a failed send hands them back)
-            actions.append(ToDaemon(daemon.ident, job.frame, job.extra))
+            actions.append(ToDaemon(daemon.ident, job.frame, job.extra, job.client))
             job.extra = ()
         return actions
 
@@ -244,6 +246,10 @@ class Broker(InFlight):
                                                        "pid": info.get("pid"),
                                                        "reason": "unknown daemon said READY"})]
             daemon = self.daemons[ident] = Daemon(ident, now, name=f"r{next(self._remote_names)}")
+        elif daemon.state is DaemonState.STARTING:  # one we spawned: its direct socket is ours
+            direct = info.get("direct")
+            if isinstance(direct, str) and self.direct_prefix and direct.startswith(self.direct_prefix):
+                daemon.direct = direct
         if daemon.state is not DaemonState.STARTING:
             return self._ready_again(daemon, now)
         daemon.state, daemon.ready_at = DaemonState.IDLE, now
@@ -548,6 +554,20 @@ class Broker(InFlight):
                 "kill_in_s": self.s.kill_grace}))
             actions += self._make_stale(daemon, job, now + self.s.kill_grace)
         return actions
+
+    def awaits_reply(self, ident: bytes, client: bytes, id: int) -> bool:
+        """Whether daemon ``ident`` may still send a reply to ``client``'s call ``id``."""
+        daemon = self.daemons.get(ident)
+        if daemon is None or daemon.state is DaemonState.STOPPING:
+            return False
+        if daemon.state is DaemonState.STALE:
+            return daemon.stale_id == id
+        return daemon.job is not None and daemon.job.key == (client, id)
+
+    def expire_call(self, client: bytes, id: int, now: float) -> list[Action]:
+        """Judge one call's deadline now (its caller waited past it without a verdict)."""
+        job = self.jobs.get((client, id))
+        return self._expire(job, now) if job is not None else []
 
     def next_wakeup(self, now: float) -> float | None:
         """Seconds until tick() has something to do, or None."""

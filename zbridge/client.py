@@ -424,6 +424,13 @@ class CallFuture(Future[Any]):
         self._client = client
         self.cancel_requested = threading.Event()
         self.cancel_sent = False
+        self._cancel_hook: Callable[[], None] | None = None
+
+    def bind_cancel(self, hook: Callable[[], None] | None) -> None:
+        """How to cancel the running call at once (a direct call: the broker itself)."""
+        self._cancel_hook = hook
+        if hook is not None and self.cancel_requested.is_set():
+            hook()
 
     def cancel(self) -> bool:
         if super().cancel():
@@ -431,4 +438,7 @@ class CallFuture(Future[Any]):
         if self.done():
             return False
         self.cancel_requested.set()
+        hook = self._cancel_hook
+        if hook is not None:
+            hook()
         return True

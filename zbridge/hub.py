@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Callable
 
 import zmq
@@ -30,6 +30,7 @@ import zmq
 from .actions import Action, Interrupt, Kill, Note, Spawn, ToClient, ToDaemon
 from .broker import Broker
 from .config import Settings
+from .direct import Directory, Slot, Waker
 from .endpoints import (
     check_bindable,
     create_private_dir,
@@ -37,6 +38,7 @@ from .endpoints import (
     remove_private_dir,
 )
 from .errors import BridgeError, InvalidRequest
+from .frames import recv_buffers
 from .logs import configure as configure_logs
 from .logs import note_text
 from .pickling import refuse_remote
@@ -102,7 +104,7 @@ def _discard_rest(sock: zmq.Socket[Any], limit: int | None = None) -> tuple[int,
 
 class Hub:
     def __init__(self, settings: Settings, tools: list[str], *, frontend: str,
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, direct: bool = False) -> None:
         self.settings = settings
         self.context = context or zmq.Context()
         self._own_context = context is None
@@ -122,6 +124,16 @@ class Hub:
         self.snapshot: dict[str, Any] | None = None    # status() + histograms for the metrics thread
         self.loop_lag = 0.0                  # worst late wake-up since the last snapshot
         self._exporter = None
+        # the embedded direct path (zbridge/direct.py): callers use the broker under this
+        # lock, which the hub thread holds except while it waits in poll
+        self.lock = threading.Lock()
+        self.directory = Directory() if direct else None
+        self._waker = Waker() if direct else None
+        self._posted: deque[Action] = deque()      # broker actions from calling threads
+        self._adopted: deque[tuple[zmq.Socket[Any], tuple[bytes, bytes, int]]] = deque()
+        self._orphans: dict[zmq.Socket[Any], tuple[bytes, bytes, int]] = {}  # sock: (daemon, client, id)
+        self._next_prune = 0.0
+        self.timer_due = 0.0                       # when the loop will next wake by itself
         configure_logs(settings.log_format)
         try:
             self.security = HubSecurity(settings, self.context, self.private_dir, frontend)
@@ -131,11 +143,13 @@ class Hub:
             self.supervisor = Supervisor(
                 daemon_command(settings, self.backend_endpoint, self.heartbeat_endpoint, tools,
                                self.security.local_daemon_args +
-                               ["--expose-tracebacks" if expose else "--no-expose-tracebacks"] + pickle),
+                               ["--expose-tracebacks" if expose else "--no-expose-tracebacks"] + pickle +
+                               (["--direct"] if direct else [])),
                 self._notify_exit, stop_timeout=settings.stop_timeout)
             # daemons not spawned by us are admitted only where they can connect at all
             self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind),
-                                 probe=self.supervisor.process_state, expose_errors=expose)
+                                 probe=self.supervisor.process_state, expose_errors=expose,
+                                 direct_prefix=f"ipc://{self.private_dir}/" if direct else None)
             self._bind()
             if settings.metrics:
                 from .metrics import start_exporter
@@ -219,8 +233,11 @@ class Hub:
             poller.register(sock, zmq.POLLIN)
         if wake_fd is not None:
             poller.register(wake_fd, zmq.POLLIN)
+        if self._waker is not None:
+            poller.register(self._waker.fd, zmq.POLLIN)
         next_reap = next_beat = next_snapshot = 0.0
         publish = self._exporter is not None
+        self.lock.acquire()
         try:
             if prewarm:
                 self._apply(self.broker.start(time.monotonic()))
@@ -230,8 +247,12 @@ class Hub:
                 wait = self.broker.next_wakeup(now)
                 wait = REAP_INTERVAL if wait is None else min(wait, REAP_INTERVAL)
                 wait = max(0.0, min(wait, next_beat - now))
-                due = now + wait
-                ready = dict(poller.poll(int(wait * 1000.0)))
+                due = self.timer_due = now + wait
+                self.lock.release()  # direct callers use the broker while we wait
+                try:
+                    ready = dict(poller.poll(int(wait * 1000.0)))
+                finally:
+                    self.lock.acquire()
                 now = time.monotonic()
                 if now - due > self.loop_lag:  # woke after its timer was due: the thread was starved
                     self.loop_lag = now - due
@@ -245,6 +266,8 @@ class Hub:
                     self._drain(self.heartbeat, self._on_heartbeat, now)
                 if wake_fd is not None and wake_fd in ready and on_wake is not None:
                     on_wake(self)
+                if self._waker is not None:
+                    self._serve_direct(ready, poller, now)
                 if now >= due or not ready:
                     now = self._judge_time()
                 if now >= next_reap:
@@ -257,6 +280,7 @@ class Hub:
                     self.snapshot = self.publish_snapshot(now)
                     next_snapshot = now + SNAPSHOT_INTERVAL
         finally:
+            self.lock.release()
             self._shutdown()
 
     def _judge_time(self) -> float:
@@ -426,6 +450,8 @@ class Hub:
         """Carry out the broker's actions. A failed send becomes a new broker event, taken
         after the whole list, so the broker is never re-entered while it is being obeyed."""
         while actions:
+            if self.directory is not None:  # direct callers' leases and answers
+                actions = self.directory.route(actions, self.direct_endpoint)
             for action in actions:
                 match action:
                     case ToClient(client, frame, extra):
@@ -493,6 +519,93 @@ class Hub:
         except OSError as exc:
             self._failed.append(("remote", ident, f"cannot start daemon: {exc}", True, ()))
 
+    # --- the embedded direct path (zbridge/direct.py) ------------------------------------
+
+    def direct_endpoint(self, ident: bytes) -> str | None:
+        daemon = self.broker.daemons.get(ident)
+        return daemon.direct if daemon is not None else None
+
+    def route_direct(self, actions: list[Action]) -> list[Action]:
+        """Under the lock: deliver direct callers' leases and answers, return the rest."""
+        assert self.directory is not None
+        return self.directory.route(actions, self.direct_endpoint)
+
+    def new_slot(self) -> Slot:
+        """A direct caller for the calling thread (or event loop)."""
+        assert self.directory is not None
+        with self.lock:
+            return self.directory.new_slot()
+
+    def post(self, actions: list[Action]) -> None:
+        """From a calling thread: broker actions for this thread to carry out."""
+        if self._waker is not None and not self._stopped.is_set():
+            self._posted.extend(actions)
+            self._waker.wake()
+
+    def adopt(self, sock: zmq.Socket[Any], daemon: bytes, client: bytes, request_id: int) -> None:
+        """From a calling thread: a direct socket whose reply to ``request_id`` is still due,
+        now ours; the reply is reported to the broker when it comes, so the daemon is freed."""
+        if self._waker is None or self._stopped.is_set():
+            sock.close(0)
+            return
+        self._adopted.append((sock, (daemon, client, request_id)))
+        self._waker.wake()
+
+    def timer_at(self, deadline: float) -> None:
+        """A calling thread's new deadline: wake the loop if it would sleep past it."""
+        if deadline < self.timer_due and self._waker is not None:
+            self._waker.wake()
+
+    def _serve_direct(self, ready: dict[Any, int], poller: zmq.Poller, now: float) -> None:
+        assert self._waker is not None
+        if self._waker.fd in ready:
+            self._waker.clear()
+            posted = []
+            while self._posted:
+                posted.append(self._posted.popleft())
+            self._apply(posted)
+            while self._adopted:
+                sock, key = self._adopted.popleft()
+                self._orphans[sock] = key
+                poller.register(sock, zmq.POLLIN)
+        for sock in [sock for sock in self._orphans if sock in ready]:
+            self._on_orphan(sock, poller, now)
+        if self._orphans and now >= self._next_prune:
+            self._next_prune = now + REAP_INTERVAL
+            for sock, (daemon, client, request_id) in list(self._orphans.items()):
+                if not self.broker.awaits_reply(daemon, client, request_id):
+                    self._drop_orphan(sock, poller)
+
+    def _on_orphan(self, sock: zmq.Socket[Any], poller: zmq.Poller, now: float) -> None:
+        daemon, _, request_id = self._orphans[sock]
+        while True:
+            try:
+                frame = sock.recv(_NOBLOCK)
+            except zmq.Again:
+                return
+            buffers = recv_buffers(sock)
+            try:
+                header = read_header(frame)
+            except BridgeError:
+                continue
+            if header.kind is Kind.REPLY and header.id == request_id:
+                self._drop_orphan(sock, poller)
+                self._apply(self.broker.daemon_reply(daemon, header, frame, now, tuple(buffers)))
+                return
+
+    def close_direct(self) -> None:
+        """Once the loop has ended and no caller is left: the callers' and our pipes."""
+        if self.directory is not None:
+            self.directory.close()
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
+
+    def _drop_orphan(self, sock: zmq.Socket[Any], poller: zmq.Poller) -> None:
+        del self._orphans[sock]
+        poller.unregister(sock)
+        sock.close(0)
+
     def status(self, now: float | None = None) -> dict[str, Any]:
         status = self.broker.status(time.monotonic() if now is None else now)
         status["endpoint"] = self.frontend_endpoint
@@ -515,6 +628,8 @@ class Hub:
         exporter = getattr(self, "_exporter", None)
         if exporter is not None:
             exporter.stop()
+        for sock in list(getattr(self, "_orphans", ())):
+            sock.close(0)
         for name in ("frontend", "backend", "events", "heartbeat"):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -550,7 +665,7 @@ def start_embedded(settings: Settings, tools: list[str]) -> tuple[Hub | None, th
     if not settings.pool_enabled:
         return None, None, context, endpoint
     try:
-        hub = Hub(settings, tools, frontend=endpoint, context=context)
+        hub = Hub(settings, tools, frontend=endpoint, context=context, direct=settings.direct)
     except BaseException:
         context.term()
         raise

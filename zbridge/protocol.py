@@ -345,8 +345,12 @@ def decode_reply_body(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
 
 # --- control messages --------------------------------------------------------------------
 
-def encode_ready(pid: int, tools: list[str], version: str) -> bytes:
-    return pack_header(Kind.READY, 0) + _packb_plain({"pid": pid, "tools": tools, "version": version})
+def encode_ready(pid: int, tools: list[str], version: str, direct: str | None = None) -> bytes:
+    """READY; ``direct``: the endpoint of the daemon's own ROUTER, for an embedded caller."""
+    body: dict[str, Any] = {"pid": pid, "tools": tools, "version": version}
+    if direct:
+        body["direct"] = direct
+    return pack_header(Kind.READY, 0) + _packb_plain(body)
 
 
 def decode_ready(frame: bytes) -> dict[str, Any]:

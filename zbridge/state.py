@@ -86,6 +86,7 @@ class Daemon:
     call_limit: int | None = None
     retiring: str | None = None      # to be replaced: leaves once capacity allows
     exit_kind: str | None = None     # why it is going, one of EXIT_KINDS, when the hub decided
+    direct: str | None = None        # its own ROUTER for embedded callers (READY's "direct")
 
 
 def _secret_ident(n: int) -> bytes:

@@ -1,0 +1,332 @@
+"""Embedded direct calls: the calling thread sends its request straight to the daemon the
+broker picked, and gets the reply straight back; the hub thread only supervises.
+
+The broker stays the one source of truth. A calling thread holds ``Hub.lock`` while it
+calls the broker itself, under a *direct client id* (``DIRECT_PREFIX`` + a number: a
+routing id no zmq peer can have, since user-set ids never start with a zero byte). The
+broker's actions are routed here, still under the lock, so each caller sees its own
+events in the broker's order:
+
+* a ``ToDaemon`` carrying a direct caller's request, to a daemon with a direct socket,
+  becomes a ``Lease`` in that caller's mailbox: it sends the request itself;
+* a ``ToClient`` for a direct caller becomes its ``Answer`` (the reply, or the error the
+  broker decided: timeout, lost daemon, cancel, overload);
+* everything else is carried out by the hub thread (``Hub.post``).
+
+A lease is always honoured (the request is sent even when the call was answered in the
+meantime), so a daemon the broker reserved always gets its request and always answers;
+a socket whose reply is still due when its call ends is handed to the hub thread
+(``Hub.adopt``), which reads that reply and reports it, so the daemon comes back warm.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import zmq
+
+from .actions import Action, ToClient, ToDaemon
+from .calls import HUB_GRACE, POLL_SLICE_MS
+from .frames import recv_buffers, send_message
+from .protocol import Kind, read_header
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+DIRECT_PREFIX = b"\x00direct-"
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+class Closed(Exception):
+    """The client was closed while the call waited."""
+
+
+class NoVerdict(Exception):
+    """Nothing answered the call even after its deadline plus grace (the hub thread is stuck)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Send request ``id`` (``frame`` and its buffer frames ``extra``) to ``daemon``."""
+    id: int
+    daemon: bytes
+    endpoint: str
+    frame: bytes
+    extra: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The one answer to request ``id``: a REPLY frame and its buffer frames."""
+    id: int
+    frame: bytes
+    extra: tuple[Any, ...]
+
+
+Entry = Lease | Answer
+
+
+class Waker:
+    """A pipe another thread writes a byte to, so a zmq poll wakes up."""
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._w, False)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._w, b"!")
+        except BlockingIOError:
+            pass  # already full of wake-ups
+
+    def clear(self) -> None:
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self._w)
+
+
+class Slot:
+    """One calling thread's direct client: its id, mailbox, waker and sockets to daemons."""
+
+    def __init__(self, ident: bytes) -> None:
+        self.ident = ident
+        self.owner = threading.get_ident()
+        self.thread = weakref.ref(threading.current_thread())
+        self.mailbox: deque[Entry] = deque()
+        self.waker = Waker()
+        self.sockets: dict[bytes, tuple[zmq.Socket[Any], zmq.Poller]] = {}
+        self.idle = zmq.Poller()  # the mailbox alone, while no request is out
+        self.idle.register(self.waker.fd, zmq.POLLIN)
+
+    def deliver(self, entry: Entry) -> None:
+        self.mailbox.append(entry)
+        if threading.get_ident() != self.owner:
+            self.waker.wake()
+
+    def take(self) -> list[Entry]:
+        entries = []
+        while self.mailbox:
+            entries.append(self.mailbox.popleft())
+        return entries
+
+    def alive(self) -> bool:
+        thread = self.thread()
+        return thread is not None and thread.is_alive()
+
+    def close(self) -> None:
+        for sock, _ in self.sockets.values():
+            sock.close(0)
+        self.sockets.clear()
+        self.waker.close()
+
+
+class Directory:
+    """The direct callers of one hub, by id, and the routing of broker actions to them.
+    Used only while holding the hub's lock."""
+
+    def __init__(self) -> None:
+        self.slots: dict[bytes, Slot] = {}
+        self._numbers = itertools.count(1)
+
+    def new_slot(self) -> Slot:
+        for ident, slot in list(self.slots.items()):  # threads that ended leave their slots
+            if not slot.alive():
+                del self.slots[ident]
+                slot.close()
+        slot = Slot(DIRECT_PREFIX + str(next(self._numbers)).encode())
+        self.slots[slot.ident] = slot
+        return slot
+
+    def route(self, actions: list[Action], endpoint_of: Callable[[bytes], str | None]) -> list[Action]:
+        """Deliver what is for direct callers; return the rest, for the hub thread."""
+        rest: list[Action] = []
+        for action in actions:
+            if isinstance(action, ToClient) and action.client.startswith(DIRECT_PREFIX):
+                slot = self.slots.get(action.client)
+                if slot is not None:  # else its thread ended: nobody to answer
+                    slot.deliver(Answer(read_header(action.frame).id, action.frame, action.extra))
+                continue
+            if isinstance(action, ToDaemon) and action.client.startswith(DIRECT_PREFIX):
+                slot = self.slots.get(action.client)
+                endpoint = endpoint_of(action.daemon)
+                if slot is not None and endpoint is not None:
+                    slot.deliver(Lease(read_header(action.frame).id, action.daemon, endpoint,
+                                       action.frame, action.extra))
+                    continue
+            rest.append(action)  # a daemon without a direct socket gets it from the hub
+        return rest
+
+    def close(self) -> None:
+        for slot in self.slots.values():
+            slot.close()
+        self.slots.clear()
+
+
+def run_event(hub: Hub, event: Callable[..., list[Action]], *args: Any) -> None:
+    """One broker event from a calling thread, under the hub's lock: deliveries to direct
+    callers now (in the broker's order), the rest to the hub thread."""
+    with hub.lock:
+        rest = hub.route_direct(event(*args))
+    if rest:
+        hub.post(rest)
+
+
+class DirectCaller:
+    """What an embedded client does for one plain call on the direct path."""
+
+    def __init__(self, hub: Hub, max_message: int, context: zmq.Context[Any]) -> None:
+        self.hub = hub
+        self.broker = hub.broker
+        self.max_message = max_message
+        self.context = context
+        self._local = threading.local()
+
+    # --- the broker, under the hub's lock ----------------------------------------------
+
+    def _run(self, event: Callable[..., list[Action]], *args: Any) -> None:
+        run_event(self.hub, event, *args)
+
+    def slot(self) -> Slot:
+        slot: Slot | None = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = self._local.slot = self.hub.new_slot()
+        return slot
+
+    def cancel(self, slot: Slot, request_id: int) -> None:
+        self._run(self.broker.cancel, slot.ident, request_id, time.monotonic())
+
+    # --- one call ----------------------------------------------------------------------
+
+    def roundtrip(self, frame: bytes, buffers: Sequence[Any], timeout: float,
+                  closed: Callable[[], bool], on_submit: Callable[[Slot, int], None] | None = None,
+                  ) -> tuple[bytes, tuple[Any, ...]]:
+        """The answer to the request ``frame``: a REPLY frame and its buffer frames.
+        Raises ``NoVerdict`` if no verdict came even after the deadline plus grace (the hub
+        thread is stuck), ``Closed`` when the client closed meanwhile."""
+        slot = self.slot()
+        header = read_header(frame)
+        request_id = header.id
+        extra = tuple(_bytes_view(b) for b in buffers) if buffers else ()
+        now = time.monotonic()
+        self._run(self.broker.submit, slot.ident, header, frame, now, extra)
+        self.hub.timer_at(now + timeout)
+        if on_submit is not None:
+            on_submit(slot, request_id)
+        backstop = now + timeout + HUB_GRACE
+        out: tuple[zmq.Socket[Any], zmq.Poller, bytes] | None = None  # a request awaiting its reply
+        try:
+            while True:
+                answer = None
+                for entry in slot.take():
+                    if isinstance(entry, Lease):
+                        sent = self._send(slot, entry)
+                        if entry.id == request_id:
+                            out = sent
+                        elif sent is not None:  # an abandoned call's lease: the hub reads its reply
+                            self._adopt(slot, sent, entry.id)
+                    elif entry.id == request_id:
+                        answer = entry
+                if answer is not None:
+                    if out is not None:  # answered while its reply is still due
+                        self._adopt(slot, out, request_id)
+                        out = None
+                    return answer.frame, answer.extra
+                out = self._wait(slot, out, request_id, backstop, closed)
+        except BaseException:  # Ctrl-C, close: the call must not be left running or reserved
+            self.cancel(slot, request_id)
+            if out is not None:
+                self._adopt(slot, out, request_id)
+            raise
+
+    def _wait(self, slot: Slot, out: tuple[zmq.Socket[Any], zmq.Poller, bytes] | None,
+              request_id: int, backstop: float, closed: Callable[[], bool],
+              ) -> tuple[zmq.Socket[Any], zmq.Poller, bytes] | None:
+        """Wait for the reply (if a request is out) or a mailbox entry; report a reply to
+        the broker, whose answer then lands in the mailbox. Returns what is still out."""
+        poller = out[1] if out is not None else slot.idle
+        ready = poller.poll(POLL_SLICE_MS)
+        if out is not None and any(sock is out[0] for sock, _ in ready):
+            sock, _, daemon = out
+            reply = sock.recv()
+            reply_buffers = recv_buffers(sock)
+            try:
+                reply_header = read_header(reply)
+            except Exception:  # noqa: BLE001 - a malformed frame is not our reply
+                return out
+            if reply_header.kind is not Kind.REPLY or reply_header.id != request_id:
+                return out  # nothing else is ever sent on this socket: ignore it
+            self._run(self.broker.daemon_reply, daemon, reply_header, reply, time.monotonic(),
+                      tuple(reply_buffers))
+            return None
+        if ready:
+            slot.waker.clear()
+            return out
+        if closed():
+            raise Closed()
+        now = time.monotonic()
+        if now >= backstop:  # the hub thread gave no verdict: judge the deadline here
+            self._run(self.broker.expire_call, slot.ident, request_id, now)
+            if not slot.mailbox:
+                raise NoVerdict()
+        return out
+
+    def _send(self, slot: Slot, lease: Lease) -> tuple[zmq.Socket[Any], zmq.Poller, bytes] | None:
+        sock, poller = self._socket(slot, lease.daemon, lease.endpoint)
+        try:
+            send_message(sock, lease.frame, lease.extra, _NOBLOCK)
+        except zmq.ZMQError:  # as the hub does with a daemon that refuses a message
+            self._forget(slot, lease.daemon)
+            self._run(self.broker.daemon_unreachable, lease.daemon, lease.frame, time.monotonic(),
+                      lease.extra)
+            return None
+        return sock, poller, lease.daemon
+
+    def _socket(self, slot: Slot, daemon: bytes, endpoint: str) -> tuple[zmq.Socket[Any], zmq.Poller]:
+        known = slot.sockets.get(daemon)
+        if known is not None:
+            return known
+        for gone in [d for d in slot.sockets if d not in self.broker.daemons]:
+            self._forget(slot, gone)
+        sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message + 4096)
+        sock.connect(endpoint)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(slot.waker.fd, zmq.POLLIN)
+        slot.sockets[daemon] = (sock, poller)
+        return sock, poller
+
+    @staticmethod
+    def _forget(slot: Slot, daemon: bytes) -> None:
+        known = slot.sockets.pop(daemon, None)
+        if known is not None:
+            known[0].close(0)
+
+    def _adopt(self, slot: Slot, out: tuple[zmq.Socket[Any], zmq.Poller, bytes], request_id: int) -> None:
+        """Hand a socket whose reply is still due to the hub thread, which reports it."""
+        sock, _, daemon = out
+        slot.sockets.pop(daemon, None)
+        self.hub.adopt(sock, daemon, slot.ident, request_id)
+
+
+def _bytes_view(buffer: Any) -> Any:
+    """A buffer frame whose len() is its size in bytes, as the broker counts it."""
+    try:
+        return memoryview(buffer).cast("B")
+    except TypeError:  # not C-contiguous: zmq copies it when sending anyway
+        return bytes(memoryview(buffer))
