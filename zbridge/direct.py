@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 import threading
 import time
 import weakref
@@ -42,6 +43,12 @@ if TYPE_CHECKING:
 
 DIRECT_PREFIX = b"\x00direct-"
 _NOBLOCK = int(zmq.NOBLOCK)
+_ID = struct.Struct("!Q")  # a frame's request id, at offset 12 of the header (PROTOCOL.md)
+
+
+def request_id_of(frame: bytes) -> int:
+    """The request id of a frame the broker already parsed (no checks again)."""
+    return int(_ID.unpack_from(frame, 12)[0])
 
 
 class Closed(Exception):
@@ -154,18 +161,20 @@ class Directory:
     def route(self, actions: list[Action], endpoint_of: Callable[[bytes], str | None]) -> list[Action]:
         """Deliver what is for direct callers; return the rest, for the hub thread."""
         rest: list[Action] = []
+        slots = self.slots
         for action in actions:
-            if isinstance(action, ToClient) and action.client.startswith(DIRECT_PREFIX):
-                slot = self.slots.get(action.client)
-                if slot is not None:  # else its thread ended: nobody to answer
-                    slot.deliver(Answer(read_header(action.frame).id, action.frame, action.extra))
-                continue
-            if isinstance(action, ToDaemon) and action.client.startswith(DIRECT_PREFIX):
-                slot = self.slots.get(action.client)
+            if type(action) is ToClient:
+                if action.client in slots:
+                    slots[action.client].deliver(Answer(request_id_of(action.frame), action.frame,
+                                                        action.extra))
+                    continue
+                if action.client.startswith(DIRECT_PREFIX):
+                    continue  # a direct caller whose thread ended: nobody to answer
+            elif type(action) is ToDaemon and action.client in slots:
                 endpoint = endpoint_of(action.daemon)
-                if slot is not None and endpoint is not None:
-                    slot.deliver(Lease(read_header(action.frame).id, action.daemon, endpoint,
-                                       action.frame, action.extra))
+                if endpoint is not None:
+                    slots[action.client].deliver(Lease(request_id_of(action.frame), action.daemon,
+                                                       endpoint, action.frame, action.extra))
                     continue
             rest.append(action)  # a daemon without a direct socket gets it from the hub
         return rest
@@ -259,7 +268,7 @@ class DirectCaller:
         the broker, whose answer then lands in the mailbox. Returns what is still out."""
         poller = out[1] if out is not None else slot.idle
         ready = poller.poll(POLL_SLICE_MS)
-        if out is not None and any(sock is out[0] for sock, _ in ready):
+        if out is not None and ready and (ready[0][0] is out[0] or ready[-1][0] is out[0]):
             sock, _, daemon = out
             reply = sock.recv()
             reply_buffers = recv_buffers(sock)
