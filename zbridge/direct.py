@@ -61,12 +61,15 @@ class NoVerdict(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """Send request ``id`` (``frame`` and its buffer frames ``extra``) to ``daemon``."""
+    """Request ``id`` (``frame`` and its buffer frames ``extra``) goes to ``daemon``.
+    ``sent``: None if the caller is to send it; True once it was sent on the caller's
+    socket to that daemon (by whichever thread routed it); False if that send failed."""
     id: int
     daemon: bytes
     endpoint: str
     frame: bytes
     extra: tuple[Any, ...]
+    sent: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +110,19 @@ class Waker:
 
 
 class Slot:
-    """One calling thread's direct client: its id, mailbox, waker and sockets to daemons."""
+    """One calling thread's direct client: its id, mailbox, waker and sockets to daemons.
 
-    def __init__(self, ident: bytes) -> None:
+    A blocking caller's slot (``context`` given) has its requests sent by whichever thread
+    routes the lease, under the hub's lock, so a daemon freed by one caller's reply gets the
+    next queued request without waiting for the next caller to wake up. That is safe for
+    zmq: a caller waiting for a lease never touches its sockets, and the lock is a full
+    memory barrier between the two threads' uses."""
+
+    def __init__(self, ident: bytes, context: zmq.Context[Any] | None = None,
+                 max_message: int = 0) -> None:
         self.ident = ident
+        self.context = context
+        self.max_message = max_message
         self.owner = threading.get_ident()
         self.thread = weakref.ref(threading.current_thread())
         self.mailbox: deque[Entry] = deque()
@@ -123,6 +135,37 @@ class Slot:
         self.mailbox.append(entry)
         if threading.get_ident() != self.owner:
             self.waker.wake()
+
+    def deliver_lease(self, lease: Lease) -> None:
+        if self.context is not None:  # send it now (see the class docstring)
+            sock, _ = self.socket(lease.daemon, lease.endpoint)
+            try:
+                send_message(sock, lease.frame, lease.extra, _NOBLOCK)
+                lease = Lease(lease.id, lease.daemon, lease.endpoint, lease.frame, lease.extra, True)
+            except zmq.ZMQError:  # the caller reports it, as the hub does an unreachable daemon
+                lease = Lease(lease.id, lease.daemon, lease.endpoint, lease.frame, lease.extra, False)
+        self.deliver(lease)
+
+    def socket(self, daemon: bytes, endpoint: str) -> tuple[zmq.Socket[Any], zmq.Poller]:
+        """This caller's DEALER to ``daemon``'s own ROUTER, and a poller for it and the mailbox."""
+        known = self.sockets.get(daemon)
+        if known is not None:
+            return known
+        assert self.context is not None
+        sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message + 4096)
+        sock.connect(endpoint)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self.waker.fd, zmq.POLLIN)
+        self.sockets[daemon] = (sock, poller)
+        return sock, poller
+
+    def forget(self, daemon: bytes) -> None:
+        known = self.sockets.pop(daemon, None)
+        if known is not None:
+            known[0].close(0)
 
     def take(self) -> list[Entry]:
         entries = []
@@ -145,16 +188,19 @@ class Directory:
     """The direct callers of one hub, by id, and the routing of broker actions to them.
     Used only while holding the hub's lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, daemons: dict[bytes, Any]) -> None:
         self.slots: dict[bytes, Slot] = {}
+        self.daemons = daemons  # the broker's, to close sockets to daemons that are gone
         self._numbers = itertools.count(1)
 
-    def new_slot(self) -> Slot:
+    def new_slot(self, context: zmq.Context[Any] | None = None, max_message: int = 0) -> Slot:
+        """A slot for the calling thread; with ``context``, one whose leases are sent by
+        the routing thread (blocking callers)."""
         for ident, slot in list(self.slots.items()):  # threads that ended leave their slots
             if not slot.alive():
                 del self.slots[ident]
                 slot.close()
-        slot = Slot(DIRECT_PREFIX + str(next(self._numbers)).encode())
+        slot = Slot(DIRECT_PREFIX + str(next(self._numbers)).encode(), context, max_message)
         self.slots[slot.ident] = slot
         return slot
 
@@ -173,8 +219,12 @@ class Directory:
             elif type(action) is ToDaemon and action.client in slots:
                 endpoint = endpoint_of(action.daemon)
                 if endpoint is not None:
-                    slots[action.client].deliver(Lease(request_id_of(action.frame), action.daemon,
-                                                       endpoint, action.frame, action.extra))
+                    slot = slots[action.client]
+                    if action.daemon not in slot.sockets:
+                        for gone in [d for d in slot.sockets if d not in self.daemons]:
+                            slot.forget(gone)
+                    slot.deliver_lease(Lease(request_id_of(action.frame), action.daemon, endpoint,
+                                             action.frame, action.extra))
                     continue
             rest.append(action)  # a daemon without a direct socket gets it from the hub
         return rest
@@ -212,7 +262,7 @@ class DirectCaller:
     def slot(self) -> Slot:
         slot: Slot | None = getattr(self._local, "slot", None)
         if slot is None:
-            slot = self._local.slot = self.hub.new_slot()
+            slot = self._local.slot = self.hub.new_slot(self.context, self.max_message)
         return slot
 
     def cancel(self, slot: Slot, request_id: int) -> None:
@@ -242,7 +292,7 @@ class DirectCaller:
                 answer = None
                 for entry in slot.take():
                     if isinstance(entry, Lease):
-                        sent = self._send(slot, entry)
+                        sent = self._sent(slot, entry)
                         if entry.id == request_id:
                             out = sent
                         elif sent is not None:  # an abandoned call's lease: the hub reads its reply
@@ -293,38 +343,16 @@ class DirectCaller:
                 raise NoVerdict()
         return out
 
-    def _send(self, slot: Slot, lease: Lease) -> tuple[zmq.Socket[Any], zmq.Poller, bytes] | None:
-        sock, poller = self._socket(slot, lease.daemon, lease.endpoint)
-        try:
-            send_message(sock, lease.frame, lease.extra, _NOBLOCK)
-        except zmq.ZMQError:  # as the hub does with a daemon that refuses a message
-            self._forget(slot, lease.daemon)
-            self._run(self.broker.daemon_unreachable, lease.daemon, lease.frame, time.monotonic(),
-                      lease.extra)
-            return None
-        return sock, poller, lease.daemon
-
-    def _socket(self, slot: Slot, daemon: bytes, endpoint: str) -> tuple[zmq.Socket[Any], zmq.Poller]:
-        known = slot.sockets.get(daemon)
-        if known is not None:
-            return known
-        for gone in [d for d in slot.sockets if d not in self.broker.daemons]:
-            self._forget(slot, gone)
-        sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message + 4096)
-        sock.connect(endpoint)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(slot.waker.fd, zmq.POLLIN)
-        slot.sockets[daemon] = (sock, poller)
-        return sock, poller
-
-    @staticmethod
-    def _forget(slot: Slot, daemon: bytes) -> None:
-        known = slot.sockets.pop(daemon, None)
-        if known is not None:
-            known[0].close(0)
+    def _sent(self, slot: Slot, lease: Lease) -> tuple[zmq.Socket[Any], zmq.Poller, bytes] | None:
+        """What a lease left out: the socket its reply will come on, or None if the send
+        failed (then the daemon is given up, as the hub does with one refusing a message)."""
+        if lease.sent:
+            sock, poller = slot.sockets[lease.daemon]
+            return sock, poller, lease.daemon
+        slot.forget(lease.daemon)
+        self._run(self.broker.daemon_unreachable, lease.daemon, lease.frame, time.monotonic(),
+                  lease.extra)
+        return None
 
     def _adopt(self, slot: Slot, out: tuple[zmq.Socket[Any], zmq.Poller, bytes], request_id: int) -> None:
         """Hand a socket whose reply is still due to the hub thread, which reports it."""

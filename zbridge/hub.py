@@ -127,7 +127,7 @@ class Hub:
         # the embedded direct path (zbridge/direct.py): callers use the broker under this
         # lock, which the hub thread holds except while it waits in poll
         self.lock = threading.Lock()
-        self.directory = Directory() if direct else None
+        self.directory: Directory | None = None
         self._waker = Waker() if direct else None
         self._posted: deque[Action] = deque()      # broker actions from calling threads
         self._adopted: deque[tuple[zmq.Socket[Any], tuple[bytes, bytes, int]]] = deque()
@@ -150,6 +150,7 @@ class Hub:
             self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind),
                                  probe=self.supervisor.process_state, expose_errors=expose,
                                  direct_prefix=f"ipc://{self.private_dir}/" if direct else None)
+            self.directory = Directory(self.broker.daemons) if direct else None
             self._bind()
             if settings.metrics:
                 from .metrics import start_exporter
@@ -530,11 +531,11 @@ class Hub:
         assert self.directory is not None
         return self.directory.route(actions, self.direct_endpoint)
 
-    def new_slot(self) -> Slot:
-        """A direct caller for the calling thread (or event loop)."""
+    def new_slot(self, context: zmq.Context[Any] | None = None, max_message: int = 0) -> Slot:
+        """A direct caller for the calling thread (or event loop); see Directory.new_slot."""
         assert self.directory is not None
         with self.lock:
-            return self.directory.new_slot()
+            return self.directory.new_slot(context, max_message)
 
     def post(self, actions: list[Action]) -> None:
         """From a calling thread: broker actions for this thread to carry out."""
