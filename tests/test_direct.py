@@ -159,3 +159,34 @@ def test_queued_direct_calls_get_leases_in_order(bridge_factory, basic_tools):
     with pytest.raises(zbridge.Overloaded):
         bridge.call("echo", [1])
     assert [f.result(timeout=30)["nonce"] for f in futures] == [0, 1, 2]
+
+
+def test_a_reply_that_arrived_in_time_survives_a_gil_stall(bridge_factory):
+    """Replies before verdicts on the direct path: the reply reached the caller's socket
+    before the deadline, then the host held the GIL past it; the caller gets the result."""
+    from test_robustness import FAST_BEATS, ROUGH, hold_gil
+    bridge = bridge_factory(ROUGH, **FAST_BEATS)
+    pid = bridge.call("pid")
+    future = bridge.submit("nap", [0.3], timeout=1.0)
+    assert wait_until(lambda: bridge.status()["daemons"][0]["state"] == "busy")
+    hold_gil(1.8)  # the reply arrives at ~0.3 s; the deadline passes during the stall
+    assert future.result(timeout=10) == pid
+    assert bridge.status()["counters"]["timeouts"] == 0
+
+
+def test_a_cancel_that_reaches_the_daemon_before_its_call_keeps_it_warm(bridge_factory, basic_tools, tmp_path):
+    """The daemon is stopped while a call is dispatched to it and then cancelled: on resume
+    the CANCEL (heartbeat thread) and the request (main thread) race. Whichever wins, the
+    call ends Cancelled and the daemon is free at once, not after the 60 s tool or a kill."""
+    bridge = bridge_factory(basic_tools, workers=1, heartbeat_interval=5.0, kill_grace=60.0)
+    pid = bridge.call("pid")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        future = bridge.submit("interruptible", [60, str(tmp_path / "m")], timeout=120)
+        assert wait_until(lambda: bridge.status()["daemons"][0]["current_call"] is not None)
+        assert future.cancel()
+        with pytest.raises(zbridge.Cancelled):
+            future.result(timeout=10)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert bridge.call("pid", timeout=20) == pid

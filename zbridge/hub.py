@@ -57,6 +57,8 @@ DISCARD_CHUNK = 1_000    # frames of an over-long message dropped per loop, so o
 COPY_THRESHOLD = 65536   # below this, copying is cheaper than zero-copy bookkeeping
 WARNED_PEERS = 1024      # peers remembered for "logged once"
 SNAPSHOT_INTERVAL = 0.5  # how stale the metrics exporter's copy of status() may be
+STALL = 0.05             # woke this late: the thread was starved (a host holding the GIL)
+STALL_YIELD = 0.01       # then direct callers get this long to report replies they hold
 
 _RCVMORE, _SNDMORE, _NOBLOCK = int(zmq.RCVMORE), int(zmq.SNDMORE), int(zmq.NOBLOCK)
 
@@ -287,6 +289,15 @@ class Hub:
     def _judge_time(self) -> float:
         """Deadlines and heartbeats, judged only after everything daemons sent is applied."""
         now = time.monotonic()
+        if self.directory is not None and now - self.timer_due > STALL:
+            # we were stalled (the host held the GIL): direct callers may hold replies that
+            # arrived in time; let them report before any deadline is judged
+            self.lock.release()
+            try:
+                time.sleep(STALL_YIELD)
+            finally:
+                self.lock.acquire()
+            now = time.monotonic()
         self._drain_daemons(now)
         self._drain(self.heartbeat, self._on_heartbeat, now)
         now = time.monotonic()

@@ -118,7 +118,10 @@ def grow(megabytes: int) -> int:
 
 @zbridge.tool
 def interruptible(seconds: float, marker: str) -> str:
-    """Sleeps; if cancelled, cleans up (writes the marker) and lets the interrupt go."""
+    """Sleeps; if cancelled, cleans up (writes the marker) and lets the interrupt go.
+    MARKER.started says it began."""
+    with open(marker + ".started", "w") as f:
+        f.write(str(os.getpid()))
     try:
         time.sleep(seconds)
     except zbridge.Interrupted:
