@@ -17,6 +17,7 @@ Two rules keep it from wedging, whatever its peers do:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -57,6 +58,7 @@ WARNED_PEERS = 1024      # peers remembered for "logged once"
 SNAPSHOT_INTERVAL = 0.5  # how stale the metrics exporter's copy of status() may be
 
 _RCVMORE, _SNDMORE, _NOBLOCK = int(zmq.RCVMORE), int(zmq.SNDMORE), int(zmq.NOBLOCK)
+_REQUEST, _REPLY = Kind.REQUEST, Kind.REPLY
 
 
 def expose_tracebacks(settings: Settings, frontend: str) -> bool:
@@ -101,6 +103,8 @@ def _discard_rest(sock: zmq.Socket[Any], limit: int | None = None) -> tuple[int,
 
 
 class Hub:
+    _next_timer = 0.0  # when broker.tick() may next have work: set by run() and _judge_time
+
     def __init__(self, settings: Settings, tools: list[str], *, frontend: str,
                  context: zmq.Context[Any] | None = None) -> None:
         self.settings = settings
@@ -221,31 +225,37 @@ class Hub:
             poller.register(wake_fd, zmq.POLLIN)
         next_reap = next_beat = next_snapshot = 0.0
         publish = self._exporter is not None
+        backend, frontend, heartbeat, poll, clock = self.backend, self.frontend, self.heartbeat, poller.poll, time.monotonic
         try:
             if prewarm:
                 self._apply(self.broker.start(time.monotonic()))
-            now = time.monotonic()
+            now = clock()
+            self._next_timer = now  # judged at once, which arms the timer
             while not self._done(now):
-                # timers are checked only when one may be due: the hot path stays lean
-                wait = self.broker.next_wakeup(now)
-                wait = REAP_INTERVAL if wait is None else min(wait, REAP_INTERVAL)
-                wait = max(0.0, min(wait, next_beat - now))
-                due = now + wait
-                ready = dict(poller.poll(int(wait * 1000.0)))
-                now = time.monotonic()
+                # Timers are judged only when one may be due: _next_timer is set after each
+                # tick() (at most REAP_INTERVAL ahead) and lowered by whatever starts an
+                # earlier one, so the hot path never scans the daemons.
+                due = min(self._next_timer, next_beat)
+                wait = due - now
+                ready = dict(poll(math.ceil(wait * 1000.0) if wait > 0.0 else 0))
+                now = clock()
                 if now - due > self.loop_lag:  # woke after its timer was due: the thread was starved
                     self.loop_lag = now - due
-                if self.backend in ready:
-                    self._drain_daemons(now)
-                if self.frontend in ready:
+                others = len(ready)  # anything but the three ROUTERs may start a timer
+                if backend in ready:
+                    self._drain(backend, self._on_backend, now, 1)  # one each: poll says if more wait
+                    others -= 1
+                if frontend in ready:
                     self._read_clients(now)
+                    others -= 1
+                if heartbeat in ready:
+                    self._drain(heartbeat, self._on_heartbeat, now)
+                    others -= 1
                 if self.events in ready:
                     self._on_event(now)
-                if self.heartbeat in ready:
-                    self._drain(self.heartbeat, self._on_heartbeat, now)
                 if wake_fd is not None and wake_fd in ready and on_wake is not None:
                     on_wake(self)
-                if now >= due or not ready:
+                if others or now >= self._next_timer:
                     now = self._judge_time()
                 if now >= next_reap:
                     self.supervisor.reap()
@@ -260,12 +270,15 @@ class Hub:
             self._shutdown()
 
     def _judge_time(self) -> float:
-        """Deadlines and heartbeats, judged only after everything daemons sent is applied."""
+        """Deadlines and heartbeats, judged only after everything daemons sent is applied;
+        then the next time they may need judging (never more than REAP_INTERVAL ahead)."""
         now = time.monotonic()
         self._drain_daemons(now)
         self._drain(self.heartbeat, self._on_heartbeat, now)
         now = time.monotonic()
         self._apply(self.broker.tick(now))
+        wait = self.broker.next_wakeup(now)
+        self._next_timer = now + (REAP_INTERVAL if wait is None else min(wait, REAP_INTERVAL))
         return now
 
     def _drain_daemons(self, now: float) -> None:
@@ -274,9 +287,10 @@ class Hub:
     def _drain(self, sock: zmq.Socket[Any], handle: Callable[[bytes, float], None], now: float,
                limit: int = DRAIN_LIMIT) -> int:
         """Handle what is queued on a ROUTER without a poll per message."""
+        recv = sock.recv
         for n in range(limit):
             try:
-                ident = sock.recv(_NOBLOCK)
+                ident = recv(_NOBLOCK)
             except zmq.Again:
                 return n
             handle(ident, now)
@@ -293,24 +307,24 @@ class Hub:
     # --- clients -------------------------------------------------------------------------
 
     def _read_clients(self, now: float) -> None:
-        """Up to BATCH client messages; an over-long message is dropped a chunk per call."""
-        handled = 0
-        while handled < BATCH:
-            if self._discarding is not None and not self._discard_client_frames():
-                return
-            try:
-                client = self.frontend.recv(_NOBLOCK)
-            except zmq.Again:
-                return
-            frame = self.frontend.recv()
-            extra: tuple[Any, ...] = ()
-            if self.frontend.getsockopt(_RCVMORE):
-                extra, ended = _read_buffers(self.frontend)
-                if not ended:
-                    self._discarding = [client, 1 + len(extra)]
-                    continue
+        """One client message per poll (the poll says whether more wait, and daemons get
+        their turn in between); an over-long message is dropped a chunk per call."""
+        if self._discarding is not None and not self._discard_client_frames():
+            return
+        frontend = self.frontend
+        try:
+            client = frontend.recv(_NOBLOCK)
+        except zmq.Again:
+            return
+        frame = frontend.recv()
+        if not frontend.getsockopt(_RCVMORE):
+            self._on_client(client, frame, now)
+            return
+        extra, ended = _read_buffers(frontend)
+        if ended:
             self._on_client(client, frame, now, extra)
-            handled += 1
+        else:
+            self._discarding = [client, 1 + len(extra)]
 
     def _discard_client_frames(self) -> bool:
         """Drop frames of a message with more than one; True once it ended (and was answered)."""
@@ -332,9 +346,21 @@ class Hub:
             self._send_error(client, 0, exc)
             return
         kind = header.kind
-        if kind is Kind.REQUEST:
-            self._apply(self.broker.submit(client, header, frame, now, extra))
-        elif extra:
+        if kind is _REQUEST:
+            broker = self.broker
+            self._apply(broker.submit(client, header, frame, now, extra))
+            if broker.queued:  # it waits (or the pool grows, or is hopeless): any timer may move
+                wait = broker.next_wakeup(now)
+                if wait is not None and now + wait < self._next_timer:
+                    self._next_timer = now + wait
+            else:  # it runs (or was refused): its deadline is the one timer it may start
+                deadline = now + (header.timeout_ms / 1000.0 if header.timeout_ms else self.settings.timeout)
+                if deadline < self._next_timer:
+                    self._next_timer = deadline
+            return
+        if kind is not Kind.CREDIT:  # a cancel or prewarm may start a timer: judge at once
+            self._next_timer = now
+        if extra:
             self._send_error(client, header.id, InvalidRequest(
                 f"only a REQUEST may carry buffer frames, not {kind.name}"))
         elif kind is Kind.CREDIT:
@@ -358,25 +384,35 @@ class Hub:
     # --- daemons -----------------------------------------------------------------------
 
     def _on_backend(self, ident: bytes, now: float) -> None:
-        frame = self.backend.recv()
+        backend = self.backend
+        frame = backend.recv()
         extra: tuple[Any, ...] = ()
-        if self.backend.getsockopt(_RCVMORE):
-            extra, ended = _read_buffers(self.backend)
+        if backend.getsockopt(_RCVMORE):
+            extra, ended = _read_buffers(backend)
             if not ended:
-                dropped, _ = _discard_rest(self.backend)
+                dropped, _ = _discard_rest(backend)
                 log.warning("dropping a %d-frame message from daemon %r", dropped + len(extra) + 2, ident)
                 return
         try:
             header = read_header(frame)
-            if header.kind is Kind.REPLY:
-                self._apply(self.broker.daemon_reply(ident, header, frame, now, extra))
-            elif header.kind is Kind.PARTIAL:
+            kind = header.kind
+            if kind is _REPLY:
+                actions = self.broker.daemon_reply(ident, header, frame, now, extra)
+                self._apply(actions)
+                idle = self.settings.idle_timeout  # the daemon's idle timer starts now
+                if len(actions) > 2:  # more than the answer and the next dispatch (a recycle)
+                    self._next_timer = now
+                elif idle > 0.0 and now + idle < self._next_timer:
+                    self._next_timer = now + idle
+            elif kind is Kind.PARTIAL:
                 self._apply(self.broker.daemon_partial(ident, header, frame, now, extra))
             elif extra:
-                log.warning("dropping a %s with buffer frames from daemon %r", header.kind.name, ident)
-            elif header.kind is Kind.READY:
+                log.warning("dropping a %s with buffer frames from daemon %r", kind.name, ident)
+            elif kind is Kind.READY:
+                self._next_timer = now  # its heartbeat and idle timers start
                 self._apply(self.broker.daemon_ready(ident, decode_ready(frame), now))
-            elif header.kind is Kind.DISCONNECT:
+            elif kind is Kind.DISCONNECT:
+                self._next_timer = now
                 self._apply(self.broker.daemon_exited(ident, now, "daemon disconnected"))
         except BridgeError as exc:
             log.warning("dropping a malformed message from daemon %r: %s", ident, exc)
