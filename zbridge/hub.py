@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import select
 import sys
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import zmq
 
@@ -58,6 +59,7 @@ WARNED_PEERS = 1024      # peers remembered for "logged once"
 SNAPSHOT_INTERVAL = 0.5  # how stale the metrics exporter's copy of status() may be
 
 _RCVMORE, _SNDMORE, _NOBLOCK = int(zmq.RCVMORE), int(zmq.SNDMORE), int(zmq.NOBLOCK)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _REQUEST, _REPLY = Kind.REQUEST, Kind.REPLY
 
 
@@ -217,15 +219,23 @@ class Hub:
 
     def run(self, prewarm: bool = False, wake_fd: int | None = None,
             on_wake: Callable[[Hub], None] | None = None) -> None:
-        """Serve until stopped; always leaves no daemon, socket or ipc file behind."""
-        poller = zmq.Poller()
-        for sock in (self.backend, self.frontend, self.events, self.heartbeat):
-            poller.register(sock, zmq.POLLIN)
+        """Serve until stopped; always leaves no daemon, socket or ipc file behind.
+
+        Polls file descriptors, not zmq sockets (zmq_poll costs two poll() calls and two
+        ZMQ_EVENTS reads per socket per wake-up): a zmq socket's fd only says that it has
+        news, edge-triggered, so a socket this thread used since (a send may take its
+        signal) is asked for ZMQ_EVENTS before the loop sleeps."""
+        poller = select.poll()
+        sockets = {cast(int, sock.getsockopt(zmq.FD)): sock for sock in (self.backend, self.frontend, self.events, self.heartbeat)}
+        for fd in sockets:
+            poller.register(fd, select.POLLIN)
         if wake_fd is not None:
-            poller.register(wake_fd, zmq.POLLIN)
+            poller.register(wake_fd, select.POLLIN)
         next_reap = next_beat = next_snapshot = 0.0
         publish = self._exporter is not None
-        backend, frontend, heartbeat, poll, clock = self.backend, self.frontend, self.heartbeat, poller.poll, time.monotonic
+        backend, frontend, heartbeat, events = self.backend, self.frontend, self.heartbeat, self.events
+        poll, clock = poller.poll, time.monotonic
+        look_heartbeat = look_events = True  # ask these for ZMQ_EVENTS (the ROUTERs: always)
         try:
             if prewarm:
                 self._apply(self.broker.start(time.monotonic()))
@@ -237,13 +247,22 @@ class Hub:
                 # earlier one, so the hot path never scans the daemons.
                 due = min(self._next_timer, next_beat)
                 wait = due - now
-                ready = dict(poll(math.ceil(wait * 1000.0) if wait > 0.0 else 0))
+                ready: dict[Any, int] = {}
+                for sock in (backend, frontend):
+                    if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                        ready[sock] = _POLLIN
+                if look_heartbeat and cast(int, heartbeat.getsockopt(_EVENTS)) & _POLLIN:
+                    ready[heartbeat] = _POLLIN
+                if look_events and cast(int, events.getsockopt(_EVENTS)) & _POLLIN:
+                    ready[events] = _POLLIN
+                for fd, _ in poll(0 if ready or wait <= 0.0 else math.ceil(wait * 1000.0)):
+                    ready[sockets.get(fd, fd)] = _POLLIN  # a socket's fd: maybe a message (recvs cope)
                 now = clock()
                 if now - due > self.loop_lag:  # woke after its timer was due: the thread was starved
                     self.loop_lag = now - due
                 others = len(ready)  # anything but the three ROUTERs may start a timer
                 if backend in ready:
-                    self._drain(backend, self._on_backend, now, 1)  # one each: poll says if more wait
+                    self._drain(backend, self._on_backend, now, 1)  # one each, then the others' turn
                     others -= 1
                 if frontend in ready:
                     self._read_clients(now)
@@ -251,17 +270,21 @@ class Hub:
                 if heartbeat in ready:
                     self._drain(heartbeat, self._on_heartbeat, now)
                     others -= 1
-                if self.events in ready:
-                    self._on_event(now)
+                look_events = False
+                if events in ready:
+                    while cast(int, events.getsockopt(_EVENTS)) & _POLLIN:
+                        self._on_event(now)
                 if wake_fd is not None and wake_fd in ready and on_wake is not None:
                     on_wake(self)
-                if others or now >= self._next_timer:
+                look_heartbeat = bool(others) or now >= self._next_timer
+                if look_heartbeat:
                     now = self._judge_time()
                 if now >= next_reap:
                     self.supervisor.reap()
                     next_reap = now + REAP_INTERVAL
                 if now >= next_beat:
                     self._beat()
+                    look_heartbeat = True
                     next_beat = now + self.settings.heartbeat_interval
                 if publish and now >= next_snapshot:
                     self.snapshot = self.publish_snapshot(now)
