@@ -87,8 +87,9 @@ def _read_buffers(sock: zmq.Socket[Any]) -> tuple[tuple[Any, ...], bool]:
     MAX_BUFFERS of them (if not, the rest is still to be discarded)."""
     parts = []
     for _ in range(MAX_BUFFERS):
-        parts.append(sock.recv(copy=False))
-        if not sock.getsockopt(_RCVMORE):
+        part = sock.recv(copy=False)
+        parts.append(part)
+        if not part.more:
             return tuple(parts), True
     return tuple(parts), False
 
@@ -339,8 +340,9 @@ class Hub:
             client = frontend.recv(_NOBLOCK)
         except zmq.Again:
             return
-        frame = frontend.recv()
-        if not frontend.getsockopt(_RCVMORE):
+        part = frontend.recv(copy=False)  # its .more is cheaper than getsockopt(RCVMORE)
+        frame = part.bytes
+        if not part.more:
             self._on_client(client, frame, now)
             return
         extra, ended = _read_buffers(frontend)
@@ -408,9 +410,10 @@ class Hub:
 
     def _on_backend(self, ident: bytes, now: float) -> None:
         backend = self.backend
-        frame = backend.recv()
+        part = backend.recv(copy=False)
+        frame = part.bytes
         extra: tuple[Any, ...] = ()
-        if backend.getsockopt(_RCVMORE):
+        if part.more:
             extra, ended = _read_buffers(backend)
             if not ended:
                 dropped, _ = _discard_rest(backend)
