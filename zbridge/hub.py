@@ -51,7 +51,6 @@ from .supervisor import Supervisor
 
 log = logging.getLogger("zbridge.hub")
 REAP_INTERVAL = 0.5
-BATCH = 64               # client messages handled per poll, so one busy peer cannot starve the rest
 DRAIN_LIMIT = 100_000    # daemon messages read before judging time (bounds a flooding daemon)
 DISCARD_CHUNK = 1_000    # frames of an over-long message dropped per loop, so others still get turns
 COPY_THRESHOLD = 65536   # below this, copying is cheaper than zero-copy bookkeeping
