@@ -146,7 +146,8 @@ class Broker(InFlight):
         self.queued_bytes += job.size
         actions = self._dispatch(now)
         if self.queued:  # nobody idle took it: maybe start another daemon
-            self.wanted = max(self.wanted, min(self.s.workers, self._live() + self._demand()))
+            if self.wanted < self.s.workers:  # (else the pool is already wanted whole)
+                self.wanted = max(self.wanted, min(self.s.workers, self._live() + self._demand()))
             actions += self._scale(now) + self._fail_hopeless(now)
         return actions
 
