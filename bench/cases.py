@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
-from .profiles import CALLERS, SMALL, SWEEP, Profile, size_label
+from .profiles import CALLERS, HUGE, SMALL, SWEEP, Profile, size_label
 
 LATENCY, THROUGHPUT, COLD_START, MEMORY = "latency", "throughput", "cold_start", "memory"
 
@@ -51,6 +51,7 @@ class Case:
     workers: int | None = None
     callers: int = 1
     payload_bytes: int = SMALL
+    binary: bool = False    # the payload is bytes (else a str)
     calls: int = 0          # latency: timed calls; cold start: constructions
     warmup: int = 0
     seconds: float = 0.0    # throughput duration
@@ -81,10 +82,18 @@ def sweep_cases(base: str, profile: Profile, *, workers: int | None = None) -> l
             for size in SWEEP if size != SMALL]
 
 
-def throughput_cases(base: str, profile: Profile, *, workers: int) -> list[Case]:
+def huge_case(base: str, profile: Profile, *, workers: int | None = None) -> Case:
+    """``base/16MiB``: a bytes payload of HUGE bytes, a few calls (bandwidth-bound)."""
+    from .timing import measure_latency
+    return Case(f"{base}/{size_label(HUGE)}", LATENCY, measure_latency, workers=workers,
+                payload_bytes=HUGE, binary=True, calls=profile.huge_calls, warmup=3)
+
+
+def throughput_cases(base: str, profile: Profile, *, workers: int,
+                     callers: tuple[int, ...] = CALLERS) -> list[Case]:
     """``base/cN``: N threads calling in a loop for ``profile.seconds``."""
     from .timing import measure_throughput
     return [Case(f"{base}/c{n}", THROUGHPUT, measure_throughput, workers=workers, callers=n,
                  warmup=max(10, profile.warmup // 10), seconds=profile.seconds)
-            for n in CALLERS]
+            for n in callers]
 

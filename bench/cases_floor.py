@@ -17,7 +17,7 @@ import msgpack
 import zmq
 
 from . import procs
-from .cases import Handle, Target, latency_case, sweep_cases, throughput_cases
+from .cases import Handle, Target, huge_case, latency_case, sweep_cases, throughput_cases
 from .profiles import Profile
 from .servers import read_message, write_message
 
@@ -156,6 +156,7 @@ def targets(profile: Profile) -> list[Target]:
         Target("floor.zmq_direct", zmq_direct,
                (latency_case("floor.zmq_direct", profile, workers=1),
                 *sweep_cases("floor.zmq_direct", profile, workers=1),
+                huge_case("floor.zmq_direct", profile, workers=1),
                 *throughput_cases("floor.zmq_direct.w1", profile, workers=1))),
         Target("floor.pipe", pipe_pair,
                (latency_case("floor.pipe", profile, workers=1), *sweep_cases("floor.pipe", profile, workers=1))),

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import zbridge
 
 from . import procs
-from .cases import (COLD_START, MEMORY, Case, Handle, Sample, Target, latency_case, sweep_cases,
+from .cases import (COLD_START, MEMORY, Case, Handle, Sample, Target, huge_case, latency_case, sweep_cases,
                     throughput_cases)
 from .profiles import Profile
 from .timing import BenchError, clock, make_payload
@@ -151,11 +151,13 @@ def targets(profile: Profile) -> list[Target]:
     return [
         Target(w1, lambda: embedded(1),
                (latency_case(w1, profile, workers=1), *sweep_cases(w1, profile, workers=1),
-                *throughput_cases(w1, profile, workers=1))),
+                huge_case(w1, profile, workers=1), *throughput_cases(w1, profile, workers=1))),
         Target(w2, lambda: embedded(2),
                (latency_case(w2, profile, workers=2), *throughput_cases(w2, profile, workers=2))),
         Target("zbridge.serve", lambda: served(1),
                (latency_case("zbridge.serve", profile, workers=1), *memory_cases(1))),
+        Target("zbridge.serve.w2", lambda: served(2),
+               tuple(throughput_cases("zbridge.serve.w2", profile, workers=2, callers=(8,)))),
         Target("zbridge.stdio", stdio_daemon,
                (latency_case("zbridge.stdio", profile, workers=1),
                 *sweep_cases("zbridge.stdio", profile, workers=1))),

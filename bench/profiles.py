@@ -8,6 +8,7 @@ KIB = 1024
 MIB = 1024 * KIB
 SMALL = 100                       # bytes: the payload of every headline case
 SWEEP = (SMALL, 10 * KIB, MIB)    # the payload sweep (100 B is the headline measurement)
+HUGE = 16 * MIB                   # a bytes payload: out of band in zbridge (buffer frames)
 CALLERS = (1, 2, 4, 8)            # concurrent callers for throughput
 POOL_SIZES = (1, 2)               # daemons / workers for throughput
 
@@ -20,14 +21,15 @@ class Profile:
     warmup: int              # untimed calls before each latency or throughput measurement
     subprocess_calls: int    # timed calls for the per-call subprocess case (~0.1 s each)
     big_calls: int           # timed calls for 1 MiB payloads (bandwidth-bound, slow)
+    huge_calls: int          # timed calls for the 16 MiB bytes payload (after 3 warm-up calls)
     seconds: float           # duration of each throughput measurement
     cold_starts: int         # Bridge() constructions timed per cold-start case per repeat
 
 
 DEFAULT = Profile("default", repeats=3, calls=5000, warmup=300, subprocess_calls=30,
-                  big_calls=200, seconds=2.0, cold_starts=3)
+                  big_calls=200, huge_calls=20, seconds=2.0, cold_starts=3)
 QUICK = Profile("quick", repeats=3, calls=1000, warmup=100, subprocess_calls=10,
-                big_calls=20, seconds=0.25, cold_starts=1)
+                big_calls=20, huge_calls=5, seconds=0.25, cold_starts=1)
 
 
 def choose(quick: bool, repeats: int | None = None, calls: int | None = None) -> Profile:

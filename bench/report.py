@@ -7,7 +7,7 @@ from typing import Iterable
 
 from .cases import COLD_START, LATENCY, MEMORY, THROUGHPUT
 from .goals import W1
-from .profiles import CALLERS, POOL_SIZES, SMALL, SWEEP, size_label
+from .profiles import CALLERS, HUGE, POOL_SIZES, SMALL, SWEEP, size_label
 from .runner import Outcome
 from .stats import aggregate
 
@@ -80,9 +80,10 @@ def sweep_table(result_rows: list[dict]) -> str:
         if r["kind"] == LATENCY and not r["skipped"]:
             cells.setdefault(r["name"].split("/")[0], {})[r["payload_bytes"]] = r
     bases = [b for b, sizes in cells.items() if len(sizes) > 1]
-    headers = ["case (p50 / p99 µs)"] + [size_label(s) for s in SWEEP]
+    sizes = SWEEP + (HUGE,)
+    headers = ["case (p50 / p99 µs)"] + [size_label(s) for s in SWEEP] + [f"{size_label(HUGE)} bytes"]
     body = [[b] + [f"{us(cells[b][s]['p50_us'])} / {us(cells[b][s]['p99_us'])}" if s in cells[b] else "-"
-                   for s in SWEEP] for b in bases]
+                   for s in sizes] for b in bases]
     return table(headers, body)
 
 
@@ -99,6 +100,10 @@ def throughput_table(result_rows: list[dict]) -> str:
             zb, floor = rate(f"zbridge.embedded.w{w}/c{n}"), rate(f"floor.zmq_proxy.w{w}/c{n}")
             share = 100 * zb / floor if zb and floor else None
             line += [num(zb), num(floor), num(share, ".0f", "%")]
+    headers += ["serve w2", "sv/floor"]  # zbridge serve (its own process), against floor w2
+    for line, n in zip(body, CALLERS):
+        sv, floor = rate(f"zbridge.serve.w2/c{n}"), rate(f"floor.zmq_proxy.w2/c{n}")
+        line += [num(sv), num(100 * sv / floor if sv and floor else None, ".0f", "%")]
     return table(headers, body)
 
 

@@ -21,6 +21,11 @@ def make_payload(size: int) -> str:
     return "x" * size
 
 
+def case_payload(case: Case) -> Any:
+    """The case's payload: the str above, or as many bytes for a ``binary`` case."""
+    return b"x" * case.payload_bytes if case.binary else make_payload(case.payload_bytes)
+
+
 def timed_loop(call: Callable[[], Any], count: int = NEVER, until_ns: int = NEVER) -> list[int]:
     """Call ``call()`` ``count`` times or until ``until_ns``; each call's duration in ns."""
     durations: list[int] = []
@@ -40,14 +45,14 @@ def prepare(handle: Handle, payload: Any, warmup: int) -> Callable[[], Any]:
     """A caller for this thread, checked to return the payload, then warmed up."""
     call = handle.make_caller(payload)
     result = call()
-    if result != payload and result != payload.encode():  # the raw pipe floor echoes bytes
+    if result != payload and (isinstance(payload, bytes) or result != payload.encode()):  # the raw pipe floor echoes bytes
         raise BenchError(f"noop returned {str(result)[:80]!r} instead of the payload")
     timed_loop(call, count=warmup)
     return call
 
 
 def measure_latency(handle: Handle, case: Case) -> Sample:
-    call = prepare(handle, make_payload(case.payload_bytes), case.warmup)
+    call = prepare(handle, case_payload(case), case.warmup)
     start = clock()
     durations = timed_loop(call, count=case.calls)
     return Sample(durations, elapsed_ns=clock() - start)
@@ -55,7 +60,7 @@ def measure_latency(handle: Handle, case: Case) -> Sample:
 
 def measure_throughput(handle: Handle, case: Case) -> Sample:
     """``case.callers`` threads, each with its own caller, calling until a shared deadline."""
-    payload = make_payload(case.payload_bytes)
+    payload = case_payload(case)
     window: dict[str, int] = {}
 
     def open_window() -> None:  # runs once, as every caller passes the barrier

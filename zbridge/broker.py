@@ -42,6 +42,10 @@ from .stats import ToolTable
 
 Probe = Callable[[bytes], "Process | None"]
 HISTORY = 50  # exits remembered for status()
+# the states the hot path compares against, bound once (a module global beats an enum lookup)
+_QUEUED, _RUNNING, _DONE = JobState.QUEUED, JobState.RUNNING, JobState.DONE
+_IDLE, _BUSY, _STALE, _STARTING, _STOPPING = (DaemonState.IDLE, DaemonState.BUSY, DaemonState.STALE,
+                                              DaemonState.STARTING, DaemonState.STOPPING)
 
 
 class Broker(InFlight):
@@ -89,7 +93,7 @@ class Broker(InFlight):
                 extra: tuple[Any, ...] = ()) -> Action:
         """The call's one reply (``code``: its error code, None for a result; ``extra``:
         its buffer frames). Asserting here makes "exactly once" hold by construction."""
-        assert job.state is not JobState.DONE, f"call {job.id} would be answered twice"
+        assert job.state is not _DONE, f"call {job.id} would be answered twice"
         self._end(job)
         if job.stats is not None:
             job.stats.answered(code)
@@ -128,18 +132,24 @@ class Broker(InFlight):
         job = Job(client, header.id, frame, now + timeout, now, bool(header.flags & FLAG_STREAM),
                   tool=tool, stats=self.tools.get(tool), extra=extra, extra_size=extra_size)
         self.counters["accepted"] += 1
-        self.jobs[job.key] = job
+        self.jobs[(client, header.id)] = job
+        deadlines = self.deadlines
+        heapq.heappush(deadlines, (job.deadline, next(self._seq), job))
+        if len(deadlines) > 1024 + 4 * (self.queued + len(self.daemons)):
+            # finished jobs stay in the heap until their deadline; drop them in bulk
+            self.deadlines = [e for e in deadlines if e[2].state is not _DONE]
+            heapq.heapify(self.deadlines)
+        if self.ready and not self.queued:  # an idle daemon takes it at once: no queue
+            if self.queue:
+                self.queue.clear()  # only calls answered while they waited are left in it
+            return [self._start(job, self.ready.popleft(), now)]
         self.queue.append(job)
         self.queued += 1
         self.queued_bytes += job.size
-        heapq.heappush(self.deadlines, (job.deadline, next(self._seq), job))
-        if len(self.deadlines) > 1024 + 4 * (self.queued + len(self.daemons)):
-            # finished jobs stay in the heap until their deadline; drop them in bulk
-            self.deadlines = [e for e in self.deadlines if e[2].state is not JobState.DONE]
-            heapq.heapify(self.deadlines)
         actions = self._dispatch(now)
         if self.queued:  # nobody idle took it: maybe start another daemon
-            self.wanted = max(self.wanted, min(self.s.workers, self._live() + self._demand()))
+            if self.wanted < self.s.workers:  # (else the pool is already wanted whole)
+                self.wanted = max(self.wanted, min(self.s.workers, self._live() + self._demand()))
             actions += self._scale(now) + self._fail_hopeless(now)
         return actions
 
@@ -207,20 +217,25 @@ class Broker(InFlight):
         actions: list[Action] = []
         while self.ready and self.queued:
             job = self.queue.popleft()
-            if job.state is not JobState.QUEUED:
+            if job.state is not _QUEUED:
                 continue  # expired or cancelled while waiting; already answered
             self.queued -= 1
             self.queued_bytes -= job.size
-            daemon = self.daemons[self.ready.popleft()]
-            job.state, job.started, job.daemon, job.touched = JobState.RUNNING, now, daemon.ident, now
-            if job.stats is not None:
-                job.stats.queue.add(now - job.accepted)
-            daemon.state, daemon.job = DaemonState.BUSY, job
-            # the buffers go with the action: a job holding them would keep a large request
-            # alive in the hub until its reply (a failed send hands them back)
-            actions.append(ToDaemon(daemon.ident, job.frame, job.extra, job.client))
-            job.extra = ()
+            actions.append(self._start(job, self.ready.popleft(), now))
         return actions
+
+    def _start(self, job: Job, ident: bytes, now: float) -> Action:
+        """Hand a job (no longer queued) to the idle daemon ``ident``."""
+        daemon = self.daemons[ident]
+        job.state, job.started, job.daemon, job.touched = _RUNNING, now, ident, now
+        if job.stats is not None:
+            job.stats.queue.add(now - job.accepted)
+        daemon.state, daemon.job = _BUSY, job
+        # the buffers go with the action: a job holding them would keep a large request
+        # alive in the hub until its reply (a failed send hands them back)
+        action = ToDaemon(ident, job.frame, job.extra, job.client)
+        job.extra = ()
+        return action
 
     def _scale(self, now: float) -> list[Action]:
         if self.closing or now < self.spawn_allowed_at:
@@ -287,7 +302,7 @@ class Broker(InFlight):
         if daemon is None:
             return []
         job = daemon.job
-        if daemon.state is DaemonState.BUSY and job is not None and job.id == header.id:
+        if daemon.state is _BUSY and job is not None and job.id == header.id:
             daemon.job = None
             daemon.calls += 1
             self.counters["completed"] += 1
@@ -295,9 +310,13 @@ class Broker(InFlight):
                 frame = without_flags(frame, FLAG_RETIRE)
             if job.stats is not None and job.started is not None:
                 job.stats.run.add(now - job.started)
-            return ([self._answer(job, frame, peek_error_code(frame), extra)]
-                    + self._after_call(daemon, header, now))
-        if daemon.state is DaemonState.STALE and daemon.stale_id == header.id:
+            answer = self._answer(job, frame, peek_error_code(frame), extra)
+            after = self._after_call(daemon, header, now)
+            if not after:
+                return [answer]
+            after.insert(0, answer)
+            return after
+        if daemon.state is _STALE and daemon.stale_id == header.id:
             daemon.calls += 1  # late reply: dropped, the daemon is free again
             return self._after_call(daemon, header, now)
         return []  # a reply for nothing this daemon holds: never delivered
@@ -308,7 +327,9 @@ class Broker(InFlight):
         actions = self._retire(daemon, reason, now) if reason else []
         if daemon.retiring:  # it may have been waiting for this call to end
             actions += self._finish_retirements()
-        return actions + self._dispatch(now)
+        if self.queued:
+            actions += self._dispatch(now)
+        return actions
 
     def _make_idle(self, daemon: Daemon, now: float) -> None:
         daemon.state, daemon.stale_id, daemon.kill_at = DaemonState.IDLE, None, None
@@ -570,18 +591,24 @@ class Broker(InFlight):
         return self._expire(job, now) if job is not None else []
 
     def next_wakeup(self, now: float) -> float | None:
-        """Seconds until tick() has something to do, or None."""
+        """Seconds until tick() has something to do, or None. A daemon being stopped has no
+        timer (tick() skips it), nor has an idle one when idle_action is none."""
         soonest = self.deadlines[0][0] if self.deadlines else math.inf
+        s = self.s
+        idle_timeout = s.idle_timeout if s.idle_action != health.IdleAction.NONE.value else 0.0
         for d in self.daemons.values():
+            state = d.state
+            if state is _STOPPING:
+                continue
             if d.kill_at is not None:
                 soonest = min(soonest, d.kill_at)
-            elif d.state is DaemonState.STARTING:
-                soonest = min(soonest, d.spawned + self.s.start_timeout)
-            silence = health.silence_deadline(d, self.s)
-            if silence is not None and d.state is not DaemonState.STOPPING:
+            elif state is _STARTING:
+                soonest = min(soonest, d.spawned + s.start_timeout)
+            silence = health.silence_deadline(d, s)
+            if silence is not None:
                 soonest = min(soonest, silence + 0.001)
-            if d.idle_since is not None and d.state is DaemonState.IDLE and self.s.idle_timeout > 0:
-                soonest = min(soonest, d.idle_since + self.s.idle_timeout)
+            if idle_timeout > 0 and d.idle_since is not None and state is _IDLE:
+                soonest = min(soonest, d.idle_since + idle_timeout)
         if self.wanted and self._live() < self.wanted:
             soonest = min(soonest, self.spawn_allowed_at)
         return None if soonest == math.inf else max(0.0, soonest - now)

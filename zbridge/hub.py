@@ -17,13 +17,15 @@ Two rules keep it from wedging, whatever its peers do:
 from __future__ import annotations
 
 import logging
+import math
 import os
+import select
 import sys
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import zmq
 
@@ -51,7 +53,6 @@ from .supervisor import Supervisor
 
 log = logging.getLogger("zbridge.hub")
 REAP_INTERVAL = 0.5
-BATCH = 64               # client messages handled per poll, so one busy peer cannot starve the rest
 DRAIN_LIMIT = 100_000    # daemon messages read before judging time (bounds a flooding daemon)
 DISCARD_CHUNK = 1_000    # frames of an over-long message dropped per loop, so others still get turns
 COPY_THRESHOLD = 65536   # below this, copying is cheaper than zero-copy bookkeeping
@@ -61,6 +62,8 @@ STALL = 0.05             # woke this late: the thread was starved (a host holdin
 STALL_YIELD = 0.01       # then direct callers get this long to report replies they hold
 
 _RCVMORE, _SNDMORE, _NOBLOCK = int(zmq.RCVMORE), int(zmq.SNDMORE), int(zmq.NOBLOCK)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_REQUEST, _REPLY = Kind.REQUEST, Kind.REPLY
 
 
 def expose_tracebacks(settings: Settings, frontend: str) -> bool:
@@ -87,8 +90,9 @@ def _read_buffers(sock: zmq.Socket[Any]) -> tuple[tuple[Any, ...], bool]:
     MAX_BUFFERS of them (if not, the rest is still to be discarded)."""
     parts = []
     for _ in range(MAX_BUFFERS):
-        parts.append(sock.recv(copy=False))
-        if not sock.getsockopt(_RCVMORE):
+        part = sock.recv(copy=False)
+        parts.append(part)
+        if not part.more:
             return tuple(parts), True
     return tuple(parts), False
 
@@ -105,6 +109,8 @@ def _discard_rest(sock: zmq.Socket[Any], limit: int | None = None) -> tuple[int,
 
 
 class Hub:
+    _next_timer = 0.0  # when broker.tick() may next have work: set by run() and _judge_time
+
     def __init__(self, settings: Settings, tools: list[str], *, frontend: str,
                  context: zmq.Context[Any] | None = None, direct: bool = False) -> None:
         self.settings = settings
@@ -230,54 +236,86 @@ class Hub:
 
     def run(self, prewarm: bool = False, wake_fd: int | None = None,
             on_wake: Callable[[Hub], None] | None = None) -> None:
-        """Serve until stopped; always leaves no daemon, socket or ipc file behind."""
-        poller = zmq.Poller()
-        for sock in (self.backend, self.frontend, self.events, self.heartbeat):
-            poller.register(sock, zmq.POLLIN)
+        """Serve until stopped; always leaves no daemon, socket or ipc file behind.
+
+        Polls file descriptors, not zmq sockets (zmq_poll costs two poll() calls and two
+        ZMQ_EVENTS reads per socket per wake-up): a zmq socket's fd only says that it has
+        news, edge-triggered, so a socket this thread used since (a send may take its
+        signal) is asked for ZMQ_EVENTS before the loop sleeps."""
+        poller = select.poll()
+        sockets = {cast(int, sock.getsockopt(zmq.FD)): sock for sock in (self.backend, self.frontend, self.events, self.heartbeat)}
+        for fd in sockets:
+            poller.register(fd, select.POLLIN)
         if wake_fd is not None:
-            poller.register(wake_fd, zmq.POLLIN)
+            poller.register(wake_fd, select.POLLIN)
         if self._waker is not None:
-            poller.register(self._waker.fd, zmq.POLLIN)
+            poller.register(self._waker.fd, select.POLLIN)
         next_reap = next_beat = next_snapshot = 0.0
         publish = self._exporter is not None
+        backend, frontend, heartbeat, events = self.backend, self.frontend, self.heartbeat, self.events
+        poll, clock = poller.poll, time.monotonic
+        look_heartbeat = look_events = True  # ask these for ZMQ_EVENTS (the ROUTERs: always)
         self.lock.acquire()
         try:
             if prewarm:
                 self._apply(self.broker.start(time.monotonic()))
-            now = time.monotonic()
+            now = clock()
+            self._next_timer = now  # judged at once, which arms the timer
             while not self._done(now):
-                # timers are checked only when one may be due: the hot path stays lean
-                wait = self.broker.next_wakeup(now)
-                wait = REAP_INTERVAL if wait is None else min(wait, REAP_INTERVAL)
-                wait = max(0.0, min(wait, next_beat - now))
-                due = self.timer_due = now + wait
+                # Timers are judged only when one may be due: _next_timer is set after each
+                # tick() (at most REAP_INTERVAL ahead) and lowered by whatever starts an
+                # earlier one, so the hot path never scans the daemons.
+                due = min(self._next_timer, next_beat)
+                wait = due - now
+                ready: dict[Any, int] = {}
+                for sock in (backend, frontend):
+                    if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                        ready[sock] = _POLLIN
+                if look_heartbeat and cast(int, heartbeat.getsockopt(_EVENTS)) & _POLLIN:
+                    ready[heartbeat] = _POLLIN
+                if look_events and cast(int, events.getsockopt(_EVENTS)) & _POLLIN:
+                    ready[events] = _POLLIN
+                for sock in self._orphans:  # direct sockets adopted from callers (few, rare)
+                    if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                        ready[sock] = _POLLIN
+                self.timer_due = due
                 self.lock.release()  # direct callers use the broker while we wait
                 try:
-                    ready = dict(poller.poll(int(wait * 1000.0)))
+                    polled = poll(0 if ready or wait <= 0.0 else math.ceil(wait * 1000.0))
                 finally:
                     self.lock.acquire()
-                now = time.monotonic()
+                for fd, _ in polled:
+                    ready[sockets.get(fd, fd)] = _POLLIN  # a socket's fd: maybe a message (recvs cope)
+                now = clock()
                 if now - due > self.loop_lag:  # woke after its timer was due: the thread was starved
                     self.loop_lag = now - due
-                if self.backend in ready:
-                    self._drain_daemons(now)
-                if self.frontend in ready:
+                others = len(ready)  # anything but the three ROUTERs may start a timer
+                if backend in ready:
+                    self._drain(backend, self._on_backend, now, 1)  # one each, then the others' turn
+                    others -= 1
+                if frontend in ready:
                     self._read_clients(now)
-                if self.events in ready:
-                    self._on_event(now)
-                if self.heartbeat in ready:
-                    self._drain(self.heartbeat, self._on_heartbeat, now)
+                    others -= 1
+                if heartbeat in ready:
+                    self._drain(heartbeat, self._on_heartbeat, now)
+                    others -= 1
+                look_events = False
+                if events in ready:
+                    while cast(int, events.getsockopt(_EVENTS)) & _POLLIN:
+                        self._on_event(now)
                 if wake_fd is not None and wake_fd in ready and on_wake is not None:
                     on_wake(self)
                 if self._waker is not None:
                     self._serve_direct(ready, poller, now)
-                if now >= due or not ready:
+                look_heartbeat = bool(others) or now >= self._next_timer
+                if look_heartbeat:
                     now = self._judge_time()
                 if now >= next_reap:
                     self.supervisor.reap()
                     next_reap = now + REAP_INTERVAL
                 if now >= next_beat:
                     self._beat()
+                    look_heartbeat = True
                     next_beat = now + self.settings.heartbeat_interval
                 if publish and now >= next_snapshot:
                     self.snapshot = self.publish_snapshot(now)
@@ -287,7 +325,8 @@ class Hub:
             self._shutdown()
 
     def _judge_time(self) -> float:
-        """Deadlines and heartbeats, judged only after everything daemons sent is applied."""
+        """Deadlines and heartbeats, judged only after everything daemons sent is applied;
+        then the next time they may need judging (never more than REAP_INTERVAL ahead)."""
         now = time.monotonic()
         if self.directory is not None and now - self.timer_due > STALL:
             # we were stalled (the host held the GIL): direct callers may hold replies that
@@ -302,6 +341,8 @@ class Hub:
         self._drain(self.heartbeat, self._on_heartbeat, now)
         now = time.monotonic()
         self._apply(self.broker.tick(now))
+        wait = self.broker.next_wakeup(now)
+        self._next_timer = now + (REAP_INTERVAL if wait is None else min(wait, REAP_INTERVAL))
         return now
 
     def _drain_daemons(self, now: float) -> None:
@@ -310,9 +351,10 @@ class Hub:
     def _drain(self, sock: zmq.Socket[Any], handle: Callable[[bytes, float], None], now: float,
                limit: int = DRAIN_LIMIT) -> int:
         """Handle what is queued on a ROUTER without a poll per message."""
+        recv = sock.recv
         for n in range(limit):
             try:
-                ident = sock.recv(_NOBLOCK)
+                ident = recv(_NOBLOCK)
             except zmq.Again:
                 return n
             handle(ident, now)
@@ -329,24 +371,25 @@ class Hub:
     # --- clients -------------------------------------------------------------------------
 
     def _read_clients(self, now: float) -> None:
-        """Up to BATCH client messages; an over-long message is dropped a chunk per call."""
-        handled = 0
-        while handled < BATCH:
-            if self._discarding is not None and not self._discard_client_frames():
-                return
-            try:
-                client = self.frontend.recv(_NOBLOCK)
-            except zmq.Again:
-                return
-            frame = self.frontend.recv()
-            extra: tuple[Any, ...] = ()
-            if self.frontend.getsockopt(_RCVMORE):
-                extra, ended = _read_buffers(self.frontend)
-                if not ended:
-                    self._discarding = [client, 1 + len(extra)]
-                    continue
+        """One client message per poll (the poll says whether more wait, and daemons get
+        their turn in between); an over-long message is dropped a chunk per call."""
+        if self._discarding is not None and not self._discard_client_frames():
+            return
+        frontend = self.frontend
+        try:
+            client = frontend.recv(_NOBLOCK)
+        except zmq.Again:
+            return
+        part = frontend.recv(copy=False)  # its .more is cheaper than getsockopt(RCVMORE)
+        frame = part.bytes
+        if not part.more:
+            self._on_client(client, frame, now)
+            return
+        extra, ended = _read_buffers(frontend)
+        if ended:
             self._on_client(client, frame, now, extra)
-            handled += 1
+        else:
+            self._discarding = [client, 1 + len(extra)]
 
     def _discard_client_frames(self) -> bool:
         """Drop frames of a message with more than one; True once it ended (and was answered)."""
@@ -368,9 +411,21 @@ class Hub:
             self._send_error(client, 0, exc)
             return
         kind = header.kind
-        if kind is Kind.REQUEST:
-            self._apply(self.broker.submit(client, header, frame, now, extra))
-        elif extra:
+        if kind is _REQUEST:
+            broker = self.broker
+            self._apply(broker.submit(client, header, frame, now, extra))
+            if broker.queued:  # it waits (or the pool grows, or is hopeless): any timer may move
+                wait = broker.next_wakeup(now)
+                if wait is not None and now + wait < self._next_timer:
+                    self._next_timer = now + wait
+            else:  # it runs (or was refused): its deadline is the one timer it may start
+                deadline = now + (header.timeout_ms / 1000.0 if header.timeout_ms else self.settings.timeout)
+                if deadline < self._next_timer:
+                    self._next_timer = deadline
+            return
+        if kind is not Kind.CREDIT:  # a cancel or prewarm may start a timer: judge at once
+            self._next_timer = now
+        if extra:
             self._send_error(client, header.id, InvalidRequest(
                 f"only a REQUEST may carry buffer frames, not {kind.name}"))
         elif kind is Kind.CREDIT:
@@ -394,25 +449,36 @@ class Hub:
     # --- daemons -----------------------------------------------------------------------
 
     def _on_backend(self, ident: bytes, now: float) -> None:
-        frame = self.backend.recv()
+        backend = self.backend
+        part = backend.recv(copy=False)
+        frame = part.bytes
         extra: tuple[Any, ...] = ()
-        if self.backend.getsockopt(_RCVMORE):
-            extra, ended = _read_buffers(self.backend)
+        if part.more:
+            extra, ended = _read_buffers(backend)
             if not ended:
-                dropped, _ = _discard_rest(self.backend)
+                dropped, _ = _discard_rest(backend)
                 log.warning("dropping a %d-frame message from daemon %r", dropped + len(extra) + 2, ident)
                 return
         try:
             header = read_header(frame)
-            if header.kind is Kind.REPLY:
-                self._apply(self.broker.daemon_reply(ident, header, frame, now, extra))
-            elif header.kind is Kind.PARTIAL:
+            kind = header.kind
+            if kind is _REPLY:
+                actions = self.broker.daemon_reply(ident, header, frame, now, extra)
+                self._apply(actions)
+                idle = self.settings.idle_timeout  # the daemon's idle timer starts now
+                if len(actions) > 2:  # more than the answer and the next dispatch (a recycle)
+                    self._next_timer = now
+                elif idle > 0.0 and now + idle < self._next_timer:
+                    self._next_timer = now + idle
+            elif kind is Kind.PARTIAL:
                 self._apply(self.broker.daemon_partial(ident, header, frame, now, extra))
             elif extra:
-                log.warning("dropping a %s with buffer frames from daemon %r", header.kind.name, ident)
-            elif header.kind is Kind.READY:
+                log.warning("dropping a %s with buffer frames from daemon %r", kind.name, ident)
+            elif kind is Kind.READY:
+                self._next_timer = now  # its heartbeat and idle timers start
                 self._apply(self.broker.daemon_ready(ident, decode_ready(frame), now))
-            elif header.kind is Kind.DISCONNECT:
+            elif kind is Kind.DISCONNECT:
+                self._next_timer = now
                 self._apply(self.broker.daemon_exited(ident, now, "daemon disconnected"))
         except BridgeError as exc:
             log.warning("dropping a malformed message from daemon %r: %s", ident, exc)
@@ -564,11 +630,16 @@ class Hub:
         self._waker.wake()
 
     def timer_at(self, deadline: float) -> None:
-        """A calling thread's new deadline: wake the loop if it would sleep past it."""
-        if deadline < self.timer_due and self._waker is not None:
-            self._waker.wake()
+        """A calling thread's new deadline: the loop judges time by then (woken if it
+        would sleep past it)."""
+        if deadline < self._next_timer:
+            with self.lock:
+                self._next_timer = min(self._next_timer, deadline)
+            if deadline < self.timer_due and self._waker is not None:
+                self._waker.wake()
 
-    def _serve_direct(self, ready: dict[Any, int], poller: zmq.Poller, now: float) -> None:
+    def _serve_direct(self, ready: dict[Any, int], poller: select.poll, now: float) -> None:
+        """Actions posted by calling threads; sockets they handed over; replies on those."""
         assert self._waker is not None
         if self._waker.fd in ready:
             self._waker.clear()
@@ -579,7 +650,8 @@ class Hub:
             while self._adopted:
                 sock, key = self._adopted.popleft()
                 self._orphans[sock] = key
-                poller.register(sock, zmq.POLLIN)
+                poller.register(cast(int, sock.getsockopt(zmq.FD)), select.POLLIN)
+                ready[sock] = _POLLIN  # its reply may be there already (the fd is edge-triggered)
         for sock in [sock for sock in self._orphans if sock in ready]:
             self._on_orphan(sock, poller, now)
         if self._orphans and now >= self._next_prune:
@@ -588,7 +660,7 @@ class Hub:
                 if not self.broker.awaits_reply(daemon, client, request_id):
                     self._drop_orphan(sock, poller)
 
-    def _on_orphan(self, sock: zmq.Socket[Any], poller: zmq.Poller, now: float) -> None:
+    def _on_orphan(self, sock: zmq.Socket[Any], poller: select.poll, now: float) -> None:
         daemon, _, request_id = self._orphans[sock]
         while True:
             try:
@@ -603,6 +675,7 @@ class Hub:
             if header.kind is Kind.REPLY and header.id == request_id:
                 self._drop_orphan(sock, poller)
                 self._apply(self.broker.daemon_reply(daemon, header, frame, now, tuple(buffers)))
+                self._next_timer = now  # the daemon is free: its idle timer starts
                 return
 
     def close_direct(self) -> None:
@@ -613,9 +686,9 @@ class Hub:
             self._waker.close()
             self._waker = None
 
-    def _drop_orphan(self, sock: zmq.Socket[Any], poller: zmq.Poller) -> None:
+    def _drop_orphan(self, sock: zmq.Socket[Any], poller: select.poll) -> None:
         del self._orphans[sock]
-        poller.unregister(sock)
+        poller.unregister(cast(int, sock.getsockopt(zmq.FD)))
         sock.close(0)
 
     def status(self, now: float | None = None) -> dict[str, Any]:
