@@ -190,3 +190,43 @@ def test_a_cancel_that_reaches_the_daemon_before_its_call_keeps_it_warm(bridge_f
     finally:
         os.kill(pid, signal.SIGCONT)
     assert bridge.call("pid", timeout=20) == pid
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_prefetch_keeps_every_answer_its_own(bridge_factory, basic_tools, direct):
+    """prefetch=True: a call may wait in a busy daemon's queue; 6 threads over 2 daemons
+    still get their own results, through the direct path and through the hub thread."""
+    bridge = bridge_factory(basic_tools, workers=2, prefetch=True, direct=direct)
+    bridge.wait_ready()
+    wrong: list[object] = []
+
+    def caller(t: int) -> None:
+        for i in range(300):
+            got = bridge.call("echo", [[t, i]])
+            if got != [t, i]:
+                wrong.append(got)
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not wrong
+    assert bridge.status()["counters"]["completed"] >= 1800
+
+
+def test_prefetch_a_lost_daemon_loses_the_waiting_call_too(bridge_factory, basic_tools):
+    """The documented failure rule: the call waiting in a dying daemon's queue gets
+    WorkerLost (it may have started), and the pool serves the next call."""
+    bridge = bridge_factory(basic_tools, workers=1, prefetch=True)
+    pid = bridge.call("pid")
+    running = bridge.submit("span", [30.0, "a"], timeout=60)
+    assert wait_until(lambda: bridge.status()["daemons"][0]["current_call"] is not None)
+    waiting = bridge.submit("echo", ["b"], timeout=60)
+    assert wait_until(lambda: bridge.status()["queue_depth"] == 0 and bridge._hub.broker.daemons
+                      and next(iter(bridge._hub.broker.daemons.values())).next is not None)
+    os.kill(pid, signal.SIGKILL)
+    for future in (running, waiting):
+        with pytest.raises(zbridge.WorkerLost):
+            future.result(timeout=30)
+    assert bridge.call("pid") != pid

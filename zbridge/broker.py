@@ -34,6 +34,7 @@ from .errors import (
     WorkerLost,
 )
 from .inflight import InFlight
+from .prefetch import Prefetch
 from .protocol import (EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, REQUEST_FLAGS, Header, encode_disconnect,
                        encode_error, peek_error_code, peek_method, without_flags)
 from .state import (EXIT_KINDS, SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, Process, _secret_ident,
@@ -48,7 +49,7 @@ _IDLE, _BUSY, _STALE, _STARTING, _STOPPING = (DaemonState.IDLE, DaemonState.BUSY
                                               DaemonState.STARTING, DaemonState.STOPPING)
 
 
-class Broker(InFlight):
+class Broker(InFlight, Prefetch):
     def __init__(self, settings: Settings, *, remote_ok: bool = False,
                  rng: random.Random | None = None,
                  new_ident: Callable[[int], bytes] | None = None,
@@ -222,6 +223,8 @@ class Broker(InFlight):
             self.queued -= 1
             self.queued_bytes -= job.size
             actions.append(self._start(job, self.ready.popleft(), now))
+        if self.queued and self.s.prefetch:
+            actions += self._prefetch(now)
         return actions
 
     def _start(self, job: Job, ident: bytes, now: float) -> Action:
@@ -316,6 +319,8 @@ class Broker(InFlight):
                 return [answer]
             after.insert(0, answer)
             return after
+        if daemon.next is not None and daemon.next.id == header.id:
+            return self._next_reply(daemon, frame, now, extra)
         if daemon.state is _STALE and daemon.stale_id == header.id:
             daemon.calls += 1  # late reply: dropped, the daemon is free again
             return self._after_call(daemon, header, now)
@@ -323,8 +328,13 @@ class Broker(InFlight):
 
     def _after_call(self, daemon: Daemon, header: Header, now: float) -> list[Action]:
         reason = health.recycle_reason(daemon, self.s, bool(header.flags & FLAG_RETIRE))
-        self._make_idle(daemon, now)
-        actions = self._retire(daemon, reason, now) if reason else []
+        if daemon.next is not None:  # it starts its prefetched call now
+            actions = self._promote(daemon, now)
+        else:
+            self._make_idle(daemon, now)
+            actions = []
+        if reason:
+            actions += self._retire(daemon, reason, now)
         if daemon.retiring:  # it may have been waiting for this call to end
             actions += self._finish_retirements()
         if self.queued:
@@ -380,11 +390,12 @@ class Broker(InFlight):
     def _lose_call(self, daemon: Daemon, reason: str) -> list[Action]:
         """WorkerLost for the call the daemon holds, if its caller still waits."""
         job, daemon.job = daemon.job, None
+        queued = self._lose_next(daemon, reason) if daemon.next is not None else []
         if job is None or job.state is not JobState.RUNNING:
-            return []
+            return queued
         self.counters["lost"] += 1
         return [self._answer_error(job, WorkerLost(
-            f"daemon {daemon.name} (pid {daemon.pid}) was lost during the call: {reason}"))]
+            f"daemon {daemon.name} (pid {daemon.pid}) was lost during the call: {reason}"))] + queued
 
     def daemon_spawned(self, ident: bytes, pid: int) -> list[Action]:
         daemon = self.daemons.get(ident)
@@ -457,6 +468,8 @@ class Broker(InFlight):
             self.queue.appendleft(job)
             self.queued += 1
             self.queued_bytes += job.size
+        else:
+            self._take_back_next(daemon, frame, extra)
         return self._lose(daemon, "unreachable (its socket refused a message)") + self._dispatch(now)
 
     def _count_failure(self, daemon: Daemon, now: float, detail: str, code: int | None,
@@ -581,6 +594,8 @@ class Broker(InFlight):
         daemon = self.daemons.get(ident)
         if daemon is None or daemon.state is DaemonState.STOPPING:
             return False
+        if daemon.next is not None and daemon.next.key == (client, id):
+            return True
         if daemon.state is DaemonState.STALE:
             return daemon.stale_id == id
         return daemon.job is not None and daemon.job.key == (client, id)
@@ -627,13 +642,15 @@ class Broker(InFlight):
         """Answer every still-running call (used when the drain time is up)."""
         actions = []
         for daemon in self.daemons.values():
-            job, daemon.job = daemon.job, None
-            if job is not None and job.state is JobState.RUNNING:
-                actions.append(self._answer_error(job, WorkerLost(reason)))
+            for job in (daemon.job, daemon.next):
+                if job is not None and job.state is JobState.RUNNING:
+                    actions.append(self._answer_error(job, WorkerLost(reason)))
+            daemon.job = daemon.next = None
         return actions
 
     def running(self) -> int:
-        return sum(1 for d in self.daemons.values() if d.job is not None)
+        return sum(1 for d in self.daemons.values()
+                   if d.job is not None or (d.next is not None and d.next.state is JobState.RUNNING))
 
     def status(self, now: float) -> dict[str, Any]:
         return {

@@ -87,6 +87,7 @@ class Daemon:
     retiring: str | None = None      # to be replaced: leaves once capacity allows
     exit_kind: str | None = None     # why it is going, one of EXIT_KINDS, when the hub decided
     direct: str | None = None        # its own ROUTER for embedded callers (READY's "direct")
+    next: Job | None = None          # a call waiting in its queue behind ``job`` (prefetch)
 
 
 def _secret_ident(n: int) -> bytes:
