@@ -112,28 +112,33 @@ def test_cancel_racing_completion(bridge_factory, basic_tools, mode):
     assert bridge.call("echo", [1]) == 1
 
 
+def echo_from_threads(bridge, threads: int, calls: int) -> list[object]:
+    """``threads`` threads each make ``calls`` echo calls of their own (thread, i) pairs;
+    returns what went wrong (wrong results, errors)."""
+    wrong: list[object] = []
+
+    def caller(t: int) -> None:
+        try:
+            for i in range(calls):
+                got = bridge.call("echo", [[t, i]])
+                if got != [t, i]:
+                    wrong.append((t, i, got))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            wrong.append(exc)
+
+    running = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join()
+    return wrong
+
+
 def test_many_threads_no_misrouted_reply(bridge_factory, basic_tools):
     """16 threads x 2,000 calls over 2 daemons: every reply is its own call's."""
     bridge = bridge_factory(basic_tools, workers=2)
     bridge.wait_ready()
-    wrong: list[tuple[int, int, object]] = []
-    errors: list[BaseException] = []
-
-    def caller(t: int) -> None:
-        try:
-            for i in range(2000):
-                got = bridge.call("echo", [[t, i]])
-                if got != [t, i]:
-                    wrong.append((t, i, got))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=caller, args=(t,)) for t in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors and not wrong
+    assert echo_from_threads(bridge, 16, 2000) == []
     counters, _ = _status_of(bridge)
     assert counters["completed"] >= 32_000 and counters["lost"] == 0
 
@@ -198,20 +203,7 @@ def test_prefetch_keeps_every_answer_its_own(bridge_factory, basic_tools, direct
     still get their own results, through the direct path and through the hub thread."""
     bridge = bridge_factory(basic_tools, workers=2, prefetch=True, direct=direct)
     bridge.wait_ready()
-    wrong: list[object] = []
-
-    def caller(t: int) -> None:
-        for i in range(300):
-            got = bridge.call("echo", [[t, i]])
-            if got != [t, i]:
-                wrong.append(got)
-
-    threads = [threading.Thread(target=caller, args=(t,)) for t in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not wrong
+    assert echo_from_threads(bridge, 6, 300) == []
     assert bridge.status()["counters"]["completed"] >= 1800
 
 
