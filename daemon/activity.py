@@ -21,7 +21,6 @@ from zbridge.errors import Interrupted
 from zbridge.procinfo import rss_bytes
 
 CANCEL_SIGNAL = signal.SIGUSR1
-EARLY_CANCEL_TTL = 1.0  # seconds a cancel for a call not yet begun stays valid
 
 
 @dataclass
@@ -30,7 +29,6 @@ class Activity:
     busy_since: float | None = None
     calls: int = 0
     cancel_id: int | None = None
-    early: tuple[int, float] | None = None  # a cancel that came before its call began
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def begin(self, request_id: int) -> None:
@@ -47,21 +45,10 @@ class Activity:
         """Heartbeat thread: interrupt ``request_id`` if it is the one running."""
         with self.lock:
             if self.request_id != request_id:
-                # the hub dispatched it, so it is (almost always) the next call to begin
-                self.early = (request_id, time.monotonic())
-                return False
+                return False  # not begun yet, or over: the hub asks again while it waits
             self.cancel_id = request_id
         os.kill(os.getpid(), CANCEL_SIGNAL)
         return True
-
-    def cancelled_before(self, request_id: int) -> bool:
-        """Main thread, as a call begins: was it cancelled before it started? Only the very
-        next call, and only soon after the cancel, so a late cancel (for a call that had
-        already finished) cannot reach an unrelated call that reuses the id."""
-        with self.lock:
-            early, self.early = self.early, None
-        return early is not None and early[0] == request_id and \
-            time.monotonic() - early[1] < EARLY_CANCEL_TTL
 
     def take_cancel(self) -> bool:
         """Main thread (signal handler): is the running call the cancelled one?"""

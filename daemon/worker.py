@@ -120,8 +120,6 @@ def serve_request(executor: Executor, activity: Activity, sock: zmq.Socket[Any] 
                   header: Header, max_message: int, buffers: Sequence[Any] = ()) -> tuple[Reply, bool]:
     activity.begin(header.id)
     try:
-        if activity.cancelled_before(header.id):  # the tool never runs
-            return (encode_error(header.id, Cancelled("cancelled before it started")), []), False
         return handle_request(executor, frame, header, max_message, sock, buffers)
     except Interrupted as exc:  # raised in the tool, or landed just after it returned
         return (encode_error(header.id, Cancelled(str(exc) or "cancelled by the caller")), []), False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from zbridge import errors
-from zbridge.actions import Kill, Note, Spawn, ToClient, ToDaemon
+from zbridge.actions import Interrupt, Kill, Note, Spawn, ToClient, ToDaemon
 from zbridge.broker import Broker
 from zbridge.config import Settings
 from zbridge.protocol import Header, Kind, decode_reply_body, encode_request, encode_result, read_header
@@ -265,3 +265,17 @@ def test_a_vanished_client_loses_its_queued_calls_without_replies():
     assert b.queued == 1
     (send,) = ready(b, b"w1")
     assert send.frame == request_frame(1)
+
+
+def test_an_interrupted_stale_call_is_asked_again_until_it_answers():
+    """A cancel may reach the daemon before the call began; the broker asks again every
+    heartbeat interval while the daemon holds that stale call, and stops once it answers."""
+    broker = make(workers=1, cancel_mode="interrupt", heartbeat_interval=1.0, kill_grace=10.0)
+    request(broker, id=1)
+    ready(broker, b"w1")
+    first = [a for a in broker.cancel(b"c", 1, 0.0) if isinstance(a, Interrupt)]
+    assert first == [Interrupt(b"w1", 1)]
+    assert [a for a in broker.tick(0.5) if isinstance(a, Interrupt)] == []
+    assert [a for a in broker.tick(1.0) if isinstance(a, Interrupt)] == [Interrupt(b"w1", 1)]
+    reply(broker, b"w1", 1, now=1.5)
+    assert [a for a in broker.tick(5.0) if isinstance(a, Interrupt)] == []

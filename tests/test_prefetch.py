@@ -104,3 +104,4 @@ def test_the_prefetched_call_may_answer_first():
     assert daemon.job.id == 1 and daemon.next is None and daemon.state.value == "busy"
     assert answers(reply(broker, b"w1", 1, now=2.0))
     assert daemon.state.value == "idle"
+

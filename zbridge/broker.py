@@ -343,6 +343,7 @@ class Broker(InFlight, Prefetch):
 
     def _make_idle(self, daemon: Daemon, now: float) -> None:
         daemon.state, daemon.stale_id, daemon.kill_at = DaemonState.IDLE, None, None
+        daemon.interrupt_at = None
         daemon.idle_since = now
         self.ready.append(daemon.ident)
 
@@ -536,6 +537,9 @@ class Broker(InFlight, Prefetch):
             silent = health.beat_overdue(daemon, now, self.s)
             if silent:
                 actions += self._judge_silence(daemon, silent, now)
+            elif daemon.interrupt_at is not None and now >= daemon.interrupt_at and \
+                    daemon.state is DaemonState.STALE and (daemon.kill_at is None or now < daemon.kill_at):
+                actions += self.interrupt_stale(daemon, now)
             elif daemon.kill_at is not None and now >= daemon.kill_at and daemon.state is DaemonState.STALE:
                 reason = f"call {daemon.stale_id} ran past its deadline + {self.s.kill_grace}s grace"
                 actions += self._kill(daemon, reason, False, "killed")

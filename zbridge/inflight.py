@@ -51,7 +51,7 @@ class InFlight:
         dropped, and it is killed at ``kill_at`` if it has not answered by then. A stream is
         told to stop (on the data socket, which the daemon reads between items and while it
         waits for credit), so an abandoned stream costs no warm daemon."""
-        daemon.job, daemon.stale_id = None, job.id
+        daemon.job, daemon.stale_id, daemon.interrupt_at = None, job.id, None
         daemon.state, daemon.kill_at = DaemonState.STALE, kill_at
         return [ToDaemon(daemon.ident, encode_cancel(job.id))] if job.stream else []
 
@@ -94,6 +94,17 @@ class InFlight:
                 job.touched = now
                 actions.append(ToClient(job.client, PROBE))
         return actions
+
+    def interrupt_stale(self, daemon: Daemon, now: float) -> list[Action]:
+        """Ask a stale daemon to stop its call, and again every heartbeat interval: the
+        first ask may arrive before the call began (it waited in the daemon's queue), and
+        the daemon ignores a cancel for a call it is not running. Safe to repeat: nothing
+        new is sent to a stale daemon until it answers, so the only call it can be running
+        is that one (with prefetch, only while no other call waits behind it)."""
+        if daemon.state is not DaemonState.STALE or daemon.stale_id is None or daemon.next is not None:
+            return []
+        daemon.interrupt_at = now + self.s.heartbeat_interval
+        return [Interrupt(daemon.ident, daemon.stale_id)]
 
     # --- callers that stop reading or vanish ---------------------------------------------
 
@@ -151,6 +162,6 @@ class InFlight:
             daemon.job = None
             return actions + self._kill(daemon, f"call {job.id} was cancelled (cancel_mode=kill)", False, "killed")
         if mode == "interrupt":  # a tool that ignores the interrupt is killed after kill_grace
-            return actions + self._make_stale(daemon, job, now + self.s.kill_grace) + \
-                [Interrupt(daemon.ident, job.id)]
+            actions += self._make_stale(daemon, job, now + self.s.kill_grace)
+            return actions + self.interrupt_stale(daemon, now)
         return actions + self._make_stale(daemon, job, job.deadline + self.s.kill_grace)

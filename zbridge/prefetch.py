@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .actions import Action, Interrupt, ToDaemon
+from .actions import Action, ToDaemon
 from .config import Settings
 from .errors import WorkerLost
 from .protocol import FLAG_RETIRE, peek_error_code, without_flags
@@ -40,6 +40,7 @@ class Prefetch:
         def _answer(self, job: Job, frame: bytes, code: int | None = None,
                     extra: tuple[Any, ...] = ()) -> Action: ...
         def _dispatch(self, now: float) -> list[Action]: ...
+        def interrupt_stale(self, daemon: Daemon, now: float) -> list[Action]: ...
 
     def _prefetch(self, now: float) -> list[Action]:
         """Queued calls to busy daemons with room for one, while the queue lasts."""
@@ -77,7 +78,7 @@ class Prefetch:
         # answered while it waited (deadline, cancel): the daemon runs it anyway
         daemon.state, daemon.job, daemon.stale_id = DaemonState.STALE, None, job.id
         daemon.kill_at = max(now, job.deadline) + self.s.kill_grace
-        return [Interrupt(daemon.ident, job.id)] if self.s.cancel_mode == "interrupt" else []
+        return self.interrupt_stale(daemon, now) if self.s.cancel_mode == "interrupt" else []
 
     def _next_reply(self, daemon: Daemon, frame: bytes, now: float,
                     extra: tuple[Any, ...]) -> list[Action]:

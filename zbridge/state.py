@@ -88,6 +88,7 @@ class Daemon:
     exit_kind: str | None = None     # why it is going, one of EXIT_KINDS, when the hub decided
     direct: str | None = None        # its own ROUTER for embedded callers (READY's "direct")
     next: Job | None = None          # a call waiting in its queue behind ``job`` (prefetch)
+    interrupt_at: float | None = None  # when to ask its stale call to stop again (interrupt)
 
 
 def _secret_ident(n: int) -> bytes:
