@@ -58,13 +58,13 @@ class Bridge(Client):
         if direct is None or frame[3] != Kind.REQUEST:  # STATUS goes to the hub thread
             return super()._roundtrip(frame, timeout, buffers)
         tracker: CallFuture | None = getattr(self._local, "tracker", None)
-
-        def on_submit(slot: Slot, request_id: int) -> None:
-            if tracker is not None:  # CallFuture.cancel() then asks the broker itself
+        on_submit = None
+        if tracker is not None:  # a submit()'s Future: its cancel() asks the broker itself
+            def on_submit(slot: Slot, request_id: int) -> None:
                 tracker.bind_cancel(lambda: direct.cancel(slot, request_id))
 
         try:
-            reply, extra = direct.roundtrip(frame, buffers, timeout, lambda: self._closed, on_submit)
+            reply, extra = direct.roundtrip(frame, buffers, timeout, self._is_closed, on_submit)
         except NoVerdict:
             raise plans.timed_out(timeout) from None
         except Closed:
@@ -73,6 +73,9 @@ class Bridge(Client):
             if tracker is not None:
                 tracker.bind_cancel(None)
         return result_of(reply, self.settings.max_message_size, extra)
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     @property
     def private_dir(self) -> str | None:
