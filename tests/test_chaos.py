@@ -9,16 +9,19 @@ import random
 import signal
 import threading
 
+import pytest
+
 import zbridge
 
 CALLERS = 4
 CALLS_PER_CALLER = 500
 
 
-def test_chaos_kills_lose_no_reply_and_run_nothing_twice(bridge_factory, basic_tools, tmp_path):
+@pytest.mark.parametrize("options", [{}, {"prefetch": True}], ids=["direct", "prefetch"])
+def test_chaos_kills_lose_no_reply_and_run_nothing_twice(bridge_factory, basic_tools, tmp_path, options):
     journal = str(tmp_path / "journal")
     bridge = bridge_factory(basic_tools, workers=2, prewarm=True, backoff_base=0.01,
-                            backoff_cap=0.2, retries=50, timeout=20, fallback=False)
+                            backoff_cap=0.2, retries=50, timeout=20, fallback=False, **options)
     outcomes: dict[str, object] = {}
     idempotent: set[str] = set()
     done = threading.Event()
