@@ -17,6 +17,7 @@ from .hub import start_embedded
 from .tools import tool_specs
 
 DRAIN_TIMEOUT = 10.0
+_REQUEST = int(Kind.REQUEST)
 
 
 class Bridge(Client):
@@ -55,7 +56,7 @@ class Bridge(Client):
     def _roundtrip(self, frame: bytes, timeout: float, buffers: Sequence[Any] = ()) -> Any:
         """A plain call: straight to an idle daemon and back (``zbridge/direct.py``)."""
         direct = self._direct
-        if direct is None or frame[3] != Kind.REQUEST:  # STATUS goes to the hub thread
+        if direct is None or frame[3] != _REQUEST:  # STATUS goes to the hub thread
             return super()._roundtrip(frame, timeout, buffers)
         tracker: CallFuture | None = getattr(self._local, "tracker", None)
         on_submit = None
