@@ -18,7 +18,9 @@ from zbridge.actions import Action, Note, ToClient, ToDaemon
 from zbridge.broker import Broker
 from zbridge.config import Settings
 from zbridge.hub import REAP_INTERVAL, Hub
-from zbridge.protocol import Header, Kind, encode_request, encode_result, read_header
+from zbridge.errors import InvalidParams
+from zbridge.protocol import (FLAG_RETIRE, Header, Kind, add_flags, encode_error, encode_request, encode_result,
+                              peek_error_code, peek_method, read_header, without_flags)
 from zbridge.state import DaemonState, JobState
 
 from helpers import TOOLSETS, served, wait_until
@@ -106,6 +108,18 @@ def test_no_idle_timer_when_idle_action_is_none() -> None:
     assert wait is not None and wait > 0  # the next heartbeat verdict, not the idle timer
 
 
+def test_peeks_read_a_memoryview_as_they_read_bytes() -> None:
+    """The hub hands the broker a large frame as a memoryview (no copy)."""
+    request = encode_request(1, "some_tool", ["x" * 70_000])
+    error = encode_error(1, InvalidParams("y" * 70_000))
+    result = add_flags(encode_result(1, "z" * 70_000), FLAG_RETIRE)
+    assert peek_method(memoryview(request)) == peek_method(request) == "some_tool"
+    assert peek_error_code(memoryview(error)) == peek_error_code(error) == InvalidParams.code
+    assert peek_error_code(memoryview(result)) is None
+    assert without_flags(memoryview(result), FLAG_RETIRE) == without_flags(result, FLAG_RETIRE)
+    assert read_header(without_flags(memoryview(result), FLAG_RETIRE)).flags == 0
+
+
 # --- the hub's timer (real sockets, no loop) --------------------------------------------
 
 @pytest.fixture
@@ -155,6 +169,18 @@ def test_many_callers_through_a_served_hub_get_their_own_answers(tmp_path: Path)
             assert results == [[n + i for i in range(40)] for n in range(8)]
             counters = client.status()["counters"]
             assert counters["accepted"] == counters["completed"] == 8 * 40
+
+
+def test_large_in_band_values_pass_the_hub_uncopied_and_intact(tmp_path: Path) -> None:
+    big = "".join(chr(0x41 + i % 26) for i in range(300_000))  # in the body, not a buffer frame
+    with served(tmp_path, "--tools", BASIC, "--workers", "1", "--prewarm") as (endpoint, _):
+        with zbridge.Client(endpoint, fallback=False) as client:
+            assert client.call("echo", [big]) == big
+            with pytest.raises(zbridge.BridgeError, match="AAAB"):
+                client.call("boom", ["AAAB" * 50_000])
+            tools = client.status()["tools"]
+            assert tools["echo"]["calls"] == 1 and tools["boom"]["errors"]
+            assert client.call("echo", [1]) == 1
 
 
 def test_a_short_deadline_still_times_out_and_the_hub_keeps_serving(tmp_path: Path) -> None:

@@ -381,7 +381,9 @@ class Hub:
         except zmq.Again:
             return
         part = frontend.recv(copy=False)  # its .more is cheaper than getsockopt(RCVMORE)
-        frame = part.bytes
+        # a large frame is not copied: its memoryview goes through the broker (which only
+        # measures it, peeks at its start and forwards it) and is sent on zero-copy
+        frame = part.bytes if len(part) < COPY_THRESHOLD else cast(bytes, part.buffer)
         if not part.more:
             self._on_client(client, frame, now)
             return
@@ -451,7 +453,7 @@ class Hub:
     def _on_backend(self, ident: bytes, now: float) -> None:
         backend = self.backend
         part = backend.recv(copy=False)
-        frame = part.bytes
+        frame = part.bytes if len(part) < COPY_THRESHOLD else cast(bytes, part.buffer)  # as for clients
         extra: tuple[Any, ...] = ()
         if part.more:
             extra, ended = _read_buffers(backend)

@@ -261,7 +261,7 @@ _ERROR_KEY = b"\xa5error"
 _CODE_KEY = b"\xa4code"
 
 
-def _map_start(frame: bytes, at: int) -> int:
+def _map_start(frame: bytes | memoryview, at: int) -> int:
     """Offset just past a msgpack map header at ``at``, or -1."""
     tag = frame[at]
     if 0x80 <= tag <= 0x8F:
@@ -273,12 +273,13 @@ def _map_start(frame: bytes, at: int) -> int:
     return -1
 
 
-def peek_method(frame: bytes) -> str | None:
+def peek_method(frame: bytes | memoryview) -> str | None:
     """The "method" of a request frame, read from the start of its body (a map whose first
-    key is "method", as every encoder here writes it); None for anything else."""
+    key is "method", as every encoder here writes it); None for anything else. (Peeks work
+    on a memoryview too: the hub forwards a large frame without copying it.)"""
     try:
         at = _map_start(frame, HEADER_SIZE)
-        if at < 0 or not frame.startswith(_METHOD_KEY, at):
+        if at < 0 or frame[at:at + len(_METHOD_KEY)] != _METHOD_KEY:
             return None
         at += 7
         tag = frame[at]
@@ -292,20 +293,20 @@ def peek_method(frame: bytes) -> str | None:
             return None
         if n > 256 or at + n > len(frame):
             return None
-        return frame[at:at + n].decode()
+        return bytes(frame[at:at + n]).decode()
     except (IndexError, UnicodeDecodeError):
         return None
 
 
-def peek_error_code(frame: bytes) -> int | None:
+def peek_error_code(frame: bytes | memoryview) -> int | None:
     """The error code of a REPLY frame whose body is ``{"error": {"code": ...}}``; None for
     a result. An error whose code cannot be read counts as -32603 (internal)."""
     try:
         at = _map_start(frame, HEADER_SIZE)
-        if at < 0 or not frame.startswith(_ERROR_KEY, at):
+        if at < 0 or frame[at:at + len(_ERROR_KEY)] != _ERROR_KEY:
             return None
         at = _map_start(frame, at + 6)
-        if at < 0 or not frame.startswith(_CODE_KEY, at):
+        if at < 0 or frame[at:at + len(_CODE_KEY)] != _CODE_KEY:
             return -32603
         at += 5
         tag = frame[at]
@@ -407,9 +408,9 @@ def encode_cancel(id: int) -> bytes:
     return pack_header(Kind.CANCEL, id) + _packb_plain({})
 
 
-def without_flags(frame: bytes, flags: int) -> bytes:
+def without_flags(frame: bytes | memoryview, flags: int) -> bytes:
     """The same frame with some header flags cleared."""
-    return frame[:4] + bytes([frame[4] & ~flags & 0xFF]) + frame[5:]
+    return b"".join((frame[:4], bytes([frame[4] & ~flags & 0xFF]), frame[5:]))
 
 
 def encode_status_request(id: int, prewarm: bool = False) -> bytes:
