@@ -1,25 +1,32 @@
-"""The daemon's own ROUTER for an embedded hub's callers (``--direct``).
+"""The daemon's own sockets for an embedded hub's callers (``--direct``).
 
 The hub's broker still decides which call runs here; only the request and its reply skip
-the hub thread. The socket is bound in the hub's private 0700 directory, next to the
-backend socket, and named in READY. A reply that cannot be delivered (the caller's
-connection is gone) goes to the hub on the data socket instead, so the hub learns that
-this daemon is free again.
+the hub thread. Two listeners, both in the hub's private 0700 directory next to the
+backend socket and named in READY: a Unix stream socket (``unix``: blocking callers; a
+request and its reply as length-prefixed frames, ``zbridge.framing``, with no zmq I/O
+thread on either side) and a zmq ROUTER (``direct``: the asyncio twin). A reply that
+cannot be delivered (the caller's connection is gone) goes to the hub on the data socket
+instead, so the hub learns that this daemon is free again.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any, Sequence
 
 import zmq
 
+from zbridge import framing
 from zbridge.endpoints import ipc_endpoint, ipc_path
 from zbridge.frames import recv_buffers, send_message
 
 log = logging.getLogger("zbridge.daemon")
-_NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+_NOBLOCK, _SNDMORE, _POLLIN = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.POLLIN)
+CONN_TIMEOUT = 5.0  # seconds a caller may take to send the rest of a message, or to take a reply
+Peer = bytes | socket.socket  # a zmq routing id, or a Unix connection
+Message = tuple[bytes, list[Any], Peer]
 
 
 class DirectSocket:
@@ -27,7 +34,12 @@ class DirectSocket:
         path = ipc_path(backend)
         if path is None:
             raise ValueError(f"--direct needs an ipc backend, not {backend}")
-        self.endpoint = ipc_endpoint(os.path.dirname(path), f"d-{os.getpid()}")
+        self.max_message = max_message
+        directory = os.path.dirname(path)
+        self.endpoint = ipc_endpoint(directory, f"d-{os.getpid()}")
+        self.unix_path = os.path.join(directory, f"u-{os.getpid()}.sock")
+        self.conns: dict[int, socket.socket] = {}
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock: zmq.Socket[Any] = context.socket(zmq.ROUTER)
         self.sock.linger = 0
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone caller fails at once
@@ -35,11 +47,58 @@ class DirectSocket:
         old = os.umask(0o077)
         try:
             self.sock.bind(self.endpoint)
+            self.listener.bind(self.unix_path)
+            self.listener.listen(128)
+            self.listener.setblocking(False)
         except BaseException:
-            self.sock.close(0)
+            self.close()
             raise
         finally:
             os.umask(old)
+
+    def register(self, poller: zmq.Poller) -> None:
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.listener.fileno(), zmq.POLLIN)
+
+    def take(self, ready: dict[Any, int], poller: zmq.Poller) -> Message | None:
+        """A request that ``poller`` found waiting, if any (new connections are accepted)."""
+        if self.sock in ready:
+            return self.recv()
+        if self.listener.fileno() in ready:
+            self._accept(poller)
+        for fd in [fd for fd in self.conns if fd in ready]:
+            message = self._read(self.conns[fd], poller)
+            if message is not None:
+                return message
+        return None
+
+    def _accept(self, poller: zmq.Poller) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            conn.settimeout(CONN_TIMEOUT)
+            self.conns[conn.fileno()] = conn
+            poller.register(conn.fileno(), zmq.POLLIN)
+
+    def _read(self, conn: socket.socket, poller: zmq.Poller) -> Message | None:
+        try:
+            message = framing.read_message(framing.SocketReader(conn), self.max_message + 4096)
+        except (OSError, ValueError, EOFError) as exc:
+            log.warning("dropping a direct caller's connection: %s", exc)
+            message = None
+        if message is None:  # the caller closed it (its thread ended, or it gave up a call)
+            self._drop(conn, poller)
+            return None
+        frame, buffers = message
+        return frame, list(buffers), conn
+
+    def _drop(self, conn: socket.socket, poller: zmq.Poller | None) -> None:
+        fd = conn.fileno()
+        if self.conns.pop(fd, None) is not None and poller is not None:
+            poller.unregister(fd)
+        conn.close()
 
     def recv(self) -> tuple[bytes, list[memoryview], bytes]:
         """The next request: its frame, its buffer frames, and the caller's routing id."""
@@ -47,9 +106,17 @@ class DirectSocket:
         frame = self.sock.recv() if self.sock.getsockopt(zmq.RCVMORE) else b""
         return frame, recv_buffers(self.sock), peer
 
-    def reply(self, peer: bytes, frame: bytes, buffers: Sequence[Any],
-              hub: zmq.Socket[Any]) -> None:
+    def reply(self, peer: Peer, frame: bytes, buffers: Sequence[Any],
+              hub: zmq.Socket[Any], poller: zmq.Poller) -> None:
         """The reply to the caller; to the hub if the caller cannot take it."""
+        if isinstance(peer, socket.socket):
+            try:
+                framing.send_message(peer, frame, buffers)
+            except OSError as exc:
+                log.info("direct caller gone (%s): reply goes to the hub", exc)
+                self._drop(peer, poller)
+                send_message(hub, frame, buffers)
+            return
         try:
             self.sock.send(peer, _SNDMORE | _NOBLOCK)
         except zmq.ZMQError as exc:
@@ -59,4 +126,7 @@ class DirectSocket:
         send_message(self.sock, frame, buffers)
 
     def close(self) -> None:
+        for conn in list(self.conns.values()):
+            self._drop(conn, None)
+        self.listener.close()
         self.sock.close(0)

@@ -12,14 +12,13 @@ seed-facing ``--stdio`` stays JSON lines.
 
 from __future__ import annotations
 
-import struct
 import sys
 
 from zbridge.errors import BridgeError, InternalError, InvalidRequest
+from zbridge.framing import LENGTH, MORE, message_chunks, read_frame, read_message, write_frame  # noqa: F401 - re-exported
 from zbridge.execution import Executor, as_items
 from zbridge.protocol import (
     DEFAULT_MAX_MESSAGE,
-    MAX_BUFFERS,
     Kind,
     decode_request,
     encode_error,
@@ -31,69 +30,6 @@ from zbridge.protocol import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, BinaryIO, Sequence
-
-LENGTH = struct.Struct(">I")
-MORE = 0x8000_0000  # in a length prefix: another frame of this message follows
-
-
-def message_chunks(frame: bytes, buffers: Sequence[Any] = ()) -> list[Any]:
-    """What to write for a message, in order: prefixes and frames (buffers not copied)."""
-    chunks: list[Any] = [LENGTH.pack(len(frame) | (MORE if buffers else 0)), frame]
-    for i, buffer in enumerate(buffers):
-        view = memoryview(buffer).cast("B")
-        chunks += [LENGTH.pack(view.nbytes | (MORE if i < len(buffers) - 1 else 0)), view]
-    return chunks
-
-
-def write_frame(out: BinaryIO, frame: bytes, buffers: Sequence[Any] = ()) -> None:
-    """One message: ``frame`` and its buffer frames."""
-    if not buffers:
-        out.write(LENGTH.pack(len(frame)) + frame)
-    else:
-        for chunk in message_chunks(frame, buffers):
-            out.write(chunk)
-    out.flush()
-
-
-def read_message(inp: BinaryIO, max_size: int) -> tuple[bytes, list[bytes]] | None:
-    """The next message (its frame and buffer frames), None at a clean EOF; a short read,
-    an oversized length or more than MAX_BUFFERS buffer frames is an error."""
-    first = _read_one(inp, max_size, at_start=True)
-    if first is None:
-        return None
-    frame, more = first
-    buffers: list[bytes] = []
-    while more:
-        if len(buffers) == MAX_BUFFERS:
-            raise ValueError(f"message of more than {MAX_BUFFERS} buffer frames")
-        part = _read_one(inp, max_size, at_start=False)
-        assert part is not None  # EOF inside a message raises
-        buffer, more = part
-        buffers.append(buffer)
-    return frame, buffers
-
-
-def read_frame(inp: BinaryIO, max_size: int) -> bytes | None:
-    """The next message's first frame (see ``read_message``)."""
-    message = read_message(inp, max_size)
-    return None if message is None else message[0]
-
-
-def _read_one(inp: BinaryIO, max_size: int, at_start: bool) -> tuple[bytes, bool] | None:
-    head = inp.read(LENGTH.size)
-    if not head and at_start:
-        return None
-    if len(head) < LENGTH.size:
-        raise EOFError("pipe closed inside a length prefix")
-    (prefix,) = LENGTH.unpack(head)
-    size = prefix & ~MORE
-    if size > max_size:
-        raise ValueError(f"frame of {size} bytes exceeds the {max_size}-byte limit")
-    body = inp.read(size)
-    if len(body) < size:
-        raise EOFError("pipe closed inside a frame")
-    return body, bool(prefix & MORE)
-
 
 def _encoded(what: str, encode: Any, max_message: int) -> tuple[bytes, list[Any]]:
     """Same wording as the zmq worker, so both paths fail alike."""

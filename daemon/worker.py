@@ -36,7 +36,7 @@ from zbridge.security import make_client
 from zbridge.tools import Registry
 
 from .activity import Activity, finish, install_cancel_handler
-from .direct import DirectSocket
+from .direct import DirectSocket, Peer
 from .heartbeat import start_heartbeat
 from .link import HubLink, OnSilence, reconnect_delay
 from .streaming import send_stream
@@ -177,7 +177,8 @@ def _connection(context: zmq.Context[Any], registry: Registry, executor: Executo
                             options.heartbeat_interval, options.heartbeat_misses, on_silence,
                             link.heard.set, link.patience)
         sock.send(encode_ready(os.getpid(), registry.names(), __version__,
-                              direct.endpoint if direct is not None else None))
+                              direct.endpoint if direct is not None else None,
+                              direct.unix_path if direct is not None else None))
         while True:
             message = inbox.next()
             if message is None:
@@ -201,7 +202,7 @@ def _connection(context: zmq.Context[Any], registry: Registry, executor: Executo
             if _over_rss(options.max_rss_mb):  # ask to be replaced, after answering
                 reply = add_flags(reply, FLAG_RETIRE)
             if peer is not None and direct is not None:
-                direct.reply(peer, reply, reply_buffers, sock)
+                direct.reply(peer, reply, reply_buffers, sock, inbox.poller)
             else:  # after a lost link: dropped, or ignored as late
                 send_message(sock, reply, reply_buffers)
             if stop:
@@ -225,9 +226,9 @@ class Inbox:
         self.poller = zmq.Poller()
         self.poller.register(sock, zmq.POLLIN)
         if direct is not None:
-            self.poller.register(direct.sock, zmq.POLLIN)
+            direct.register(self.poller)
 
-    def next(self) -> tuple[bytes, list[memoryview], bytes | None] | None:
+    def next(self) -> tuple[bytes, list[Any], Peer | None] | None:
         if not self.check_link and self.direct is None:
             frame = self.sock.recv()
             return frame, recv_buffers(self.sock), None
@@ -236,7 +237,9 @@ class Inbox:
             if self.sock in ready:
                 frame = self.sock.recv()
                 return frame, recv_buffers(self.sock), None
-            if self.direct is not None and self.direct.sock in ready:
-                return self.direct.recv()
+            if self.direct is not None:
+                message = self.direct.take(ready, self.poller)
+                if message is not None:
+                    return message
             if self.check_link and self.link.lost.is_set():
                 return None

@@ -265,9 +265,12 @@ class Broker(InFlight, Prefetch):
                                                        "reason": "unknown daemon said READY"})]
             daemon = self.daemons[ident] = Daemon(ident, now, name=f"r{next(self._remote_names)}")
         elif daemon.state is DaemonState.STARTING:  # one we spawned: its direct socket is ours
-            direct = info.get("direct")
+            direct, unix = info.get("direct"), info.get("unix")
             if isinstance(direct, str) and self.direct_prefix and direct.startswith(self.direct_prefix):
                 daemon.direct = direct
+            if isinstance(unix, str) and self.direct_prefix and \
+                    f"ipc://{unix}".startswith(self.direct_prefix) and ".." not in unix:
+                daemon.unix = unix
         if daemon.state is not DaemonState.STARTING:
             return self._ready_again(daemon, now)
         daemon.state, daemon.ready_at = DaemonState.IDLE, now

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import select
+import socket
 import struct
 import threading
 import time
@@ -35,7 +37,8 @@ import zmq
 
 from .actions import Action, ToClient, ToDaemon
 from .calls import HUB_GRACE, POLL_SLICE_MS
-from .frames import recv_buffers, send_message
+from . import framing
+from .errors import BridgeError
 from .protocol import Kind, read_header
 
 if TYPE_CHECKING:
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
 
 DIRECT_PREFIX = b"\x00direct-"
 _NOBLOCK = int(zmq.NOBLOCK)
+SEND_NOW = 64 * 1024  # a request up to this size is sent by the thread that routes its lease
+Out = tuple[socket.socket, "select.poll", bytes]  # a request's socket, its poller, its daemon
 _ID = struct.Struct("!Q")  # a frame's request id, at offset 12 of the header (PROTOCOL.md)
 
 
@@ -112,25 +117,26 @@ class Waker:
 class Slot:
     """One calling thread's direct client: its id, mailbox, waker and sockets to daemons.
 
-    A blocking caller's slot (``context`` given) has a lease routed by another thread sent
-    by that thread, under the hub's lock, so a daemon freed by one caller's reply gets the
-    next queued request without waiting for the next caller to wake up. That is safe for
-    zmq: a caller waiting for a lease never touches its sockets, and the lock is a full
-    memory barrier between the two threads' uses. Its own leases it sends itself, after
-    the lock (sends cost a wake-up of zmq's I/O thread: not while others wait)."""
+    A blocking caller's slot (``blocking``) talks to each daemon over a Unix stream socket
+    (``zbridge.framing``: no zmq I/O thread on either side of the round trip). A lease
+    routed for it by another thread is sent by that thread, under the hub's lock, when the
+    request is small enough to go without blocking, so a daemon freed by one caller's reply
+    gets the next queued request without waiting for the next caller to wake up. That is
+    safe: a caller waiting for a lease never touches its sockets, and the lock is a full
+    memory barrier. Its own leases (and large ones) the caller sends itself, after the lock.
+    The asyncio twin's slot only holds the mailbox (it has its own zmq sockets)."""
 
-    def __init__(self, ident: bytes, context: zmq.Context[Any] | None = None,
-                 max_message: int = 0) -> None:
+    def __init__(self, ident: bytes, blocking: bool = False, max_message: int = 0) -> None:
         self.ident = ident
-        self.context = context
+        self.blocking = blocking
         self.max_message = max_message
         self.owner = threading.get_ident()
         self.thread = weakref.ref(threading.current_thread())
         self.mailbox: deque[Entry] = deque()
         self.waker = Waker()
-        self.sockets: dict[bytes, tuple[zmq.Socket[Any], zmq.Poller]] = {}
-        self.idle = zmq.Poller()  # the mailbox alone, while no request is out
-        self.idle.register(self.waker.fd, zmq.POLLIN)
+        self.sockets: dict[bytes, tuple[socket.socket, select.poll]] = {}
+        self.idle = select.poll()  # the mailbox alone, while no request is out
+        self.idle.register(self.waker.fd, select.POLLIN)
 
     def deliver(self, entry: Entry) -> None:
         self.mailbox.append(entry)
@@ -138,36 +144,49 @@ class Slot:
             self.waker.wake()
 
     def deliver_lease(self, lease: Lease) -> None:
-        # another thread's: send it now (see the class docstring); our own: after the lock
-        if self.context is not None and threading.get_ident() != self.owner:
-            sock, _ = self.socket(lease.daemon, lease.endpoint)
-            try:
-                send_message(sock, lease.frame, lease.extra, _NOBLOCK)
-                lease = Lease(lease.id, lease.daemon, lease.endpoint, lease.frame, lease.extra, True)
-            except zmq.ZMQError:  # the caller reports it, as the hub does an unreachable daemon
-                lease = Lease(lease.id, lease.daemon, lease.endpoint, lease.frame, lease.extra, False)
+        # another thread's: send it now if it goes at once (see the class docstring)
+        if self.blocking and threading.get_ident() != self.owner and not lease.extra \
+                and len(lease.frame) <= SEND_NOW:
+            lease = Lease(lease.id, lease.daemon, lease.endpoint, lease.frame, lease.extra,
+                          self._send_now(lease))
         self.deliver(lease)
 
-    def socket(self, daemon: bytes, endpoint: str) -> tuple[zmq.Socket[Any], zmq.Poller]:
-        """This caller's DEALER to ``daemon``'s own ROUTER, and a poller for it and the mailbox."""
+    def _send_now(self, lease: Lease) -> bool | None:
+        """True once sent, None if the owner must send it, False if the daemon is gone."""
+        data = framing.LENGTH.pack(len(lease.frame)) + lease.frame
+        try:
+            sock, _ = self.socket(lease.daemon, lease.endpoint)
+            sent = sock.send(data, socket.MSG_DONTWAIT)
+            if 0 < sent < len(data):  # rare for a small message: finish it
+                sock.sendall(data[sent:])
+            return True
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return False
+
+    def socket(self, daemon: bytes, path: str) -> tuple[socket.socket, select.poll]:
+        """This caller's connection to ``daemon``'s Unix socket, and a poller for it and
+        the mailbox. Raises OSError if the daemon cannot be reached."""
         known = self.sockets.get(daemon)
         if known is not None:
             return known
-        assert self.context is not None
-        sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message + 4096)
-        sock.connect(endpoint)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self.waker.fd, zmq.POLLIN)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            raise
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        poller.register(self.waker.fd, select.POLLIN)
         self.sockets[daemon] = (sock, poller)
         return sock, poller
 
     def forget(self, daemon: bytes) -> None:
         known = self.sockets.pop(daemon, None)
         if known is not None:
-            known[0].close(0)
+            known[0].close()
 
     def take(self) -> list[Entry]:
         entries = []
@@ -181,7 +200,7 @@ class Slot:
 
     def close(self) -> None:
         for sock, _ in self.sockets.values():
-            sock.close(0)
+            sock.close()
         self.sockets.clear()
         self.waker.close()
 
@@ -195,18 +214,17 @@ class Directory:
         self.daemons = daemons  # the broker's, to close sockets to daemons that are gone
         self._numbers = itertools.count(1)
 
-    def new_slot(self, context: zmq.Context[Any] | None = None, max_message: int = 0) -> Slot:
-        """A slot for the calling thread; with ``context``, one whose leases are sent by
-        the routing thread (blocking callers)."""
+    def new_slot(self, blocking: bool = False, max_message: int = 0) -> Slot:
+        """A slot for the calling thread (``blocking``: a sync caller, see Slot)."""
         for ident, slot in list(self.slots.items()):  # threads that ended leave their slots
             if not slot.alive():
                 del self.slots[ident]
                 slot.close()
-        slot = Slot(DIRECT_PREFIX + str(next(self._numbers)).encode(), context, max_message)
+        slot = Slot(DIRECT_PREFIX + str(next(self._numbers)).encode(), blocking, max_message)
         self.slots[slot.ident] = slot
         return slot
 
-    def route(self, actions: list[Action], endpoint_of: Callable[[bytes], str | None]) -> list[Action]:
+    def route(self, actions: list[Action]) -> list[Action]:
         """Deliver what is for direct callers; return the rest, for the hub thread."""
         rest: list[Action] = []
         slots = self.slots
@@ -219,9 +237,10 @@ class Directory:
                 if action.client.startswith(DIRECT_PREFIX):
                     continue  # a direct caller whose thread ended: nobody to answer
             elif type(action) is ToDaemon and action.client in slots:
-                endpoint = endpoint_of(action.daemon)
+                slot = slots[action.client]
+                daemon = self.daemons.get(action.daemon)
+                endpoint = None if daemon is None else daemon.unix if slot.blocking else daemon.direct
                 if endpoint is not None:
-                    slot = slots[action.client]
                     if action.daemon not in slot.sockets:
                         for gone in [d for d in slot.sockets if d not in self.daemons]:
                             slot.forget(gone)
@@ -264,7 +283,7 @@ class DirectCaller:
     def slot(self) -> Slot:
         slot: Slot | None = getattr(self._local, "slot", None)
         if slot is None:
-            slot = self._local.slot = self.hub.new_slot(self.context, self.max_message)
+            slot = self._local.slot = self.hub.new_slot(True, self.max_message)
         return slot
 
     def cancel(self, slot: Slot, request_id: int) -> None:
@@ -288,7 +307,7 @@ class DirectCaller:
         if on_submit is not None:
             on_submit(slot, request_id)
         backstop = now + timeout + HUB_GRACE
-        out: tuple[zmq.Socket[Any], zmq.Poller, bytes] | None = None  # a request awaiting its reply
+        out: Out | None = None  # a request awaiting its reply
         try:
             while True:
                 answer = None
@@ -313,26 +332,14 @@ class DirectCaller:
                 self._adopt(slot, out, request_id)
             raise
 
-    def _wait(self, slot: Slot, out: tuple[zmq.Socket[Any], zmq.Poller, bytes] | None,
-              request_id: int, backstop: float, closed: Callable[[], bool],
-              ) -> tuple[zmq.Socket[Any], zmq.Poller, bytes] | None:
+    def _wait(self, slot: Slot, out: Out | None, request_id: int, backstop: float,
+              closed: Callable[[], bool]) -> Out | None:
         """Wait for the reply (if a request is out) or a mailbox entry; report a reply to
         the broker, whose answer then lands in the mailbox. Returns what is still out."""
         poller = out[1] if out is not None else slot.idle
         ready = poller.poll(POLL_SLICE_MS)
-        if out is not None and ready and (ready[0][0] is out[0] or ready[-1][0] is out[0]):
-            sock, _, daemon = out
-            reply = sock.recv()
-            reply_buffers = recv_buffers(sock)
-            try:
-                reply_header = read_header(reply)
-            except Exception:  # noqa: BLE001 - a malformed frame is not our reply
-                return out
-            if reply_header.kind is not Kind.REPLY or reply_header.id != request_id:
-                return out  # nothing else is ever sent on this socket: ignore it
-            self._run(self.broker.daemon_reply, daemon, reply_header, reply, time.monotonic(),
-                      tuple(reply_buffers))
-            return None
+        if out is not None and any(fd != slot.waker.fd for fd, _ in ready):
+            return self._read_reply(slot, out, request_id)
         if ready:
             slot.waker.clear()
             return out
@@ -345,15 +352,35 @@ class DirectCaller:
                 raise NoVerdict()
         return out
 
-    def _sent(self, slot: Slot, lease: Lease) -> tuple[zmq.Socket[Any], zmq.Poller, bytes] | None:
-        """What a lease left out: the socket its reply will come on, or None if the send
-        failed (then the daemon is given up, as the hub does with one refusing a message)."""
-        if lease.sent is None:  # our own: send it now
-            sock, poller = slot.socket(lease.daemon, lease.endpoint)
+    def _read_reply(self, slot: Slot, out: Out, request_id: int) -> Out | None:
+        sock, _, daemon = out
+        try:
+            message = framing.read_message(framing.SocketReader(sock), self.max_message + 4096)
+        except (OSError, ValueError, EOFError):
+            message = None
+        if message is None:  # the daemon is gone: the hub answers the call (WorkerLost)
+            slot.forget(daemon)
+            return None
+        reply, reply_buffers = message
+        try:
+            header = read_header(reply)
+        except BridgeError:
+            return out  # not a reply: nothing else is ever sent on this socket
+        if header.kind is not Kind.REPLY or header.id != request_id:
+            return out
+        self._run(self.broker.daemon_reply, daemon, header, reply, time.monotonic(),
+                  tuple(reply_buffers))
+        return None
+
+    def _sent(self, slot: Slot, lease: Lease) -> Out | None:
+        """What a lease left out: the socket its reply will come on, or None if it could not
+        be sent (then the daemon is given up, as the hub does with one refusing a message)."""
+        if lease.sent is None:  # ours to send, now
             try:
-                send_message(sock, lease.frame, lease.extra, _NOBLOCK)
+                sock, poller = slot.socket(lease.daemon, lease.endpoint)
+                framing.send_message(sock, lease.frame, lease.extra)
                 return sock, poller, lease.daemon
-            except zmq.ZMQError:
+            except OSError:
                 pass
         elif lease.sent:
             sock, poller = slot.sockets[lease.daemon]
@@ -363,7 +390,7 @@ class DirectCaller:
                   lease.extra)
         return None
 
-    def _adopt(self, slot: Slot, out: tuple[zmq.Socket[Any], zmq.Poller, bytes], request_id: int) -> None:
+    def _adopt(self, slot: Slot, out: Out, request_id: int) -> None:
         """Hand a socket whose reply is still due to the hub thread, which reports it."""
         sock, _, daemon = out
         slot.sockets.pop(daemon, None)

@@ -2,7 +2,7 @@
 
 Slow (a fresh interpreter and fresh imports every call) but independent of the pool; used
 when the pool is disabled or cannot serve a call that never ran. It speaks the pool's own
-frames (length-prefixed on the pipe, see ``zbridge_daemon.framed``), built and read by the
+frames (length-prefixed on the pipe, see ``zbridge.framing``), built and read by the
 same functions as the pool's, so it answers with the same values and the same errors.
 """
 
@@ -34,7 +34,7 @@ def stdio_command(settings: Settings, tools: list[str]) -> list[str]:
 def _request(settings: Settings, tool: str, args: Any, timeout: float, stream: bool) -> bytes:
     """The request as written on the pipe (its frame and buffer frames, each with its
     prefix); InvalidParams/InvalidRequest as the pool raises."""
-    from zbridge_daemon.framed import message_chunks
+    from .framing import message_chunks
 
     from .calls import build_request  # calls imports this module
     buffers: list[Any] = []
@@ -85,7 +85,7 @@ def _answer(settings: Settings, out: bytes, err: bytes, returncode: int) -> Any:
 
 def _read_message(settings: Settings, stream: Any) -> tuple[Kind, Any]:
     """(kind, body) of the next frame: the reply map, or a streamed item."""
-    from zbridge_daemon.framed import read_message
+    from .framing import read_message
     try:
         message = read_message(stream, settings.max_message_size + 4096)
     except (EOFError, ValueError) as exc:

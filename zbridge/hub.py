@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import select
+import socket
 import sys
 import threading
 import time
@@ -40,7 +41,7 @@ from .endpoints import (
     remove_private_dir,
 )
 from .errors import BridgeError, InvalidRequest
-from .frames import recv_buffers
+from . import framing
 from .logs import configure as configure_logs
 from .logs import note_text
 from .pickling import refuse_remote
@@ -59,6 +60,7 @@ COPY_THRESHOLD = 65536   # below this, copying is cheaper than zero-copy bookkee
 WARNED_PEERS = 1024      # peers remembered for "logged once"
 SNAPSHOT_INTERVAL = 0.5  # how stale the metrics exporter's copy of status() may be
 STALL = 0.05             # woke this late: the thread was starved (a host holding the GIL)
+ORPHAN_TIMEOUT = 1.0     # seconds the hub waits for the rest of an adopted socket's reply
 STALL_YIELD = 0.01       # then direct callers get this long to report replies they hold
 
 _RCVMORE, _SNDMORE, _NOBLOCK = int(zmq.RCVMORE), int(zmq.SNDMORE), int(zmq.NOBLOCK)
@@ -138,8 +140,9 @@ class Hub:
         self.directory: Directory | None = None
         self._waker = Waker() if direct else None
         self._posted: deque[Action] = deque()      # broker actions from calling threads
-        self._adopted: deque[tuple[zmq.Socket[Any], tuple[bytes, bytes, int]]] = deque()
-        self._orphans: dict[zmq.Socket[Any], tuple[bytes, bytes, int]] = {}  # sock: (daemon, client, id)
+        self._adopted: deque[tuple[socket.socket, tuple[bytes, bytes, int]]] = deque()
+        # fd: (its socket, (daemon, client, request id)): callers' sockets whose reply is due
+        self._orphans: dict[int, tuple[socket.socket, tuple[bytes, bytes, int]]] = {}
         self._next_prune = 0.0
         self.timer_due = 0.0                       # when the loop will next wake by itself
         configure_logs(settings.log_format)
@@ -275,9 +278,6 @@ class Hub:
                     ready[heartbeat] = _POLLIN
                 if look_events and cast(int, events.getsockopt(_EVENTS)) & _POLLIN:
                     ready[events] = _POLLIN
-                for sock in self._orphans:  # direct sockets adopted from callers (few, rare)
-                    if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
-                        ready[sock] = _POLLIN
                 self.timer_due = due
                 self.lock.release()  # direct callers use the broker while we wait
                 try:
@@ -531,7 +531,7 @@ class Hub:
         after the whole list, so the broker is never re-entered while it is being obeyed."""
         while actions:
             if self.directory is not None:  # direct callers' leases and answers
-                actions = self.directory.route(actions, self.direct_endpoint)
+                actions = self.directory.route(actions)
             for action in actions:
                 match action:
                     case ToClient(client, frame, extra):
@@ -601,20 +601,16 @@ class Hub:
 
     # --- the embedded direct path (zbridge/direct.py) ------------------------------------
 
-    def direct_endpoint(self, ident: bytes) -> str | None:
-        daemon = self.broker.daemons.get(ident)
-        return daemon.direct if daemon is not None else None
-
     def route_direct(self, actions: list[Action]) -> list[Action]:
         """Under the lock: deliver direct callers' leases and answers, return the rest."""
         assert self.directory is not None
-        return self.directory.route(actions, self.direct_endpoint)
+        return self.directory.route(actions)
 
-    def new_slot(self, context: zmq.Context[Any] | None = None, max_message: int = 0) -> Slot:
+    def new_slot(self, blocking: bool = False, max_message: int = 0) -> Slot:
         """A direct caller for the calling thread (or event loop); see Directory.new_slot."""
         assert self.directory is not None
         with self.lock:
-            return self.directory.new_slot(context, max_message)
+            return self.directory.new_slot(blocking, max_message)
 
     def post(self, actions: list[Action]) -> None:
         """From a calling thread: broker actions for this thread to carry out."""
@@ -622,12 +618,13 @@ class Hub:
             self._posted.extend(actions)
             self._waker.wake()
 
-    def adopt(self, sock: zmq.Socket[Any], daemon: bytes, client: bytes, request_id: int) -> None:
+    def adopt(self, sock: socket.socket, daemon: bytes, client: bytes, request_id: int) -> None:
         """From a calling thread: a direct socket whose reply to ``request_id`` is still due,
         now ours; the reply is reported to the broker when it comes, so the daemon is freed."""
         if self._waker is None or self._stopped.is_set():
-            sock.close(0)
+            sock.close()
             return
+        sock.settimeout(ORPHAN_TIMEOUT)  # a reply is written whole: never wait long for its rest
         self._adopted.append((sock, (daemon, client, request_id)))
         self._waker.wake()
 
@@ -651,34 +648,36 @@ class Hub:
             self._apply(posted)
             while self._adopted:
                 sock, key = self._adopted.popleft()
-                self._orphans[sock] = key
-                poller.register(cast(int, sock.getsockopt(zmq.FD)), select.POLLIN)
-                ready[sock] = _POLLIN  # its reply may be there already (the fd is edge-triggered)
-        for sock in [sock for sock in self._orphans if sock in ready]:
-            self._on_orphan(sock, poller, now)
+                self._orphans[sock.fileno()] = (sock, key)
+                poller.register(sock.fileno(), select.POLLIN)
+                ready[sock.fileno()] = _POLLIN  # its reply may be there already
+        for fd in [fd for fd in self._orphans if fd in ready]:
+            self._on_orphan(fd, poller, now)
         if self._orphans and now >= self._next_prune:
             self._next_prune = now + REAP_INTERVAL
-            for sock, (daemon, client, request_id) in list(self._orphans.items()):
+            for fd, (_, (daemon, client, request_id)) in list(self._orphans.items()):
                 if not self.broker.awaits_reply(daemon, client, request_id):
-                    self._drop_orphan(sock, poller)
+                    self._drop_orphan(fd, poller)
 
-    def _on_orphan(self, sock: zmq.Socket[Any], poller: select.poll, now: float) -> None:
-        daemon, _, request_id = self._orphans[sock]
-        while True:
-            try:
-                frame = sock.recv(_NOBLOCK)
-            except zmq.Again:
-                return
-            buffers = recv_buffers(sock)
-            try:
-                header = read_header(frame)
-            except BridgeError:
-                continue
-            if header.kind is Kind.REPLY and header.id == request_id:
-                self._drop_orphan(sock, poller)
-                self._apply(self.broker.daemon_reply(daemon, header, frame, now, tuple(buffers)))
-                self._next_timer = now  # the daemon is free: its idle timer starts
-                return
+    def _on_orphan(self, fd: int, poller: select.poll, now: float) -> None:
+        """An adopted socket is readable: its late reply (reported, so the daemon is free),
+        or its end (the daemon is gone: the broker hears that from its exit)."""
+        sock, (daemon, _, request_id) = self._orphans[fd]
+        try:
+            message = framing.read_message(framing.SocketReader(sock), self.settings.max_message_size + 4096)
+        except (OSError, ValueError, EOFError):
+            message = None
+        self._drop_orphan(fd, poller)
+        if message is None:
+            return
+        frame, buffers = message
+        try:
+            header = read_header(frame)
+        except BridgeError:
+            return
+        if header.kind is Kind.REPLY and header.id == request_id:
+            self._apply(self.broker.daemon_reply(daemon, header, frame, now, tuple(buffers)))
+            self._next_timer = now  # the daemon is free: its idle timer starts
 
     def close_direct(self) -> None:
         """Once the loop has ended and no caller is left: the callers' and our pipes."""
@@ -688,10 +687,10 @@ class Hub:
             self._waker.close()
             self._waker = None
 
-    def _drop_orphan(self, sock: zmq.Socket[Any], poller: select.poll) -> None:
-        del self._orphans[sock]
-        poller.unregister(cast(int, sock.getsockopt(zmq.FD)))
-        sock.close(0)
+    def _drop_orphan(self, fd: int, poller: select.poll) -> None:
+        sock, _ = self._orphans.pop(fd)
+        poller.unregister(fd)
+        sock.close()
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         status = self.broker.status(time.monotonic() if now is None else now)
@@ -715,8 +714,8 @@ class Hub:
         exporter = getattr(self, "_exporter", None)
         if exporter is not None:
             exporter.stop()
-        for sock in list(getattr(self, "_orphans", ())):
-            sock.close(0)
+        for sock, _ in list(getattr(self, "_orphans", {}).values()):
+            sock.close()
         for name in ("frontend", "backend", "events", "heartbeat"):
             sock = getattr(self, name, None)
             if sock is not None:

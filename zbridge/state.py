@@ -87,6 +87,7 @@ class Daemon:
     retiring: str | None = None      # to be replaced: leaves once capacity allows
     exit_kind: str | None = None     # why it is going, one of EXIT_KINDS, when the hub decided
     direct: str | None = None        # its own ROUTER for embedded callers (READY's "direct")
+    unix: str | None = None          # its own Unix socket for blocking embedded callers
     next: Job | None = None          # a call waiting in its queue behind ``job`` (prefetch)
     interrupt_at: float | None = None  # when to ask its stale call to stop again (interrupt)
 
