@@ -37,7 +37,7 @@ class Bridge(Client):
         self._own_context = True
         self._bridge_lock = threading.Lock()
         hub = self._hub
-        self._direct = (DirectCaller(hub, settings.max_message_size, context)
+        self._direct = (DirectCaller(hub, settings.max_message_size)
                         if hub is not None and hub.directory is not None else None)
         atexit.register(_close_at_exit, weakref.ref(self))
 

@@ -8,7 +8,9 @@ broker's actions are routed here, still under the lock, so each caller sees its 
 events in the broker's order:
 
 * a ``ToDaemon`` carrying a direct caller's request, to a daemon with a direct socket,
-  becomes a ``Lease`` in that caller's mailbox: it sends the request itself;
+  becomes a ``Lease`` in that caller's mailbox: the request goes on the caller's own
+  connection to that daemon (a Unix stream socket, ``zbridge.framing``; the asyncio
+  twin's zmq DEALER);
 * a ``ToClient`` for a direct caller becomes its ``Answer`` (the reply, or the error the
   broker decided: timeout, lost daemon, cancel, overload);
 * everything else is carried out by the hub thread (``Hub.post``).
@@ -33,8 +35,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import zmq
-
 from .actions import Action, ToClient, ToDaemon
 from .calls import HUB_GRACE, POLL_SLICE_MS
 from . import framing
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from .hub import Hub
 
 DIRECT_PREFIX = b"\x00direct-"
-_NOBLOCK = int(zmq.NOBLOCK)
 SEND_NOW = 64 * 1024  # a request up to this size is sent by the thread that routes its lease
 Out = tuple[socket.socket, "select.poll", bytes]  # a request's socket, its poller, its daemon
 _ID = struct.Struct("!Q")  # a frame's request id, at offset 12 of the header (PROTOCOL.md)
@@ -268,11 +267,10 @@ def run_event(hub: Hub, event: Callable[..., list[Action]], *args: Any) -> None:
 class DirectCaller:
     """What an embedded client does for one plain call on the direct path."""
 
-    def __init__(self, hub: Hub, max_message: int, context: zmq.Context[Any]) -> None:
+    def __init__(self, hub: Hub, max_message: int) -> None:
         self.hub = hub
         self.broker = hub.broker
         self.max_message = max_message
-        self.context = context
         self._local = threading.local()
 
     # --- the broker, under the hub's lock ----------------------------------------------
