@@ -110,6 +110,9 @@ class DirectSocket:
               hub: zmq.Socket[Any], poller: zmq.Poller) -> None:
         """The reply to the caller; to the hub if the caller cannot take it."""
         if isinstance(peer, socket.socket):
+            if framing.message_size(frame, buffers) > framing.STREAM_MAX:
+                send_message(hub, frame, buffers)  # large: through the hub, zero-copy; the
+                return                             # caller gets it as the broker's answer
             try:
                 framing.send_message(peer, frame, buffers)
             except OSError as exc:

@@ -222,3 +222,17 @@ def test_prefetch_a_lost_daemon_loses_the_waiting_call_too(bridge_factory, basic
         with pytest.raises(zbridge.WorkerLost):
             future.result(timeout=30)
     assert bridge.call("pid") != pid
+
+
+def test_large_messages_go_through_the_hub_zero_copy(bridge_factory, basic_tools):
+    """Above framing.STREAM_MAX a request (or a reply) travels through the hub's zmq
+    sockets instead of the direct Unix socket; results are the same and later small calls
+    go direct again."""
+    bridge = bridge_factory(basic_tools, workers=1)
+    payload = os.urandom(2 * 1024 * 1024)
+    assert bridge.call("echo", [payload]) == payload  # large request (and reply)
+    assert len(bridge.call("big", [3 * 1024 * 1024])) == 3 * 1024 * 1024  # small request, large reply
+    assert bridge.call("echo", ["small"]) == "small"
+    assert bridge._direct.slot().sockets  # the direct connection is (again) in use
+    counters = bridge.status()["counters"]
+    assert counters["completed"] == 3 and counters["kills"] == 0

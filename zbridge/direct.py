@@ -239,6 +239,8 @@ class Directory:
                 slot = slots[action.client]
                 daemon = self.daemons.get(action.daemon)
                 endpoint = None if daemon is None else daemon.unix if slot.blocking else daemon.direct
+                if slot.blocking and framing.message_size(action.frame, action.extra) > framing.STREAM_MAX:
+                    endpoint = None  # a large request goes through the hub, zero-copy
                 if endpoint is not None:
                     if action.daemon not in slot.sockets:
                         for gone in [d for d in slot.sockets if d not in self.daemons]:

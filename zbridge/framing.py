@@ -12,6 +12,14 @@ import struct
 from .protocol import MAX_BUFFERS
 
 _WAITALL = socket.MSG_WAITALL
+SMALL = 64 * 1024  # frames up to this size are read into a bytes object at once
+# Messages above this go through zmq (the hub, zero-copy) rather than a direct Unix socket:
+# there a large message moves in socket-buffer-sized steps between two busy threads.
+STREAM_MAX = 1024 * 1024
+
+
+def message_size(frame: Any, buffers: Sequence[Any] = ()) -> int:
+    return len(frame) + sum(memoryview(b).nbytes for b in buffers)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -91,15 +99,22 @@ class SocketReader:
         self.sock = sock
 
     def read(self, n: int) -> bytes:
-        if n == 0:
-            return b""
-        data: bytes = self.sock.recv(n, _WAITALL)
-        while 0 < len(data) < n:  # a signal can cut MSG_WAITALL short
-            more = self.sock.recv(n - len(data), _WAITALL)
-            if not more:
-                break
-            data += more
-        return data
+        if n <= SMALL:
+            data: bytes = self.sock.recv(n, _WAITALL)
+            while 0 < len(data) < n:  # a signal (or a socket with a timeout) cuts it short
+                more = self.sock.recv(n - len(data), _WAITALL)
+                if not more:
+                    break
+                data += more
+            return data
+        buffer = bytearray(n)  # filled in place: no quadratic joins of partial reads
+        view, got = memoryview(buffer), 0
+        while got < n:
+            count = self.sock.recv_into(view[got:], n - got, _WAITALL)
+            if not count:
+                return bytes(view[:got])  # EOF inside a frame: the caller sees a short read
+            got += count
+        return buffer  # type: ignore[return-value]  # bytes-like, and no copy of a large frame
 
 
 def send_message(sock: Any, frame: bytes, buffers: Sequence[Any] = ()) -> None:
