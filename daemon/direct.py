@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
+import struct
 from typing import Any, Sequence
 
 import zmq
@@ -24,9 +26,11 @@ from zbridge.frames import recv_buffers, send_message
 
 log = logging.getLogger("zbridge.daemon")
 _NOBLOCK, _SNDMORE, _POLLIN = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.POLLIN)
-CONN_TIMEOUT = 5.0  # seconds a caller may take to send the rest of a message, or to take a reply
+CONN_TIMEOUT = 5  # seconds a caller may take to send the rest of a message, or to take a reply
+_TIMEVAL = struct.pack("ll", CONN_TIMEOUT, 0)
 Peer = bytes | socket.socket  # a zmq routing id, or a Unix connection
 Message = tuple[bytes, list[Any], Peer]
+Poller = select.poll
 
 
 class DirectSocket:
@@ -56,14 +60,9 @@ class DirectSocket:
         finally:
             os.umask(old)
 
-    def register(self, poller: zmq.Poller) -> None:
-        poller.register(self.sock, zmq.POLLIN)
-        poller.register(self.listener.fileno(), zmq.POLLIN)
-
-    def take(self, ready: dict[Any, int], poller: zmq.Poller) -> Message | None:
-        """A request that ``poller`` found waiting, if any (new connections are accepted)."""
-        if self.sock in ready:
-            return self.recv()
+    def take(self, ready: set[int], poller: Poller) -> Message | None:
+        """A request on a Unix connection that ``poller`` found readable (``ready``: its
+        fds), if any; new connections are accepted and registered."""
         if self.listener.fileno() in ready:
             self._accept(poller)
         for fd in [fd for fd in self.conns if fd in ready]:
@@ -72,17 +71,19 @@ class DirectSocket:
                 return message
         return None
 
-    def _accept(self, poller: zmq.Poller) -> None:
+    def _accept(self, poller: Poller) -> None:
         while True:
             try:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            conn.settimeout(CONN_TIMEOUT)
+            # the kernel's timeouts, not Python's (which would poll() before every recv)
+            for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+                conn.setsockopt(socket.SOL_SOCKET, option, _TIMEVAL)
             self.conns[conn.fileno()] = conn
-            poller.register(conn.fileno(), zmq.POLLIN)
+            poller.register(conn.fileno(), select.POLLIN)
 
-    def _read(self, conn: socket.socket, poller: zmq.Poller) -> Message | None:
+    def _read(self, conn: socket.socket, poller: Poller) -> Message | None:
         try:
             message = framing.read_message(framing.SocketReader(conn), self.max_message + 4096)
         except (OSError, ValueError, EOFError) as exc:
@@ -94,7 +95,7 @@ class DirectSocket:
         frame, buffers = message
         return frame, list(buffers), conn
 
-    def _drop(self, conn: socket.socket, poller: zmq.Poller | None) -> None:
+    def _drop(self, conn: socket.socket, poller: Poller | None) -> None:
         fd = conn.fileno()
         if self.conns.pop(fd, None) is not None and poller is not None:
             poller.unregister(fd)
@@ -107,26 +108,27 @@ class DirectSocket:
         return frame, recv_buffers(self.sock), peer
 
     def reply(self, peer: Peer, frame: bytes, buffers: Sequence[Any],
-              hub: zmq.Socket[Any], poller: zmq.Poller) -> None:
-        """The reply to the caller; to the hub if the caller cannot take it."""
+              hub: zmq.Socket[Any], poller: Poller) -> bool:
+        """The reply to the caller; to the hub if the caller cannot take it (then True)."""
         if isinstance(peer, socket.socket):
             if framing.message_size(frame, buffers) > framing.STREAM_MAX:
                 send_message(hub, frame, buffers)  # large: through the hub, zero-copy; the
-                return                             # caller gets it as the broker's answer
+                return True                        # caller gets it as the broker's answer
             try:
                 framing.send_message(peer, frame, buffers)
+                return False
             except OSError as exc:
                 log.info("direct caller gone (%s): reply goes to the hub", exc)
                 self._drop(peer, poller)
-                send_message(hub, frame, buffers)
-            return
-        try:
-            self.sock.send(peer, _SNDMORE | _NOBLOCK)
-        except zmq.ZMQError as exc:
-            log.info("direct caller gone (%s): reply goes to the hub", exc.strerror)
-            send_message(hub, frame, buffers)
-            return
-        send_message(self.sock, frame, buffers)
+        else:
+            try:
+                self.sock.send(peer, _SNDMORE | _NOBLOCK)
+                send_message(self.sock, frame, buffers)
+                return False
+            except zmq.ZMQError as exc:
+                log.info("direct caller gone (%s): reply goes to the hub", exc.strerror)
+        send_message(hub, frame, buffers)
+        return True
 
     def close(self) -> None:
         for conn in list(self.conns.values()):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import zmq
 
@@ -42,6 +44,7 @@ from .link import HubLink, OnSilence, reconnect_delay
 from .streaming import send_stream
 
 log = logging.getLogger("zbridge.daemon")
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 LINK_CHECK_MS = 200  # how soon an idle reconnecting daemon notices that its link was lost
 
 
@@ -202,9 +205,13 @@ def _connection(context: zmq.Context[Any], registry: Registry, executor: Executo
             if _over_rss(options.max_rss_mb):  # ask to be replaced, after answering
                 reply = add_flags(reply, FLAG_RETIRE)
             if peer is not None and direct is not None:
-                direct.reply(peer, reply, reply_buffers, sock, inbox.poller)
+                if direct.reply(peer, reply, reply_buffers, sock, inbox.poller):
+                    inbox.touched(sock)  # it went to the hub
+                if not isinstance(peer, socket.socket):
+                    inbox.touched(direct.sock)
             else:  # after a lost link: dropped, or ignored as late
                 send_message(sock, reply, reply_buffers)
+                inbox.touched(sock)
             if stop:
                 return True
     finally:
@@ -215,30 +222,53 @@ def _connection(context: zmq.Context[Any], registry: Registry, executor: Executo
 
 class Inbox:
     """The next message from the hub's data socket or, with ``--direct``, from a direct
-    caller: (frame, buffer frames, caller's routing id or None for the hub), or None once
-    the link is lost. Only a reconnecting or direct daemon pays for a poll per message;
-    others block in recv as before. The hub's messages come first (DISCONNECT)."""
+    caller: (frame, buffer frames, the caller: a zmq routing id or a Unix connection; None
+    for the hub), or None once the link is lost. Only a reconnecting or direct daemon pays
+    for a poll per message; others block in recv as before. The hub's messages come first
+    (DISCONNECT).
+
+    It polls file descriptors, not zmq sockets (``zmq_poll`` costs several system calls
+    per socket): a zmq socket's fd only says that it has news (edge-triggered), so a zmq
+    socket is asked for ``ZMQ_EVENTS`` before a sleep when its fd fired, when a message was
+    just taken from it (there may be more), or when we sent on it (a send may take its
+    signal: ``touched``). A call on a Unix connection then costs one poll."""
 
     def __init__(self, sock: zmq.Socket[Any], direct: DirectSocket | None, link: HubLink,
                  on_silence: OnSilence) -> None:
         self.sock, self.direct, self.link = sock, direct, link
         self.check_link = on_silence is OnSilence.RECONNECT
-        self.poller = zmq.Poller()
-        self.poller.register(sock, zmq.POLLIN)
+        self.poller = select.poll()
+        self.zmq_fds = {cast(int, sock.getsockopt(zmq.FD)): sock}
         if direct is not None:
-            direct.register(self.poller)
+            self.zmq_fds[cast(int, direct.sock.getsockopt(zmq.FD))] = direct.sock
+            self.poller.register(direct.listener.fileno(), select.POLLIN)
+        for fd in self.zmq_fds:
+            self.poller.register(fd, select.POLLIN)
+        self.dirty = set(self.zmq_fds.values())  # zmq sockets to ask before sleeping
+
+    def touched(self, sock: zmq.Socket[Any]) -> None:
+        """We sent on ``sock``: ask it for news before the next sleep."""
+        self.dirty.add(sock)
 
     def next(self) -> tuple[bytes, list[Any], Peer | None] | None:
         if not self.check_link and self.direct is None:
             frame = self.sock.recv()
             return frame, recv_buffers(self.sock), None
+        direct, dirty = self.direct, self.dirty
         while True:
-            ready = dict(self.poller.poll(LINK_CHECK_MS if self.check_link else None))
-            if self.sock in ready:
-                frame = self.sock.recv()
-                return frame, recv_buffers(self.sock), None
-            if self.direct is not None:
-                message = self.direct.take(ready, self.poller)
+            if self.sock in dirty:  # the hub's messages first
+                if cast(int, self.sock.getsockopt(_EVENTS)) & _POLLIN:
+                    frame = self.sock.recv()
+                    return frame, recv_buffers(self.sock), None
+                dirty.discard(self.sock)
+            if direct is not None and direct.sock in dirty:
+                if cast(int, direct.sock.getsockopt(_EVENTS)) & _POLLIN:
+                    return direct.recv()
+                dirty.discard(direct.sock)
+            ready = {fd for fd, _ in self.poller.poll(LINK_CHECK_MS if self.check_link else None)}
+            dirty.update(self.zmq_fds[fd] for fd in ready if fd in self.zmq_fds)
+            if direct is not None:
+                message = direct.take(ready, self.poller)
                 if message is not None:
                     return message
             if self.check_link and self.link.lost.is_set():

@@ -607,6 +607,10 @@ class Broker(InFlight, Prefetch):
             return daemon.stale_id == id
         return daemon.job is not None and daemon.job.key == (client, id)
 
+    def deadline_due(self, now: float) -> bool:
+        """Whether tick(now) would judge a call's deadline."""
+        return bool(self.deadlines) and self.deadlines[0][0] <= now
+
     def expire_call(self, client: bytes, id: int, now: float) -> list[Action]:
         """Judge one call's deadline now (its caller waited past it without a verdict)."""
         job = self.jobs.get((client, id))

@@ -117,13 +117,14 @@ class Slot:
     """One calling thread's direct client: its id, mailbox, waker and sockets to daemons.
 
     A blocking caller's slot (``blocking``) talks to each daemon over a Unix stream socket
-    (``zbridge.framing``: no zmq I/O thread on either side of the round trip). A lease
-    routed for it by another thread is sent by that thread, under the hub's lock, when the
-    request is small enough to go without blocking, so a daemon freed by one caller's reply
-    gets the next queued request without waiting for the next caller to wake up. That is
-    safe: a caller waiting for a lease never touches its sockets, and the lock is a full
-    memory barrier. Its own leases (and large ones) the caller sends itself, after the lock.
-    The asyncio twin's slot only holds the mailbox (it has its own zmq sockets)."""
+    (``zbridge.framing``: no zmq I/O thread on either side of the round trip). A lease is
+    sent by the thread that routes it, under the hub's lock, when the request is small
+    enough to go without blocking: so a daemon the broker reserved has its request as soon
+    as the broker says so (a stall of the caller's thread cannot hold it back), and a daemon
+    freed by one caller's reply gets the next queued request without waiting for the next
+    caller to wake up. That is safe: a caller waiting for a lease never touches its sockets,
+    and the lock is a full memory barrier. A large request the caller sends itself, after
+    the lock. The asyncio twin's slot only holds the mailbox (it has its own zmq sockets)."""
 
     def __init__(self, ident: bytes, blocking: bool = False, max_message: int = 0) -> None:
         self.ident = ident
@@ -143,9 +144,8 @@ class Slot:
             self.waker.wake()
 
     def deliver_lease(self, lease: Lease) -> None:
-        # another thread's: send it now if it goes at once (see the class docstring)
-        if self.blocking and threading.get_ident() != self.owner and not lease.extra \
-                and len(lease.frame) <= SEND_NOW:
+        # sent now, under the lock, if it goes at once (see the class docstring)
+        if self.blocking and not lease.extra and len(lease.frame) <= SEND_NOW:
             lease = Lease(lease.id, lease.daemon, lease.endpoint, lease.frame, lease.extra,
                           self._send_now(lease))
         self.deliver(lease)
@@ -211,6 +211,7 @@ class Directory:
     def __init__(self, daemons: dict[bytes, Any]) -> None:
         self.slots: dict[bytes, Slot] = {}
         self.daemons = daemons  # the broker's, to close sockets to daemons that are gone
+        self.reporting: set[bytes] = set()  # callers between reading a reply and reporting it
         self._numbers = itertools.count(1)
 
     def new_slot(self, blocking: bool = False, max_message: int = 0) -> Slot:
@@ -250,6 +251,20 @@ class Directory:
                     continue
             rest.append(action)  # a daemon without a direct socket gets it from the hub
         return rest
+
+    def replies_waiting(self) -> bool:
+        """Whether a blocking caller holds a reply it has not reported yet: read and on its
+        way to the broker, or unread in its connection (polled, not read)."""
+        if self.reporting:
+            return True
+        poller = select.poll()
+        for slot in list(self.slots.values()):
+            for sock, _ in list(slot.sockets.values()):
+                try:
+                    poller.register(sock.fileno(), select.POLLIN)
+                except ValueError:  # closed meanwhile
+                    continue
+        return any(events & select.POLLIN and not events & select.POLLHUP for _, events in poller.poll(0))
 
     def close(self) -> None:
         for slot in self.slots.values():
@@ -353,6 +368,14 @@ class DirectCaller:
         return out
 
     def _read_reply(self, slot: Slot, out: Out, request_id: int) -> Out | None:
+        reporting = self.hub.reporting
+        reporting.add(slot.ident)  # until the broker has it (see Hub._let_callers_report)
+        try:
+            return self._report_reply(slot, out, request_id)
+        finally:
+            reporting.discard(slot.ident)
+
+    def _report_reply(self, slot: Slot, out: Out, request_id: int) -> Out | None:
         sock, _, daemon = out
         try:
             message = framing.read_message(framing.SocketReader(sock), self.max_message + 4096)

@@ -59,9 +59,9 @@ DISCARD_CHUNK = 1_000    # frames of an over-long message dropped per loop, so o
 COPY_THRESHOLD = 65536   # below this, copying is cheaper than zero-copy bookkeeping
 WARNED_PEERS = 1024      # peers remembered for "logged once"
 SNAPSHOT_INTERVAL = 0.5  # how stale the metrics exporter's copy of status() may be
-STALL = 0.05             # woke this late: the thread was starved (a host holding the GIL)
 ORPHAN_TIMEOUT = 1.0     # seconds the hub waits for the rest of an adopted socket's reply
-STALL_YIELD = 0.01       # then direct callers get this long to report replies they hold
+REPORT_TURN = 0.002      # before judging deadlines, direct callers get turns this long to
+REPORT_WAIT = 0.5        # report replies they hold, for at most this long in all
 
 _RCVMORE, _SNDMORE, _NOBLOCK = int(zmq.RCVMORE), int(zmq.SNDMORE), int(zmq.NOBLOCK)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
@@ -328,22 +328,31 @@ class Hub:
         """Deadlines and heartbeats, judged only after everything daemons sent is applied;
         then the next time they may need judging (never more than REAP_INTERVAL ahead)."""
         now = time.monotonic()
-        if self.directory is not None and now - self.timer_due > STALL:
-            # we were stalled (the host held the GIL): direct callers may hold replies that
-            # arrived in time; let them report before any deadline is judged
-            self.lock.release()
-            try:
-                time.sleep(STALL_YIELD)
-            finally:
-                self.lock.acquire()
-            now = time.monotonic()
         self._drain_daemons(now)
         self._drain(self.heartbeat, self._on_heartbeat, now)
         now = time.monotonic()
+        if self.directory is not None and self.broker.deadline_due(now):
+            # direct callers may hold replies that arrived in time (the host held the GIL,
+            # say): they report them before a deadline is judged. The deadlines are judged
+            # as of ``now``, taken before the wait, so a stall of this thread cannot move
+            # a verdict past a reply
+            self._let_callers_report()
         self._apply(self.broker.tick(now))
         wait = self.broker.next_wakeup(now)
         self._next_timer = now + (REAP_INTERVAL if wait is None else min(wait, REAP_INTERVAL))
         return now
+
+    def _let_callers_report(self) -> None:
+        """While a direct caller holds a reply it has not reported (read, or unread in its
+        connection: polled, not read), release the lock for a moment, up to REPORT_WAIT."""
+        assert self.directory is not None
+        give_up = time.monotonic() + REPORT_WAIT
+        while self.directory.replies_waiting() and time.monotonic() < give_up:
+            self.lock.release()
+            try:
+                time.sleep(REPORT_TURN)
+            finally:
+                self.lock.acquire()
 
     def _drain_daemons(self, now: float) -> None:
         self._drain(self.backend, self._on_backend, now)
@@ -605,6 +614,11 @@ class Hub:
         """Under the lock: deliver direct callers' leases and answers, return the rest."""
         assert self.directory is not None
         return self.directory.route(actions)
+
+    @property
+    def reporting(self) -> set[bytes]:
+        assert self.directory is not None
+        return self.directory.reporting
 
     def new_slot(self, blocking: bool = False, max_message: int = 0) -> Slot:
         """A direct caller for the calling thread (or event loop); see Directory.new_slot."""
