@@ -468,13 +468,17 @@ class Broker(InFlight, Prefetch):
         job = daemon.job
         if job is not None and job.frame is frame and job.state is JobState.RUNNING:
             daemon.job = None
-            job.state, job.daemon, job.extra = JobState.QUEUED, None, extra
-            self.queue.appendleft(job)
-            self.queued += 1
-            self.queued_bytes += job.size
+            self._requeue(job, extra)
         else:
             self._take_back_next(daemon, frame, extra)
         return self._lose(daemon, "unreachable (its socket refused a message)") + self._dispatch(now)
+
+    def _requeue(self, job: Job, extra: tuple[Any, ...]) -> None:
+        """A dispatched job that never left goes back in front of the queue."""
+        job.state, job.daemon, job.extra = JobState.QUEUED, None, extra
+        self.queue.appendleft(job)
+        self.queued += 1
+        self.queued_bytes += job.size
 
     def _count_failure(self, daemon: Daemon, now: float, detail: str, code: int | None,
                        tail: str, held_call: bool) -> list[Action]:

@@ -39,7 +39,7 @@ from .actions import Action, ToClient, ToDaemon
 from .calls import HUB_GRACE, POLL_SLICE_MS
 from . import framing
 from .errors import BridgeError
-from .protocol import Kind, read_header
+from .protocol import Header, Kind, read_header
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -378,21 +378,14 @@ class DirectCaller:
     def _report_reply(self, slot: Slot, out: Out, request_id: int) -> Out | None:
         sock, _, daemon = out
         try:
-            message = framing.read_message(framing.SocketReader(sock), self.max_message + 4096)
-        except (OSError, ValueError, EOFError):
-            message = None
-        if message is None:  # the daemon is gone: the hub answers the call (WorkerLost)
+            reply = read_reply(sock, self.max_message, request_id)
+        except EOFError:  # the daemon is gone: the hub answers the call (WorkerLost)
             slot.forget(daemon)
             return None
-        reply, reply_buffers = message
-        try:
-            header = read_header(reply)
-        except BridgeError:
-            return out  # not a reply: nothing else is ever sent on this socket
-        if header.kind is not Kind.REPLY or header.id != request_id:
+        if reply is None:
             return out
-        self._run(self.broker.daemon_reply, daemon, header, reply, time.monotonic(),
-                  tuple(reply_buffers))
+        header, frame, buffers = reply
+        self._run(self.broker.daemon_reply, daemon, header, frame, time.monotonic(), buffers)
         return None
 
     def _sent(self, slot: Slot, lease: Lease) -> Out | None:
@@ -418,6 +411,27 @@ class DirectCaller:
         sock, _, daemon = out
         slot.sockets.pop(daemon, None)
         self.hub.adopt(sock, daemon, slot.ident, request_id)
+
+
+def read_reply(sock: socket.socket, max_message: int,
+               request_id: int) -> tuple[Header, bytes, tuple[Any, ...]] | None:
+    """The next message on a direct connection, as ``daemon_reply``'s (header, frame,
+    buffer frames) if it is the REPLY to ``request_id``, else None (nothing else is ever
+    sent there). Raises EOFError when the connection ended or broke."""
+    try:
+        message = framing.read_message(framing.SocketReader(sock), max_message + 4096)
+    except (OSError, ValueError) as exc:
+        raise EOFError(str(exc)) from None
+    if message is None:
+        raise EOFError("connection closed")
+    frame, buffers = message
+    try:
+        header = read_header(frame)
+    except BridgeError:
+        return None
+    if header.kind is not Kind.REPLY or header.id != request_id:
+        return None
+    return header, frame, tuple(buffers)
 
 
 def _bytes_view(buffer: Any) -> Any:

@@ -33,7 +33,7 @@ import zmq
 from .actions import Action, Interrupt, Kill, Note, Spawn, ToClient, ToDaemon
 from .broker import Broker
 from .config import Settings
-from .direct import Directory, Slot, Waker
+from .direct import Directory, Slot, Waker, read_reply
 from .endpoints import (
     check_bindable,
     create_private_dir,
@@ -41,7 +41,6 @@ from .endpoints import (
     remove_private_dir,
 )
 from .errors import BridgeError, InvalidRequest
-from . import framing
 from .logs import configure as configure_logs
 from .logs import note_text
 from .pickling import refuse_remote
@@ -678,19 +677,13 @@ class Hub:
         or its end (the daemon is gone: the broker hears that from its exit)."""
         sock, (daemon, _, request_id) = self._orphans[fd]
         try:
-            message = framing.read_message(framing.SocketReader(sock), self.settings.max_message_size + 4096)
-        except (OSError, ValueError, EOFError):
-            message = None
+            reply = read_reply(sock, self.settings.max_message_size, request_id)
+        except EOFError:
+            reply = None
         self._drop_orphan(fd, poller)
-        if message is None:
-            return
-        frame, buffers = message
-        try:
-            header = read_header(frame)
-        except BridgeError:
-            return
-        if header.kind is Kind.REPLY and header.id == request_id:
-            self._apply(self.broker.daemon_reply(daemon, header, frame, now, tuple(buffers)))
+        if reply is not None:
+            header, frame, buffers = reply
+            self._apply(self.broker.daemon_reply(daemon, header, frame, now, buffers))
             self._next_timer = now  # the daemon is free: its idle timer starts
 
     def close_direct(self) -> None:

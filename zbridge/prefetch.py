@@ -41,6 +41,7 @@ class Prefetch:
                     extra: tuple[Any, ...] = ()) -> Action: ...
         def _dispatch(self, now: float) -> list[Action]: ...
         def interrupt_stale(self, daemon: Daemon, now: float) -> list[Action]: ...
+        def _requeue(self, job: Job, extra: tuple[Any, ...]) -> None: ...
 
     def _prefetch(self, now: float) -> list[Action]:
         """Queued calls to busy daemons with room for one, while the queue lasts."""
@@ -111,8 +112,5 @@ class Prefetch:
         if job is None or job.frame is not frame or job.state is not JobState.RUNNING:
             return False
         daemon.next = None
-        job.state, job.daemon, job.extra = JobState.QUEUED, None, extra
-        self.queue.appendleft(job)
-        self.queued += 1
-        self.queued_bytes += job.size
+        self._requeue(job, extra)
         return True
