@@ -159,13 +159,17 @@ def thread_count(pid: int) -> int:
 
 
 def processes_matching(needle: bytes) -> set[int]:
-    """Pids of live processes whose command line contains ``needle``."""
+    """Pids of live processes started by this test session whose command line contains
+    ``needle`` (other programs running zbridge beside the tests are never counted)."""
     found = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if needle in f.read():
+                    if needle not in f.read():
+                        continue
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if SESSION_TAG in f.read().split(b"\0"):
                         found.add(int(entry))
             except OSError:
                 continue
