@@ -15,7 +15,8 @@ from __future__ import annotations
 import sys
 
 from zbridge.errors import BridgeError, InternalError, InvalidRequest
-from zbridge.framing import LENGTH, MORE, message_chunks, read_frame, read_message, write_frame  # noqa: F401 - re-exported
+from zbridge.wire import read as read_message
+from zbridge.wire import write as write_frame
 from zbridge.execution import Executor, as_items
 from zbridge.protocol import (
     DEFAULT_MAX_MESSAGE,

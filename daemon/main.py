@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING
 import click
 
 from zbridge.endpoints import remove_if_orphaned
-from zbridge.protocol import DEFAULT_MAX_MESSAGE
+from zbridge.protocol import DEFAULT_MAX_MESSAGE, EXIT_LOAD_FAILED
 
 from .loading import load
 from .process_io import isolate_stdout, kill_own_group, watch_lifeline
 from .stdio import run as run_stdio
 
-EXIT_LOAD_FAILED = 3
 
 if TYPE_CHECKING:
     from .worker import WorkerOptions
@@ -87,14 +86,15 @@ def _env_expose() -> bool | None:
 @click.option("--allow-pickle", is_flag=True,
               help="Decode requests whose body is pickle (serializer='pickle'): runs the caller's "
                    "code, so only for a local hub that trusts its callers; refused with tcp.")
-@click.option("--direct", is_flag=True, hidden=True,
-              help="Also serve an embedded hub's callers on our own ROUTER (set by that hub).")
+@click.option("--channel", type=int, default=None, hidden=True,
+              help="File descriptor of our end of the channel an embedded hub's callers use "
+                   "(set by that hub).")
 @click.option("--log-level", default="INFO", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
 def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[str, ...], identity: str | None,
          lifeline: bool, max_message_size: int, heartbeat: str | None, heartbeat_interval: float,
          heartbeat_misses: int, exit_on_hub_loss: bool, max_rss_mb: int, curve_secret: str,
          curve_server_key: str, expose_tracebacks: bool | None, allow_pickle: bool,
-         direct: bool, log_level: str) -> None:
+         channel: int | None, log_level: str) -> None:
     """Keep tools warm and serve calls to them."""
     if bool(endpoint) + stdio + stdio_msgpack != 1:
         raise click.UsageError("give exactly one of --connect ENDPOINT or --stdio")
@@ -131,7 +131,7 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
     run_worker(tools, lifeline, WorkerOptions(
         endpoint, identity.encode(), max_message_size, heartbeat,
         heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks, on_silence,
-        direct=direct))
+        channel=channel))
 
 
 def _allow_pickle(endpoint: str) -> None:

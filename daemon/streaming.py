@@ -15,7 +15,7 @@ from typing import Any, Generator
 import zmq
 
 from zbridge.errors import BridgeError, Cancelled, InternalError, WorkerLost
-from zbridge.frames import oversized, send_message
+from zbridge.wire import oversized, send
 from zbridge.protocol import (
     DEFAULT_WINDOW,
     Kind,
@@ -46,7 +46,7 @@ def send_stream(sock: zmq.Socket[Any], request: Request, items: Generator[Any, N
             while credits == 0:
                 credits += _control(sock, request.id, block=True)
             frame, buffers = _partial(request, item, sent, max_message)
-            send_message(sock, frame, buffers)
+            send(sock, frame, buffers)
             credits -= 1
             sent += 1
     except BridgeError as exc:

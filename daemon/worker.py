@@ -17,7 +17,7 @@ from zbridge import __version__
 from zbridge import context as call_context
 from zbridge.errors import BridgeError, Cancelled, InternalError, Interrupted
 from zbridge.execution import Executor, as_items
-from zbridge.frames import oversized, recv_buffers, send_message
+from zbridge.wire import Channel, oversized, recv_buffers, send
 from zbridge.procinfo import rss_bytes
 from zbridge.protocol import (
     DEFAULT_MAX_MESSAGE,
@@ -38,7 +38,6 @@ from zbridge.security import make_client
 from zbridge.tools import Registry
 
 from .activity import Activity, finish, install_cancel_handler
-from .direct import DirectSocket, Peer
 from .heartbeat import start_heartbeat
 from .link import HubLink, OnSilence, reconnect_delay
 from .streaming import send_stream
@@ -60,7 +59,7 @@ class WorkerOptions:
     curve: tuple[bytes, tuple[bytes, bytes]] | None = None  # (hub public key, (our public, our secret))
     expose_tracebacks: bool = True
     on_silence: OnSilence = OnSilence.RECONNECT
-    direct: bool = False  # also serve an embedded hub's callers on our own ROUTER
+    channel: int | None = None  # fd of our end of the channel an embedded hub's callers use
 
 
 def _dealer(context: zmq.Context[Any], options: WorkerOptions) -> zmq.Socket[Any]:
@@ -139,6 +138,7 @@ def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str
     """Start, then serve connection after connection until told to go; a lost link is
     tried again with capped backoff (``OnSilence.RECONNECT``), or ends in ``on_hub_lost``."""
     executor = Executor(registry, options.expose_tracebacks)
+    channel = open_channel(options.channel, options.max_message)
     activity = Activity()
     install_cancel_handler(activity)
     context = zmq.Context()
@@ -148,7 +148,7 @@ def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str
             # the backoff is spent with the fresh sockets open, not asleep: zmq keeps
             # dialling meanwhile, so a hub that comes back is found within its retry interval
             link = HubLink(patience=reconnect_delay(failures))
-            if _connection(context, registry, executor, activity, options, link, on_hub_lost):
+            if _connection(context, registry, executor, activity, options, link, on_hub_lost, channel):
                 return
             failures = 1 if link.heard.is_set() else failures + 1
             log.warning("%s; reconnecting to %s", link.why, options.endpoint)
@@ -156,15 +156,25 @@ def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str
         context.term()  # the heartbeat thread closes its socket on ETERM
 
 
+def open_channel(fd: int | None, max_message: int) -> Channel | None:
+    """Our end of the hub's channel (``--channel FD``), kept from processes tools start."""
+    if fd is None:
+        return None
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    return Channel(sock, max_message + 4096)
+
+
 def _connection(context: zmq.Context[Any], registry: Registry, executor: Executor, activity: Activity,
-                options: WorkerOptions, link: HubLink, on_hub_lost: Callable[[str], None]) -> bool:
+                options: WorkerOptions, link: HubLink, on_hub_lost: Callable[[str], None],
+                channel: Channel | None = None) -> bool:
     """Fresh sockets, READY, serve; True when the hub told us to stop, False when the link
     was lost. New sockets each time: the old connection may be half-open, and closing it
-    (linger 0) drops anything the hub queued on it, so no request can arrive twice."""
+    (linger 0) drops anything the hub queued on it, so no request can arrive twice.
+    Requests on the channel are answered on the channel, the hub's on its socket."""
     sock = _dealer(context, options)
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_message + 4096)
-    direct = DirectSocket(context, options.endpoint, options.max_message) if options.direct else None
-    inbox = Inbox(sock, direct, link, options.on_silence)
+    inbox = Inbox(sock, channel, link, options.on_silence)
 
     def lost(why: str) -> None:
         link.mark_lost(why)
@@ -179,14 +189,12 @@ def _connection(context: zmq.Context[Any], registry: Registry, executor: Executo
             start_heartbeat(_dealer(context, options), options.heartbeat, activity,
                             options.heartbeat_interval, options.heartbeat_misses, on_silence,
                             link.heard.set, link.patience)
-        sock.send(encode_ready(os.getpid(), registry.names(), __version__,
-                              direct.endpoint if direct is not None else None,
-                              direct.unix_path if direct is not None else None))
+        sock.send(encode_ready(os.getpid(), registry.names(), __version__))
         while True:
             message = inbox.next()
             if message is None:
                 return False
-            frame, buffers, peer = message
+            frame, buffers, on_channel = message
             try:
                 header = read_header(frame)
             except BridgeError as exc:
@@ -196,80 +204,100 @@ def _connection(context: zmq.Context[Any], registry: Registry, executor: Executo
                 return True
             if header.kind is not Kind.REQUEST:
                 continue
-            # a direct call is never a stream: its socket carries no CREDIT or CANCEL
-            link.streaming = header.id if header.flags & FLAG_STREAM and peer is None else None
-            (reply, reply_buffers), stop = serve_request(executor, activity, sock if peer is None else None,
+            # a call on the channel is never a stream: the channel carries no CREDIT or CANCEL
+            link.streaming = header.id if header.flags & FLAG_STREAM and not on_channel else None
+            (reply, reply_buffers), stop = serve_request(executor, activity, None if on_channel else sock,
                                                          frame, header, options.max_message, buffers)
             del buffers  # the request's frames may be freed once the call is done
             link.streaming = None
             if _over_rss(options.max_rss_mb):  # ask to be replaced, after answering
                 reply = add_flags(reply, FLAG_RETIRE)
-            if peer is not None and direct is not None:
-                if direct.reply(peer, reply, reply_buffers, sock, inbox.poller):
-                    inbox.touched(sock)  # it went to the hub
-                if not isinstance(peer, socket.socket):
-                    inbox.touched(direct.sock)
+            if on_channel:
+                inbox.answer(reply, reply_buffers)
             else:  # after a lost link: dropped, or ignored as late
-                send_message(sock, reply, reply_buffers)
-                inbox.touched(sock)
+                send(sock, reply, reply_buffers)
+                inbox.touched()
             if stop:
                 return True
     finally:
         sock.close(0)
-        if direct is not None:
-            direct.close()
 
 
 class Inbox:
-    """The next message from the hub's data socket or, with ``--direct``, from a direct
-    caller: (frame, buffer frames, the caller: a zmq routing id or a Unix connection; None
-    for the hub), or None once the link is lost. Only a reconnecting or direct daemon pays
-    for a poll per message; others block in recv as before. The hub's messages come first
-    (DISCONNECT).
+    """The next message from the hub's data socket or from the channel: (frame, buffer
+    frames, whether it came on the channel), or None once the link is lost. Only a daemon
+    with a channel or a reconnecting one pays for a poll per message; others block in recv
+    as before. The hub's messages come first (DISCONNECT).
 
     It polls file descriptors, not zmq sockets (``zmq_poll`` costs several system calls
-    per socket): a zmq socket's fd only says that it has news (edge-triggered), so a zmq
+    per socket): a zmq socket's fd only says that it has news (edge-triggered), so the
     socket is asked for ``ZMQ_EVENTS`` before a sleep when its fd fired, when a message was
     just taken from it (there may be more), or when we sent on it (a send may take its
-    signal: ``touched``). A call on a Unix connection then costs one poll."""
+    signal: ``touched``). A call on the channel costs one poll, one recv and one send."""
 
-    def __init__(self, sock: zmq.Socket[Any], direct: DirectSocket | None, link: HubLink,
+    def __init__(self, sock: zmq.Socket[Any], channel: Channel | None, link: HubLink,
                  on_silence: OnSilence) -> None:
-        self.sock, self.direct, self.link = sock, direct, link
+        self.sock, self.channel, self.link = sock, channel, link
         self.check_link = on_silence is OnSilence.RECONNECT
         self.poller = select.poll()
-        self.zmq_fds = {cast(int, sock.getsockopt(zmq.FD)): sock}
-        if direct is not None:
-            self.zmq_fds[cast(int, direct.sock.getsockopt(zmq.FD))] = direct.sock
-            self.poller.register(direct.listener.fileno(), select.POLLIN)
-        for fd in self.zmq_fds:
-            self.poller.register(fd, select.POLLIN)
-        self.dirty = set(self.zmq_fds.values())  # zmq sockets to ask before sleeping
+        self.zmq_fd = cast(int, sock.getsockopt(zmq.FD))
+        self.poller.register(self.zmq_fd, select.POLLIN)
+        if channel is not None:
+            self.poller.register(channel.fileno(), select.POLLIN)
+        self.dirty = True  # ask the zmq socket before sleeping
 
-    def touched(self, sock: zmq.Socket[Any]) -> None:
-        """We sent on ``sock``: ask it for news before the next sleep."""
-        self.dirty.add(sock)
+    def touched(self) -> None:
+        """We sent on the zmq socket: ask it for news before the next sleep."""
+        self.dirty = True
 
-    def next(self) -> tuple[bytes, list[Any], Peer | None] | None:
-        if not self.check_link and self.direct is None:
-            frame = self.sock.recv()
-            return frame, recv_buffers(self.sock), None
-        direct, dirty = self.direct, self.dirty
+    def answer(self, reply: bytes, buffers: Sequence[Any]) -> None:
+        """A reply on the channel (to its caller, or to the hub that took over its wait)."""
+        assert self.channel is not None
+        try:
+            self.channel.send(reply, buffers)
+        except OSError as exc:  # the hub's end is gone: so is the hub (the lifeline says so)
+            log.warning("cannot answer on the channel (%s)", exc)
+            self._drop_channel()
+
+    def _drop_channel(self) -> None:
+        if self.channel is not None:
+            self.poller.unregister(self.channel.fileno())
+            self.channel = None
+
+    def next(self) -> tuple[bytes, list[Any], bool] | None:
+        sock = self.sock
+        if not self.check_link and self.channel is None:
+            frame = sock.recv()
+            return frame, recv_buffers(sock), False
         while True:
-            if self.sock in dirty:  # the hub's messages first
-                if cast(int, self.sock.getsockopt(_EVENTS)) & _POLLIN:
-                    frame = self.sock.recv()
-                    return frame, recv_buffers(self.sock), None
-                dirty.discard(self.sock)
-            if direct is not None and direct.sock in dirty:
-                if cast(int, direct.sock.getsockopt(_EVENTS)) & _POLLIN:
-                    return direct.recv()
-                dirty.discard(direct.sock)
-            ready = {fd for fd, _ in self.poller.poll(LINK_CHECK_MS if self.check_link else None)}
-            dirty.update(self.zmq_fds[fd] for fd in ready if fd in self.zmq_fds)
-            if direct is not None:
-                message = direct.take(ready, self.poller)
+            if self.channel is not None and self.channel.pending():
+                message = self._from_channel(self.channel)
                 if message is not None:
                     return message
+            if self.dirty:  # the hub's messages first
+                if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                    frame = sock.recv()
+                    return frame, recv_buffers(sock), False
+                self.dirty = False
+            ready = self.poller.poll(LINK_CHECK_MS if self.check_link else None)
+            channel = self.channel
+            for fd, _ in ready:
+                if fd == self.zmq_fd:
+                    self.dirty = True
+                elif channel is not None:
+                    message = self._from_channel(channel)
+                    if message is not None:
+                        return message
             if self.check_link and self.link.lost.is_set():
                 return None
+
+    def _from_channel(self, channel: Channel) -> tuple[bytes, list[Any], bool] | None:
+        try:
+            frame, buffers = channel.recv(socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except EOFError as exc:
+            log.warning("channel closed: %s", exc)
+            self._drop_channel()
+            return None
+        return frame, buffers, True

@@ -17,7 +17,7 @@ CALLERS = 4
 CALLS_PER_CALLER = 500
 
 
-@pytest.mark.parametrize("options", [{}, {"prefetch": True}], ids=["direct", "prefetch"])
+@pytest.mark.parametrize("options", [{}, {"direct": False}], ids=["direct", "hub"])
 def test_chaos_kills_lose_no_reply_and_run_nothing_twice(bridge_factory, basic_tools, tmp_path, options):
     journal = str(tmp_path / "journal")
     bridge = bridge_factory(basic_tools, workers=2, prewarm=True, backoff_base=0.01,

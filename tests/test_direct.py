@@ -1,7 +1,8 @@
-"""The embedded direct path (zbridge/direct.py): a Bridge's plain calls go from the calling
-thread straight to a daemon's own socket, and the broker, used under the hub's lock, still
-decides everything. These are the direct path's own races; the behavioural suites
-(robustness, lifecycle, health, cancel, chaos...) run against it too, as Bridge's default."""
+"""The embedded direct route (zbridge/direct.py): a Bridge's plain calls borrow an idle
+daemon and talk to it over its own channel, and the broker, under the pool's lock, still
+decides everything. These are the route's own races; the behavioural suites (robustness,
+lifecycle, health, cancel, chaos...) run against it too, as Bridge's default; the hot
+path's hazards (signals, forks, re-entry, a dead hub thread) are in test_hot_path.py."""
 
 from __future__ import annotations
 
@@ -26,22 +27,40 @@ def _daemon_pids(bridge) -> set[int]:
     return {d["pid"] for d in bridge.status()["daemons"]}
 
 
-def test_plain_calls_take_the_direct_path(bridge_factory, basic_tools):
+def _requests_through_the_hub(bridge) -> list[bytes]:
+    """Record the REQUEST frames the hub thread sends to daemons from now on."""
+    from zbridge.protocol import Kind
+    hub, sent = bridge.hub, []
+    original = hub._send
+
+    def send(sock, ident, frame, role, extra=()):
+        if role == "daemon" and frame[3] == Kind.REQUEST:
+            sent.append(bytes(frame))
+        original(sock, ident, frame, role, extra)
+
+    hub._send = send
+    return sent
+
+
+def test_plain_calls_take_the_direct_route(bridge_factory, basic_tools):
     bridge = bridge_factory(basic_tools, workers=1)
-    assert bridge.call("echo", [1]) == 1
-    slot = bridge._direct.slot()
-    assert slot.ident.startswith(b"\x00direct-")
-    assert len(slot.sockets) == 1  # one DEALER, to the daemon's own ROUTER
-    daemon = bridge._hub.broker.daemons[next(iter(slot.sockets))]
-    assert daemon.direct and daemon.direct.startswith(f"ipc://{bridge.private_dir}/")
-    assert bridge.status()["counters"]["completed"] == 1  # the broker still saw the call
+    assert bridge.call("echo", [0]) == 0
+    through_hub = _requests_through_the_hub(bridge)
+    assert [bridge.call("echo", [i]) for i in range(20)] == list(range(20))
+    assert through_hub == []  # every request went on the daemon's channel
+    (daemon,) = bridge.hub.broker.daemons.values()
+    assert daemon.channel is not None
+    assert bridge.status()["counters"]["completed"] == 21  # the broker still saw each call
+    assert list(bridge.stream("count", [3])) == [0, 1, 2]  # streams keep the hub's route
 
 
 def test_direct_off_routes_through_the_hub(bridge_factory, basic_tools):
     bridge = bridge_factory(basic_tools, workers=1, direct=False)
     assert bridge.call("echo", ["x"]) == "x"
-    assert bridge._direct is None
-    assert bridge._hub.broker.daemons and all(d.direct is None for d in bridge._hub.broker.daemons.values())
+    through_hub = _requests_through_the_hub(bridge)
+    assert bridge.call("echo", ["y"]) == "y"
+    assert len(through_hub) == 1
+    assert all(d.channel is None for d in bridge.hub.broker.daemons.values())
 
 
 def test_daemon_killed_between_pick_and_receive(bridge_factory, basic_tools):
@@ -143,17 +162,6 @@ def test_many_threads_no_misrouted_reply(bridge_factory, basic_tools):
     assert counters["completed"] >= 32_000 and counters["lost"] == 0
 
 
-def test_caller_thread_ends_with_its_slot(bridge_factory, basic_tools):
-    """A thread's direct slot (sockets, pipe) goes when the thread has ended."""
-    bridge = bridge_factory(basic_tools, workers=1)
-    thread = threading.Thread(target=lambda: bridge.call("echo", [1]))
-    thread.start()
-    thread.join()
-    bridge.call("echo", [2])  # from another thread: slots of ended threads are pruned
-    slots = bridge._hub.directory.slots
-    assert all(slot.alive() for slot in slots.values())
-
-
 def test_queued_direct_calls_get_leases_in_order(bridge_factory, basic_tools):
     """More callers than daemons: queued calls wait in the broker and are handed a daemon
     when one frees up; all finish, and max_queue still bounds the wait."""
@@ -197,42 +205,35 @@ def test_a_cancel_that_reaches_the_daemon_before_its_call_keeps_it_warm(bridge_f
     assert bridge.call("pid", timeout=20) == pid
 
 
-@pytest.mark.parametrize("direct", [True, False])
-def test_prefetch_keeps_every_answer_its_own(bridge_factory, basic_tools, direct):
-    """prefetch=True: a call may wait in a busy daemon's queue; 6 threads over 2 daemons
-    still get their own results, through the direct path and through the hub thread."""
-    bridge = bridge_factory(basic_tools, workers=2, prefetch=True, direct=direct)
-    bridge.wait_ready()
-    assert echo_from_threads(bridge, 6, 300) == []
-    assert bridge.status()["counters"]["completed"] >= 1800
-
-
-def test_prefetch_a_lost_daemon_loses_the_waiting_call_too(bridge_factory, basic_tools):
-    """The documented failure rule: the call waiting in a dying daemon's queue gets
-    WorkerLost (it may have started), and the pool serves the next call."""
-    bridge = bridge_factory(basic_tools, workers=1, prefetch=True)
-    pid = bridge.call("pid")
-    running = bridge.submit("span", [30.0, "a"], timeout=60)
-    assert wait_until(lambda: bridge.status()["daemons"][0]["current_call"] is not None)
-    waiting = bridge.submit("echo", ["b"], timeout=60)
-    assert wait_until(lambda: bridge.status()["queue_depth"] == 0 and bridge._hub.broker.daemons
-                      and next(iter(bridge._hub.broker.daemons.values())).next is not None)
-    os.kill(pid, signal.SIGKILL)
-    for future in (running, waiting):
-        with pytest.raises(zbridge.WorkerLost):
-            future.result(timeout=30)
-    assert bridge.call("pid") != pid
-
-
-def test_large_messages_go_through_the_hub_zero_copy(bridge_factory, basic_tools):
-    """Above framing.STREAM_MAX a request (or a reply) travels through the hub's zmq
-    sockets instead of the direct Unix socket; results are the same and later small calls
-    go direct again."""
+def test_large_messages_travel_on_the_channel_intact(bridge_factory, basic_tools):
+    """Large requests and replies (in band and as buffer frames) go on the channel like
+    small ones, whole and in order; later small calls are unaffected."""
+    import numpy
     bridge = bridge_factory(basic_tools, workers=1)
+    through_hub = _requests_through_the_hub(bridge)
     payload = os.urandom(2 * 1024 * 1024)
-    assert bridge.call("echo", [payload]) == payload  # large request (and reply)
-    assert len(bridge.call("big", [3 * 1024 * 1024])) == 3 * 1024 * 1024  # small request, large reply
+    assert bridge.call("echo", [payload]) == payload  # large request and reply, out of band
+    assert len(bridge.call("big", [3 * 1024 * 1024])) == 3 * 1024 * 1024  # large in-band reply
+    arrays = [numpy.arange(i * 50_000, dtype=numpy.int64) for i in range(1, 9)]
+    assert all((a == b).all() for a, b in zip(bridge.call("echo", [arrays]), arrays))
     assert bridge.call("echo", ["small"]) == "small"
-    assert bridge._direct.slot().sockets  # the direct connection is (again) in use
+    assert through_hub == []
     counters = bridge.status()["counters"]
-    assert counters["completed"] == 3 and counters["kills"] == 0
+    assert counters["completed"] == 4 and counters["kills"] == 0
+
+
+def test_queued_callers_are_lent_daemons_in_order_of_arrival(bridge_factory, basic_tools, tmp_path):
+    """One daemon, a long call, then callers queued one by one: each is lent the daemon in
+    turn, in order of arrival, its request sent by the thread that checked the daemon in."""
+    bridge = bridge_factory(basic_tools, workers=1)
+    bridge.wait_ready()
+    log = tmp_path / "order"
+    first = bridge.submit("span", [0.3, "first"])
+    assert wait_until(lambda: bridge.status()["daemons"][0]["state"] == "busy")
+    futures = []
+    for i in range(5):
+        futures.append(bridge.submit("record", [str(log), str(i)]))
+        assert wait_until(lambda: bridge.status()["queue_depth"] == i + 1)
+    assert [f.result(timeout=30) for f in futures] == [str(i) for i in range(5)]
+    assert first.result(timeout=30)["nonce"] == "first"
+    assert log.read_text().split() == [str(i) for i in range(5)]  # the order they ran in

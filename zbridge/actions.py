@@ -7,7 +7,10 @@ sends back as new broker events, so the broker never learns of I/O any other way
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from .state import Job
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +26,25 @@ class ToClient:
 class ToDaemon:
     """Send ``frame`` to the daemon with routing id ``daemon`` (its data socket), then the
     buffer frames in ``extra``. ``client``: whose request it is (empty for control
-    frames); an embedded caller sends its own requests (``zbridge/direct.py``)."""
+    frames)."""
     daemon: bytes
     frame: bytes
     extra: tuple[Any, ...] = ()
     client: bytes = field(default=b"", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A caller in this process (``job.owner``) may use the daemon now running ``job``: its
+    request goes on the daemon's channel (``job.channel``), sent by whoever carries this
+    out (if small; else by the owner, woken), and the owner reads the reply there."""
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """``job.answer`` is set: wake its owner (unless it is the thread carrying this out)."""
+    job: Job
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,4 +78,4 @@ class Note:
     fields: dict[str, Any]
 
 
-Action = Union[ToClient, ToDaemon, Spawn, Kill, Interrupt, Note]
+Action = Union[ToClient, ToDaemon, Lease, Answered, Spawn, Kill, Interrupt, Note]

@@ -1,11 +1,13 @@
-"""The asyncio twin: ``AsyncClient`` and ``AsyncBridge`` on ``zmq.asyncio``.
+"""The asyncio twin: ``AsyncClient`` and ``AsyncBridge``.
 
-One DEALER per client carries every call of the event loop; a reader task matches replies
-to futures by request id, so thousands of concurrent calls cost one socket, and at most
-``max_in_flight`` of them are at the hub at once. What to do (retries, fallbacks, credit,
-readiness) is the sync client's own plan (``plans.py``), driven here with ``await``.
-Cancelling the awaiting task sends a CANCEL for that request id: a queued call never runs, a
-running one follows ``cancel_mode``.
+What to do (retries, fallbacks, credit, readiness) is the sync client's own plan
+(``plans.py``), driven here with ``await``. A plain call goes to the client's transport:
+``AsyncHubTransport`` (the served route, on ``zmq.asyncio``: one DEALER per client carries
+every call of the event loop; a reader task matches replies to futures by request id, so
+thousands of concurrent calls cost one socket) or, for an ``AsyncBridge``, the embedded
+direct route (``direct_async.py``). At most ``max_in_flight`` calls are out at once.
+Cancelling the awaiting task cancels the call: a queued call never runs, a running one
+follows ``cancel_mode``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from .calls import (
     result_of,
 )
 from .config import Settings, load_settings
-from .direct import NoVerdict
-from .direct_async import AsyncDirect
-from .errors import BridgeError, ConnectionLost
+from .direct import Reply
+from .direct_async import AsyncDirectTransport
+from .errors import BridgeError, ConnectionLost, PoolUnavailable
 from .hub import start_embedded
-from .protocol import MAX_BUFFERS, OOB_THRESHOLD, Kind, encode_cancel, encode_credit, read_header
+from .protocol import MAX_BUFFERS, encode_cancel, encode_credit, read_header
+from .wire import SMALL
 from .statusmap import Status
 from .tools import tool_specs
 
@@ -52,6 +55,8 @@ class AsyncClient(ClientCore):
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._window: asyncio.Semaphore | None = None  # made in the loop that uses it
+        self._hub_route = AsyncHubTransport(self)
+        self._transport: Any = self._hub_route  # where plain calls go
 
     # --- public API --------------------------------------------------------------------
 
@@ -165,12 +170,8 @@ class AsyncClient(ClientCore):
                 if self._to_stream(reply, buffers):
                     continue
             future = self._pending.get(reply_id(reply) or 0)
-            if future is None or future.done():
-                continue  # the caller gave up (timeout, cancel): dropped
-            try:
-                future.set_result(result_of(reply, self.settings.max_message_size, buffers))
-            except BridgeError as exc:
-                future.set_exception(exc)
+            if future is not None and not future.done():  # else the caller gave up: dropped
+                future.set_result((reply, buffers))
 
     def _to_stream(self, frame: bytes, buffers: Sequence[Any] = ()) -> bool:
         try:
@@ -202,8 +203,8 @@ class AsyncClient(ClientCore):
                     case plans.OneShotItems(tool, args, timeout):
                         async for item in self._fallback_stream(tool, args, timeout):
                             yield item
-                    case plans.Open(frame, buffers):
-                        request_id, sock = plans.request_id(frame), self._socket()
+                    case plans.Open(frame, buffers, request_id):
+                        sock = self._socket()
                         self._streams[request_id] = asyncio.Queue()
                         try:
                             await self._send(sock, frame, buffers)
@@ -248,9 +249,13 @@ class AsyncClient(ClientCore):
 
     async def _perform(self, op: plans.Op) -> Any:
         match op:
-            case plans.Roundtrip(frame, timeout, buffers):
+            case plans.Roundtrip(frame, timeout, buffers, _):
                 async with self._in_flight():
-                    return await self._roundtrip(frame, timeout, buffers)
+                    reply, reply_buffers = await self._transport.roundtrip(frame, buffers, timeout)
+                return result_of(reply, self.settings.max_message_size, reply_buffers)
+            case plans.Ask(frame, timeout):
+                reply, reply_buffers = await self._hub_route.roundtrip(frame, (), timeout)
+                return result_of(reply, self.settings.max_message_size, reply_buffers)
             case plans.OneShot(tool, args, timeout):
                 return await asyncio.get_running_loop().run_in_executor(
                     None, self._one_shot_call, tool, args, timeout)
@@ -276,27 +281,9 @@ class AsyncClient(ClientCore):
             if buffers:
                 await sock.send_multipart([frame, *buffers], copy=False)
             else:
-                await sock.send(frame, copy=len(frame) < OOB_THRESHOLD)
+                await sock.send(frame, copy=len(frame) < SMALL)
         except zmq.Again:
             raise self._unreachable() from None
-
-    async def _roundtrip(self, frame: bytes, timeout: float, buffers: Sequence[Any] = ()) -> Any:
-        sock = self._socket()
-        request_id = read_header(frame).id
-        future = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
-            await self._send(sock, frame, buffers)
-            try:
-                return await asyncio.wait_for(future, timeout + HUB_GRACE)
-            except asyncio.TimeoutError:
-                raise plans.timed_out(timeout) from None
-            except asyncio.CancelledError:
-                if not self._closed:
-                    await asyncio.shield(self._send_cancel(sock, request_id))
-                raise
-        finally:
-            self._pending.pop(request_id, None)
 
     @classmethod
     async def _send_cancel(cls, sock: zmq.asyncio.Socket, request_id: int) -> None:
@@ -311,6 +298,34 @@ class AsyncClient(ClientCore):
 
 
 
+class AsyncHubTransport:
+    """The served route for asyncio: requests on the client's one DEALER, replies matched
+    to futures by the client's reader task; the hub judges the deadline (the caller gives
+    up HUB_GRACE after it); a cancelled task sends CANCEL for its request id."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+
+    async def roundtrip(self, frame: bytes, buffers: Sequence[Any], timeout: float) -> Reply:
+        client = self.client
+        sock = client._socket()
+        request_id = reply_id(frame, any_kind=True) or 0
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        client._pending[request_id] = future
+        try:
+            await client._send(sock, frame, buffers)
+            try:
+                return await asyncio.wait_for(future, timeout + HUB_GRACE)
+            except asyncio.TimeoutError:
+                raise plans.timed_out(timeout) from None
+            except asyncio.CancelledError:
+                if not client._closed:
+                    await asyncio.shield(client._send_cancel(sock, request_id))
+                raise
+        finally:
+            client._pending.pop(request_id, None)
+
+
 async def _recv_buffers(sock: zmq.asyncio.Socket) -> list[memoryview]:
     """The buffer frames after a message's first frame (the twin of ``frames.recv_buffers``):
     zero-copy views; frames beyond MAX_BUFFERS are read and dropped."""
@@ -323,7 +338,8 @@ async def _recv_buffers(sock: zmq.asyncio.Socket) -> list[memoryview]:
 
 
 class AsyncBridge(AsyncClient):
-    """``Bridge`` for asyncio: a hub in a background thread, daemons as child processes."""
+    """``Bridge`` for asyncio: a hub in a background thread, daemons as child processes;
+    plain calls take the embedded direct route (``direct_async.py``)."""
 
     def __init__(self, tools: Any = None, workers: int | None = None, *,
                  settings: Settings | None = None, **overrides: Any) -> None:
@@ -332,34 +348,26 @@ class AsyncBridge(AsyncClient):
         self._hub, self._thread, sync_context, endpoint = start_embedded(settings, specs)
         super().__init__(endpoint, tools=specs, settings=settings, context=sync_context)
         self._sync_context = sync_context
-        hub = self._hub
-        self._direct = (AsyncDirect(hub, settings.max_message_size, self.context)
-                        if hub is not None and hub.directory is not None else None)
+        if self._hub is not None and self._hub.direct:
+            self._transport = AsyncDirectTransport(self._hub, settings.timeout)
 
-    async def _roundtrip(self, frame: bytes, timeout: float, buffers: Sequence[Any] = ()) -> Any:
-        """A plain call: straight to an idle daemon and back (``zbridge/direct_async.py``)."""
-        if self._direct is None or frame[3] != Kind.REQUEST:  # STATUS goes to the hub thread
-            return await super()._roundtrip(frame, timeout, buffers)
-        if self._closed:
-            raise plans.closed_error()
-        try:
-            reply, extra = await self._direct.roundtrip(frame, buffers, timeout)
-        except NoVerdict:
-            raise plans.timed_out(timeout) from None
-        return result_of(reply, self.settings.max_message_size, extra)
+    def _check(self) -> None:
+        super()._check()
+        hub = self._hub
+        if hub is not None and hub.broker.broken is not None:
+            raise PoolUnavailable(f"the pool is broken: {hub.broker.broken}", {"cause": "broken"})
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Refuse new calls, let running ones finish (up to drain_timeout), stop daemons."""
+        if self._forked():
+            self._closed = True  # a forked child's copy: the daemons are the parent's
+            return
         hub = self._hub
         if hub is not None and self._thread is not None:
             hub.request_stop(drain_timeout)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
             self._hub = None
-        if self._direct is not None:
-            await self._direct.close()
         await super().close()
-        if hub is not None:
-            hub.close_direct()
         self._sync_context.term()
 
     @property

@@ -5,19 +5,19 @@ from __future__ import annotations
 import atexit
 import threading
 import weakref
-from typing import Any, Sequence
+from typing import Any
 
-from . import plans
-from .calls import result_of
-from .client import CallFuture, Client
-from .direct import Closed, DirectCaller, NoVerdict, Slot
-from .protocol import Kind
+from . import shield
+from .client import Client
 from .config import Settings, load_settings
-from .hub import start_embedded
+from .direct import DirectTransport
+from .errors import PoolUnavailable
+from .hub import Hub, start_embedded
 from .tools import tool_specs
 
 DRAIN_TIMEOUT = 10.0
-_REQUEST = int(Kind.REQUEST)
+_open = 0  # bridges of this process not closed yet (the last one puts SIGINT back)
+_open_lock = threading.Lock()
 
 
 class Bridge(Client):
@@ -26,61 +26,69 @@ class Bridge(Client):
     ``tools`` is a module name, a path to a ``.py`` file, a module object, or a list of
     them. Daemons start on the first call (or at once with ``prewarm=True``). Use as a
     context manager or call ``close()``; daemons also exit if this process dies.
+
+    Plain calls take the embedded direct route (``zbridge/direct.py``): the calling thread
+    borrows an idle daemon and talks to it over the daemon's own channel; with
+    ``direct=False`` they go through the hub thread like a served client's.
     """
 
     def __init__(self, tools: Any = None, workers: int | None = None, *,
                  settings: Settings | None = None, **overrides: Any) -> None:
+        global _open
         settings = settings or load_settings(workers=workers, **overrides)
         specs = tool_specs(tools)
         self._hub, self._thread, context, endpoint = start_embedded(settings, specs)
         super().__init__(endpoint, tools=specs, settings=settings, context=context)
         self._own_context = True
         self._bridge_lock = threading.Lock()
-        hub = self._hub
-        self._direct = (DirectCaller(hub, settings.max_message_size)
-                        if hub is not None and hub.directory is not None else None)
+        if self._hub is not None and self._hub.direct:
+            self._transport = DirectTransport(self._hub, settings.timeout)
+            shield.ensure()
+        with _open_lock:
+            _open += 1
         atexit.register(_close_at_exit, weakref.ref(self))
 
+    def _check(self) -> None:
+        super()._check()
+        hub = self._hub
+        if hub is not None and hub.broker.broken is not None:
+            raise PoolUnavailable(f"the pool is broken: {hub.broker.broken}", {"cause": "broken"})
+
     def close(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
-        """Refuse new calls, let running ones finish (up to drain_timeout), stop daemons."""
+        """Refuse new calls, let running ones finish (up to drain_timeout), stop daemons.
+
+        From a signal or logging handler running on top of one of this thread's own calls,
+        close() cannot wait for that call: it asks the hub to stop at once and returns."""
+        global _open
+        if self._forked():
+            self._closed = True  # a forked child's copy: the daemons are the parent's
+            return
+        if shield.inside():
+            if self._hub is not None:
+                self._hub.request_stop(0.0)  # the rest when close() is called again, or at exit
+            return
         with self._bridge_lock:
             hub = self._hub
             if hub is not None and self._thread is not None:
                 hub.request_stop(drain_timeout)
                 self._thread.join()
                 self._hub = None
+            first = not self._closed
             super().close()
-            if hub is not None:
-                hub.close_direct()
-
-    def _roundtrip(self, frame: bytes, timeout: float, buffers: Sequence[Any] = ()) -> Any:
-        """A plain call: straight to an idle daemon and back (``zbridge/direct.py``)."""
-        direct = self._direct
-        if direct is None or frame[3] != _REQUEST:  # STATUS goes to the hub thread
-            return super()._roundtrip(frame, timeout, buffers)
-        tracker: CallFuture | None = getattr(self._local, "tracker", None)
-        on_submit = None
-        if tracker is not None:  # a submit()'s Future: its cancel() asks the broker itself
-            def on_submit(slot: Slot, request_id: int) -> None:
-                tracker.bind_cancel(lambda: direct.cancel(slot, request_id))
-
-        try:
-            reply, extra = direct.roundtrip(frame, buffers, timeout, self._is_closed, on_submit)
-        except NoVerdict:
-            raise plans.timed_out(timeout) from None
-        except Closed:
-            raise plans.closed_while_waiting() from None
-        finally:
-            if tracker is not None:
-                tracker.bind_cancel(None)
-        return result_of(reply, self.settings.max_message_size, extra)
-
-    def _is_closed(self) -> bool:
-        return self._closed
+        if first:
+            with _open_lock:
+                _open -= 1
+                if not _open:
+                    shield.release()
 
     @property
     def private_dir(self) -> str | None:
         return self._hub.private_dir if self._hub else None
+
+    @property
+    def hub(self) -> Hub | None:
+        """The embedded hub (None once closed, or with the pool disabled)."""
+        return self._hub
 
 
 def _close_at_exit(ref: weakref.ref[Bridge]) -> None:

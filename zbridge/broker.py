@@ -1,14 +1,24 @@
 """The hub's routing state machine. Pure: no sockets, no processes, no clock of its own.
 
 Every event (a request arrives, a daemon is ready, replies, exits; time passes) is a method
-that returns the actions the hub must carry out, typed in ``zbridge/actions.py``:
-``ToClient``, ``ToDaemon``, ``Spawn``, ``Kill``, ``Interrupt``, and ``Note`` (a lifecycle
-event for the hub's log). It also keeps the per-tool numbers (``zbridge/stats.py``).
+that returns the actions its caller must carry out, typed in ``zbridge/actions.py``:
+``ToClient``, ``ToDaemon``, ``Lease``, ``Answered``, ``Spawn``, ``Kill``, ``Interrupt``, and
+``Note`` (a lifecycle event for the hub's log). It also keeps the per-tool numbers
+(``zbridge/stats.py``). Every state transition of the pool is a method of this one class.
+
+Two kinds of callers. A zmq client (the served route) is answered with ``ToClient``. An
+*owner* (a caller in this process, ``zbridge/direct.py``) submits a ``Job`` that names it:
+it is answered by setting ``job.answer`` (``Answered``), a daemon with a channel is lent to
+it (``Lease``), and it judges its own deadline (``expire_call``); the hub's tick only
+backstops it, ``OWNER_GRACE`` later, in case its thread is gone.
 
 Guarantees kept here: a request goes only to an idle daemon (least recently used first);
 every accepted request is answered exactly once (``_answer`` is the only way a call gets
 its reply, and it refuses a second); a reply is delivered only if it comes from the daemon
 holding that request id; an expired queued request is never dispatched.
+
+One file for one state machine: its parts (routing, daemons' lives, streams, cancels,
+time) change the same records, so they are kept together rather than split into mixins.
 """
 
 from __future__ import annotations
@@ -22,45 +32,49 @@ from collections import deque
 from typing import Any, Callable
 
 from . import health
-from .actions import Action, Kill, Note, Spawn, ToClient, ToDaemon
+from .actions import Action, Answered, Interrupt, Kill, Lease, Note, Spawn, ToClient, ToDaemon
 from .backoff import restart_delay
 from .config import Settings
 from .errors import (
     BridgeError,
     CallTimeout,
+    Cancelled,
     InvalidRequest,
     Overloaded,
     PoolUnavailable,
     WorkerLost,
 )
-from .inflight import InFlight
-from .prefetch import Prefetch
-from .protocol import (EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, REQUEST_FLAGS, Header, encode_disconnect,
-                       encode_error, peek_error_code, peek_method, without_flags)
+from .protocol import (EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, REQUEST_FLAGS, Header, Kind,
+                       encode_cancel, encode_credit, encode_disconnect, encode_error,
+                       encode_heartbeat, peek_error_code, peek_method, read_header, without_flags)
 from .state import (EXIT_KINDS, SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, Process, _secret_ident,
                     first_line, last_line)
 from .stats import ToolTable
 
 Probe = Callable[[bytes], "Process | None"]
 HISTORY = 50  # exits remembered for status()
+# An owner judges its own deadline; the tick does, this much later, only if it did not (its
+# thread is gone or stalled): generous, so a stall never turns a reply that came in time
+# into a CallTimeout, yet a daemon an owner can no longer release is freed in the end.
+OWNER_GRACE = 5.0
+PROBE = encode_heartbeat()
 # the states the hot path compares against, bound once (a module global beats an enum lookup)
 _QUEUED, _RUNNING, _DONE = JobState.QUEUED, JobState.RUNNING, JobState.DONE
 _IDLE, _BUSY, _STALE, _STARTING, _STOPPING = (DaemonState.IDLE, DaemonState.BUSY, DaemonState.STALE,
                                               DaemonState.STARTING, DaemonState.STOPPING)
 
 
-class Broker(InFlight, Prefetch):
+class Broker:
     def __init__(self, settings: Settings, *, remote_ok: bool = False,
                  rng: random.Random | None = None,
                  new_ident: Callable[[int], bytes] | None = None,
-                 probe: Probe | None = None, expose_errors: bool = True,
-                 direct_prefix: str | None = None) -> None:
+                 probe: Probe | None = None, expose_errors: bool = True) -> None:
         self.s = settings
         self.rng = rng or random.Random()
         self._new_ident = new_ident or _secret_ident
         self.probe = probe                # asks the OS about a local daemon; None for remote ones
         self.expose_errors = expose_errors  # stderr tails and routing ids only to local callers
-        self.direct_prefix = direct_prefix  # where our own daemons' direct sockets may be
+        self.broken: str | None = None      # why the pool can serve nothing any more
         self.daemons: dict[bytes, Daemon] = {}
         self.ready: deque[bytes] = deque()
         self.queue: deque[Job] = deque()
@@ -98,6 +112,9 @@ class Broker(InFlight, Prefetch):
         self._end(job)
         if job.stats is not None:
             job.stats.answered(code)
+        if job.owner is not None:
+            job.answer = (frame, extra)
+            return Answered(job)
         return ToClient(job.client, frame, extra)
 
     def _answer_error(self, job: Job, error: BridgeError) -> Action:
@@ -118,24 +135,27 @@ class Broker(InFlight, Prefetch):
 
     def submit(self, client: bytes, header: Header, frame: bytes, now: float,
                extra: tuple[Any, ...] = ()) -> list[Action]:
-        """A request; ``extra``: its buffer frames (opaque objects with a length)."""
-        tool = peek_method(frame)
-        if self.closing:
-            return self._refuse(client, header.id, SHUTTING_DOWN(), tool)
-        extra_size = sum(len(part) for part in extra) if extra else 0
-        refusal = self._invalid(client, header) or self._overloaded(len(frame) + extra_size)
+        """A zmq client's request; ``extra``: its buffer frames (opaque, with a length)."""
+        return self.accept(new_job(client, header, frame, now, self.s.timeout, extra), header, now)
+
+    def accept(self, job: Job, header: Header, now: float) -> list[Action]:
+        """A new job (``new_job``): queued, started on an idle daemon, or refused (answered
+        at once). An owner's job is judged by its owner, the tick only backstops it."""
+        job.stats = self.tools.get(job.tool)
+        refusal = self._refusal(job, header, now)
         if refusal is not None:
-            self.tools.get(tool).answered(refusal.code)
-            return [ToClient(client, encode_error(header.id, refusal))]
-        if self._unavailable(now):
-            return self._refuse(client, header.id, self._unavailable_error(), tool)
-        timeout = header.timeout_ms / 1000.0 if header.timeout_ms else self.s.timeout
-        job = Job(client, header.id, frame, now + timeout, now, bool(header.flags & FLAG_STREAM),
-                  tool=tool, stats=self.tools.get(tool), extra=extra, extra_size=extra_size)
+            job.state = _DONE
+            job.stats.answered(refusal.code)
+            frame = encode_error(job.id, refusal)
+            if job.owner is None:
+                return [ToClient(job.client, frame)]
+            job.answer = (frame, ())
+            return [Answered(job)]
         self.counters["accepted"] += 1
-        self.jobs[(client, header.id)] = job
+        self.jobs[job.key] = job
         deadlines = self.deadlines
-        heapq.heappush(deadlines, (job.deadline, next(self._seq), job))
+        judged = job.deadline if job.owner is None else job.deadline + OWNER_GRACE
+        heapq.heappush(deadlines, (judged, next(self._seq), job))
         if len(deadlines) > 1024 + 4 * (self.queued + len(self.daemons)):
             # finished jobs stay in the heap until their deadline; drop them in bulk
             self.deadlines = [e for e in deadlines if e[2].state is not _DONE]
@@ -153,6 +173,22 @@ class Broker(InFlight, Prefetch):
                 self.wanted = max(self.wanted, min(self.s.workers, self._live() + self._demand()))
             actions += self._scale(now) + self._fail_hopeless(now)
         return actions
+
+    def _refusal(self, job: Job, header: Header, now: float) -> BridgeError | None:
+        """Why a new job cannot be accepted, or None; refusals that say the pool cannot
+        serve count as ``unavailable``."""
+        if self.broken is not None:
+            error: BridgeError | None = PoolUnavailable(
+                f"the pool is broken: {self.broken}", {"cause": "broken"})
+        elif self.closing:
+            error = SHUTTING_DOWN()
+        elif (error := self._invalid(job.client, header) or self._overloaded(job.size)) is not None:
+            return error
+        elif self._unavailable(now):
+            error = self._unavailable_error()
+        if error is not None:
+            self.counters["unavailable"] += 1
+        return error
 
     def _invalid(self, client: bytes, header: Header) -> BridgeError | None:
         if header.id == 0:
@@ -175,11 +211,6 @@ class Broker(InFlight, Prefetch):
             return None
         self.counters["overloaded"] += 1
         return Overloaded(why)
-
-    def _refuse(self, client: bytes, id: int, error: BridgeError, tool: str | None) -> list[Action]:
-        self.counters["unavailable"] += 1
-        self.tools.get(tool).answered(error.code)
-        return [ToClient(client, encode_error(id, error))]
 
     def _unavailable(self, now: float) -> bool:
         return (self.start_failures >= self.s.start_retries and now < self.spawn_allowed_at
@@ -223,8 +254,6 @@ class Broker(InFlight, Prefetch):
             self.queued -= 1
             self.queued_bytes -= job.size
             actions.append(self._start(job, self.ready.popleft(), now))
-        if self.queued and self.s.prefetch:
-            actions += self._prefetch(now)
         return actions
 
     def _start(self, job: Job, ident: bytes, now: float) -> Action:
@@ -234,6 +263,9 @@ class Broker(InFlight, Prefetch):
         if job.stats is not None:
             job.stats.queue.add(now - job.accepted)
         daemon.state, daemon.job = _BUSY, job
+        if job.owner is not None and daemon.channel is not None:
+            job.channel = daemon.channel
+            return Lease(job)  # its sender drops the buffers once sent
         # the buffers go with the action: a job holding them would keep a large request
         # alive in the hub until its reply (a failed send hands them back)
         action = ToDaemon(ident, job.frame, job.extra, job.client)
@@ -264,13 +296,6 @@ class Broker(InFlight, Prefetch):
                                                        "pid": info.get("pid"),
                                                        "reason": "unknown daemon said READY"})]
             daemon = self.daemons[ident] = Daemon(ident, now, name=f"r{next(self._remote_names)}")
-        elif daemon.state is DaemonState.STARTING:  # one we spawned: its direct socket is ours
-            direct, unix = info.get("direct"), info.get("unix")
-            if isinstance(direct, str) and self.direct_prefix and direct.startswith(self.direct_prefix):
-                daemon.direct = direct
-            if isinstance(unix, str) and self.direct_prefix and \
-                    f"ipc://{unix}".startswith(self.direct_prefix) and ".." not in unix:
-                daemon.unix = unix
         if daemon.state is not DaemonState.STARTING:
             return self._ready_again(daemon, now)
         daemon.state, daemon.ready_at = DaemonState.IDLE, now
@@ -322,8 +347,6 @@ class Broker(InFlight, Prefetch):
                 return [answer]
             after.insert(0, answer)
             return after
-        if daemon.next is not None and daemon.next.id == header.id:
-            return self._next_reply(daemon, frame, now, extra)
         if daemon.state is _STALE and daemon.stale_id == header.id:
             daemon.calls += 1  # late reply: dropped, the daemon is free again
             return self._after_call(daemon, header, now)
@@ -331,11 +354,8 @@ class Broker(InFlight, Prefetch):
 
     def _after_call(self, daemon: Daemon, header: Header, now: float) -> list[Action]:
         reason = health.recycle_reason(daemon, self.s, bool(header.flags & FLAG_RETIRE))
-        if daemon.next is not None:  # it starts its prefetched call now
-            actions = self._promote(daemon, now)
-        else:
-            self._make_idle(daemon, now)
-            actions = []
+        self._make_idle(daemon, now)
+        actions: list[Action] = []
         if reason:
             actions += self._retire(daemon, reason, now)
         if daemon.retiring:  # it may have been waiting for this call to end
@@ -394,18 +414,18 @@ class Broker(InFlight, Prefetch):
     def _lose_call(self, daemon: Daemon, reason: str) -> list[Action]:
         """WorkerLost for the call the daemon holds, if its caller still waits."""
         job, daemon.job = daemon.job, None
-        queued = self._lose_next(daemon, reason) if daemon.next is not None else []
         if job is None or job.state is not JobState.RUNNING:
-            return queued
+            return []
         self.counters["lost"] += 1
         return [self._answer_error(job, WorkerLost(
-            f"daemon {daemon.name} (pid {daemon.pid}) was lost during the call: {reason}"))] + queued
+            f"daemon {daemon.name} (pid {daemon.pid}) was lost during the call: {reason}"))]
 
-    def daemon_spawned(self, ident: bytes, pid: int) -> list[Action]:
+    def daemon_spawned(self, ident: bytes, pid: int, channel: Any = None) -> list[Action]:
+        """The daemon's process started (``channel``: its own, if it has one)."""
         daemon = self.daemons.get(ident)
         if daemon is None:
             return []
-        daemon.pid = pid
+        daemon.pid, daemon.channel = pid, channel
         return [Note("daemon_started", INFO, {"daemon": daemon.name, "pid": pid})]
 
     def daemon_exited(self, ident: bytes, now: float, cause: str = "", code: int | None = None,
@@ -469,8 +489,6 @@ class Broker(InFlight, Prefetch):
         if job is not None and job.frame is frame and job.state is JobState.RUNNING:
             daemon.job = None
             self._requeue(job, extra)
-        else:
-            self._take_back_next(daemon, frame, extra)
         return self._lose(daemon, "unreachable (its socket refused a message)") + self._dispatch(now)
 
     def _requeue(self, job: Job, extra: tuple[Any, ...]) -> None:
@@ -530,6 +548,133 @@ class Broker(InFlight, Prefetch):
             self.counters["kills"] += 1
             if ident in self.ready:
                 self.ready.remove(ident)
+
+    # --- calls in flight: streams, credit, cancels, callers that stop reading or vanish ---
+
+    def _holder(self, job: Job) -> Daemon | None:
+        """The daemon running ``job``, if it still does."""
+        daemon = self.daemons.get(job.daemon) if job.daemon else None
+        return daemon if daemon is not None and daemon.job is job else None
+
+    def _make_stale(self, daemon: Daemon, job: Job, kill_at: float) -> list[Action]:
+        """The caller has its answer but the daemon still runs the call: its reply will be
+        dropped, and it is killed at ``kill_at`` if it has not answered by then. A stream is
+        told to stop (on the data socket, which the daemon reads between items and while it
+        waits for credit), so an abandoned stream costs no warm daemon."""
+        daemon.job, daemon.stale_id, daemon.interrupt_at = None, job.id, None
+        daemon.state, daemon.kill_at = DaemonState.STALE, kill_at
+        return [ToDaemon(daemon.ident, encode_cancel(job.id))] if job.stream else []
+
+    # --- streams -----------------------------------------------------------------------
+
+    def daemon_partial(self, ident: bytes, header: Header, frame: bytes, now: float,
+                       extra: tuple[Any, ...] = ()) -> list[Action]:
+        """One streamed item: to the caller if this daemon holds that stream, else dropped."""
+        daemon = self.daemons.get(ident)
+        job = daemon.job if daemon is not None else None
+        if daemon is None or job is None or job.id != header.id or not job.stream \
+                or daemon.state is not DaemonState.BUSY:
+            return []
+        job.delivered += 1
+        job.touched = now
+        return [ToClient(job.client, frame, extra)]
+
+    def client_credit(self, client: bytes, id: int, n: int, now: float) -> list[Action]:
+        """A consumer's credit, to the daemon running its stream; never more than the items
+        it was given, so no peer can make the hub flood a daemon with credit."""
+        job = self.jobs.get((client, id))
+        daemon = self._holder(job) if job is not None and job.stream else None
+        if job is None or daemon is None:
+            return []
+        n = min(n, job.delivered - job.credited)
+        if n <= 0:
+            return []
+        job.credited += n
+        job.touched = now
+        return [ToDaemon(daemon.ident, encode_credit(id, n))]
+
+    def probe_quiet_streams(self, now: float) -> list[Action]:
+        """A stream waiting on its consumer hears nothing if the consumer vanished (a ROUTER
+        is not told): send it a HEARTBEAT now and then, which clients ignore and which fails
+        at once (EHOSTUNREACH) for a peer that is gone, so its stream is stopped."""
+        actions: list[Action] = []
+        for daemon in self.daemons.values():
+            job = daemon.job
+            if job is not None and job.stream and now - job.touched >= self.s.heartbeat_interval:
+                job.touched = now
+                actions.append(ToClient(job.client, PROBE))
+        return actions
+
+    def interrupt_stale(self, daemon: Daemon, now: float) -> list[Action]:
+        """Ask a stale daemon to stop its call, and again every heartbeat interval: the
+        first ask may arrive before the call began (it waited in the daemon's queue), and
+        the daemon ignores a cancel for a call it is not running. Safe to repeat: nothing
+        new is sent to a stale daemon until it answers, so the only call it can be running
+        is that one."""
+        if daemon.state is not DaemonState.STALE or daemon.stale_id is None:
+            return []
+        daemon.interrupt_at = now + self.s.heartbeat_interval
+        return [Interrupt(daemon.ident, daemon.stale_id)]
+
+    # --- callers that stop reading or vanish ---------------------------------------------
+
+    def client_unreachable(self, client: bytes, frame: bytes, gone: bool, now: float) -> list[Action]:
+        """A frame for ``client`` could not be sent: its pipe is full (it stopped reading)
+        or it is gone. It loses that frame; a stream that lost an item cannot go on."""
+        header = read_header(frame)
+        if gone:
+            self.counters["dropped_replies"] += header.kind is not Kind.HEARTBEAT
+            return self.client_gone(client, now)
+        if header.kind is Kind.HEARTBEAT:
+            return []  # a probe of a slow but present peer: nothing lost
+        self.counters["dropped_replies"] += 1
+        job = self.jobs.get((client, header.id)) if header.kind is Kind.PARTIAL else None
+        return self._abandon(job, now) if job is not None else []
+
+    def client_gone(self, client: bytes, now: float) -> list[Action]:
+        """Nobody is left to answer: queued calls never run, streams stop; running plain
+        calls finish and their replies are dropped."""
+        actions: list[Action] = []
+        for job in [j for j in self.jobs.values() if j.client == client]:
+            if job.state is JobState.QUEUED or job.stream:
+                actions += self._abandon(job, now)
+        return actions
+
+    def _abandon(self, job: Job, now: float) -> list[Action]:
+        self.counters["abandoned"] += 1
+        daemon = self._holder(job)
+        self._end(job)
+        return self._make_stale(daemon, job, now + self.s.kill_grace) if daemon is not None else []
+
+    # --- cancellation ------------------------------------------------------------------
+
+    def cancel(self, client: bytes, id: int, now: float) -> list[Action]:
+        """Cancel a call: a queued one never runs; a running one follows cancel_mode.
+        Finished or unknown calls are left alone, so a cancel never touches a later call."""
+        job = self.jobs.get((client, id))
+        if job is None:
+            return []
+        self.counters["cancelled"] += 1
+        note = Note("call_cancelled", INFO, {"tool": job.tool, "request_id": id, "state": job.state.value,
+                                             "mode": self.s.cancel_mode})
+        if job.state is JobState.QUEUED:
+            return [note, self._answer_error(job, Cancelled("cancelled before it ran"))]
+        return [note] + self._cancel_running(job, now)
+
+    def _cancel_running(self, job: Job, now: float) -> list[Action]:
+        mode = self.s.cancel_mode
+        daemon = self._holder(job)
+        actions: list[Action] = [self._answer_error(job, Cancelled(
+            f"cancelled while running (cancel_mode={mode})"))]
+        if daemon is None:
+            return actions
+        if mode == "kill":
+            daemon.job = None
+            return actions + self._kill(daemon, f"call {job.id} was cancelled (cancel_mode=kill)", False, "killed")
+        if mode == "interrupt":  # a tool that ignores the interrupt is killed after kill_grace
+            actions += self._make_stale(daemon, job, now + self.s.kill_grace)
+            return actions + self.interrupt_stale(daemon, now)
+        return actions + self._make_stale(daemon, job, job.deadline + self.s.kill_grace)
 
     # --- time --------------------------------------------------------------------------
 
@@ -605,20 +750,39 @@ class Broker(InFlight, Prefetch):
         daemon = self.daemons.get(ident)
         if daemon is None or daemon.state is DaemonState.STOPPING:
             return False
-        if daemon.next is not None and daemon.next.key == (client, id):
-            return True
         if daemon.state is DaemonState.STALE:
             return daemon.stale_id == id
         return daemon.job is not None and daemon.job.key == (client, id)
 
-    def deadline_due(self, now: float) -> bool:
-        """Whether tick(now) would judge a call's deadline."""
-        return bool(self.deadlines) and self.deadlines[0][0] <= now
+    def expire_call(self, job: Job, now: float) -> list[Action]:
+        """An owner's deadline passed: judge its job now (nothing if already answered)."""
+        return self._expire(job, now)
 
-    def expire_call(self, client: bytes, id: int, now: float) -> list[Action]:
-        """Judge one call's deadline now (its caller waited past it without a verdict)."""
-        job = self.jobs.get((client, id))
-        return self._expire(job, now) if job is not None else []
+    def channel_lost(self, job: Job, now: float) -> list[Action]:
+        """The owner of ``job`` found its daemon's channel closed or broken, and the hub has
+        not reported the daemon's exit in time (``direct.EXIT_WAIT``): the daemon is lost."""
+        daemon = self.daemons.get(job.daemon) if job.daemon else None
+        if daemon is None or daemon.state is DaemonState.STOPPING:
+            return []
+        return self._lose(daemon, "its channel closed")
+
+    def abandon(self, job: Job, reason: str) -> list[Action]:
+        """The pool is broken (the hub thread died): ``job`` gets WorkerLost if still open."""
+        if job.state is not JobState.RUNNING:
+            return []
+        self.counters["lost"] += 1
+        return [self._answer_error(job, WorkerLost(f"the call's daemon is gone: {reason}"))]
+
+    def break_(self, reason: str) -> list[Action]:
+        """The hub thread died of ``reason``: nothing can be spawned, judged or supervised
+        any more. Queued calls get PoolUnavailable now, and so does every later one;
+        running calls finish on their channels or are answered when their daemon stops."""
+        self.broken = reason
+        self.wanted = 0
+        error = PoolUnavailable(f"the pool is broken: {reason}", {"cause": "broken"})
+        actions = [self._answer_error(job, error) for job in self._queued_jobs()]
+        self.queue.clear()
+        return actions
 
     def next_wakeup(self, now: float) -> float | None:
         """Seconds until tick() has something to do, or None. A daemon being stopped has no
@@ -657,15 +821,14 @@ class Broker(InFlight, Prefetch):
         """Answer every still-running call (used when the drain time is up)."""
         actions = []
         for daemon in self.daemons.values():
-            for job in (daemon.job, daemon.next):
-                if job is not None and job.state is JobState.RUNNING:
-                    actions.append(self._answer_error(job, WorkerLost(reason)))
-            daemon.job = daemon.next = None
+            job = daemon.job
+            if job is not None and job.state is JobState.RUNNING:
+                actions.append(self._answer_error(job, WorkerLost(reason)))
+            daemon.job = None
         return actions
 
     def running(self) -> int:
-        return sum(1 for d in self.daemons.values()
-                   if d.job is not None or (d.next is not None and d.next.state is JobState.RUNNING))
+        return sum(1 for d in self.daemons.values() if d.job is not None)
 
     def status(self, now: float) -> dict[str, Any]:
         return {
@@ -704,3 +867,12 @@ class Broker(InFlight, Prefetch):
         if self.expose_errors:
             status["routing_id"] = d.ident.decode(errors="replace")
         return status
+
+
+def new_job(client: bytes, header: Header, frame: bytes, now: float, default_timeout: float,
+            extra: tuple[Any, ...] = (), owner: Any = None) -> Job:
+    """A job for ``accept``; pure (an owner builds it before it takes the pool's lock)."""
+    timeout = header.timeout_ms / 1000.0 if header.timeout_ms else default_timeout
+    return Job(client, header.id, frame, now + timeout, now, bool(header.flags & FLAG_STREAM),
+               tool=peek_method(frame), extra=extra,
+               extra_size=sum(len(part) for part in extra) if extra else 0, owner=owner)

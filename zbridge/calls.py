@@ -4,13 +4,14 @@ setting up a DEALER. No I/O happens here."""
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from typing import Any, Generator, Sequence
 
 import zmq
 
-from . import fallback, pickling
-from .frames import oversized
+from . import fallback, pickling, shield
+from .wire import oversized
 from .config import Settings, load_settings
 from .endpoints import check_endpoint, default_endpoint
 from .errors import (
@@ -42,6 +43,11 @@ POLL_SLICE_MS = 250   # how often a waiting call notices close()
 STREAM_WINDOW = DEFAULT_WINDOW  # items a stream may run ahead of its consumer
 
 
+def closed_error() -> PoolUnavailable:
+    """A call on a closed client: it never left."""
+    return PoolUnavailable("client is closed", {"closing": True, "cause": "closing"})
+
+
 def build_request(settings: Settings, request_id: int, tool: str, args: Any, timeout: float,
                   idempotent: bool, window: int = 0, trace: str | None = None,
                   oob: list[Any] | None = None) -> bytes:
@@ -71,13 +77,14 @@ def build_request(settings: Settings, request_id: int, tool: str, args: Any, tim
     return frame
 
 
-def reply_id(reply: bytes) -> int | None:
-    """The request id a REPLY answers, or None for anything else."""
+def reply_id(frame: bytes, any_kind: bool = False) -> int | None:
+    """The request id a REPLY answers (with ``any_kind``: of any frame), or None; the one
+    place a client reads a frame's request id."""
     try:
-        header = read_header(reply)
+        header = read_header(frame)
     except BridgeError:
         return None
-    return header.id if header.kind is Kind.REPLY else None
+    return header.id if any_kind or header.kind is Kind.REPLY else None
 
 
 def result_of(reply: bytes, max_size: int, buffers: Sequence[Any] = ()) -> Any:
@@ -117,10 +124,28 @@ class ClientCore:
         self.connect_timeout = connect_timeout
         self._ids = itertools.count(1)
         self._closed = False
+        self._pid = os.getpid()
         self._curve = client_keys(self.settings.curve_server_key, self.settings.curve_secret) \
             if self.settings.curve_server_key else None
         # one-shot subprocesses are slow and heavy: never more of them at once than daemons
         self._fallback_slots = threading.BoundedSemaphore(max(1, self.settings.workers))
+
+    def _forked(self) -> bool:
+        return os.getpid() != self._pid
+
+    def _check(self) -> None:
+        """Raise why this client cannot take a call now: closed, a forked child's copy,
+        or called from inside one of this thread's own calls."""
+        if self._forked():
+            raise PoolUnavailable(
+                f"this client was made in process {self._pid}; a forked child ({os.getpid()}) "
+                "cannot use it: make a new one after the fork", {"cause": "forked"})
+        if self._closed:
+            raise closed_error()
+        if shield.inside():
+            raise PoolUnavailable(
+                "called from inside one of this thread's own calls (a signal or logging "
+                "handler?): it would wait for itself", {"cause": "reentrant"})
 
     def timeout_of(self, timeout: float | None) -> float:
         """A call's timeout in seconds: the given one, or the ``timeout`` setting."""

@@ -1,8 +1,13 @@
 """Calling tools through a hub: ``Client(endpoint)``, the base of ``Bridge``.
 
-Each calling thread gets its own DEALER socket, so ``call()`` goes straight from the caller
-to the hub with no thread hop; ``submit()`` runs ``call()`` on a small thread pool and
-returns a ``concurrent.futures.Future``.
+What a client does is written once, as plans (``plans.py``); this class drives them with
+blocking sockets. A plain call goes to the client's *transport* (httpx's pattern: one per
+route, chosen at construction), which round-trips a request frame and can cancel it by
+id: ``HubTransport`` here (the served route: each calling thread owns a DEALER to the
+hub, so a call needs no thread hop), ``direct.DirectTransport`` for a ``Bridge``'s
+embedded direct route. Questions for the hub itself (STATUS), streams and fan-outs use
+the hub's sockets. ``submit()`` runs ``call()`` on a small thread pool and returns a
+``concurrent.futures.Future`` whose ``cancel()`` cancels the running call.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import zmq
 
-from . import fanout, plans
+from . import fanout, plans, shield
 from .calls import (
     HUB_GRACE,
     STREAM_WINDOW,
     ClientCore,
     build_request,
+    closed_error,
     configure_dealer,
     read_stream_message,
     reply_id,
@@ -29,9 +35,12 @@ from .calls import (
 )
 from .config import Settings
 from .errors import BridgeError, ConnectionLost
-from .frames import recv_buffers, send_message
-from .protocol import encode_cancel, encode_credit, read_header
+from .protocol import encode_cancel, encode_credit
 from .statusmap import Status
+from .wire import recv_buffers
+from .wire import send as send_message
+
+Reply = tuple[bytes, Sequence[Any]]  # a REPLY frame and its buffer frames
 
 SUBMIT_THREADS = 32
 CLOSE_WAIT = 5.0  # seconds close() waits for other threads to leave their zmq calls
@@ -54,6 +63,8 @@ class Client(ClientCore):
         # sockets belong to their threads: close() waits until none is inside a zmq call
         self._idle = threading.Condition()
         self._busy = 0
+        self._hub_route = HubTransport(self)
+        self._transport: Any = self._hub_route  # where plain calls go
 
     # --- public API --------------------------------------------------------------------
 
@@ -66,8 +77,7 @@ class Client(ClientCore):
     def submit(self, tool: str, args: Any = None, *, timeout: float | None = None,
                idempotent: bool = False, traceparent: str | None = None) -> CallFuture:
         """Like call(), but returns a Future at once; its cancel() also cancels a running call."""
-        if self._closed:
-            raise plans.closed_error()
+        self._check()
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="zbridge-submit")
@@ -108,8 +118,7 @@ class Client(ClientCore):
         failed call's error takes its place in the list; otherwise the first error (in call
         order) is raised once all calls have finished.
         """
-        if self._closed:
-            raise plans.closed_error()
+        self._check()
         calls = list(calls)
         timeout = self.timeout_of(timeout)
         outcomes: list[Any] = []
@@ -181,7 +190,7 @@ class Client(ClientCore):
     def _enter_io(self) -> None:
         with self._idle:
             if self._closed:
-                raise plans.closed_error()
+                raise closed_error()
             self._busy += 1
 
     def _leave_io(self) -> None:
@@ -214,8 +223,10 @@ class Client(ClientCore):
 
     def _perform(self, op: plans.Op) -> Any:
         match op:
-            case plans.Roundtrip(frame, timeout, buffers):
-                return self._io(self._roundtrip, frame, timeout, buffers)
+            case plans.Roundtrip(frame, timeout, buffers, request_id):
+                return self._call(self._transport, frame, timeout, buffers, request_id)
+            case plans.Ask(frame, timeout):
+                return self._call(self._hub_route, frame, timeout)
             case plans.OneShot(tool, args, timeout):
                 return self._one_shot_call(tool, args, timeout)
             case plans.Sleep(seconds):
@@ -237,8 +248,8 @@ class Client(ClientCore):
                         yield value
                     case plans.OneShotItems(tool, args, timeout):
                         yield from self._one_shot_stream(tool, args, timeout)
-                    case plans.Open(frame, buffers):
-                        sock, request_id = self._new_socket(), plans.request_id(frame)
+                    case plans.Open(frame, buffers, request_id):
+                        sock = self._new_socket()
                         error = self._try(lambda: self._io(self._send, sock, frame, buffers))
                     case plans.Receive(deadline, timeout):
                         assert sock is not None  # Open comes first
@@ -257,6 +268,20 @@ class Client(ClientCore):
                 if not finished:  # the consumer left early, the deadline passed, or it failed
                     self._send_cancel(sock, request_id)
                 self._close_socket(sock, linger=0 if finished else 100)
+
+    def _call(self, transport: Any, frame: bytes, timeout: float, buffers: Sequence[Any] = (),
+              request_id: int = 0) -> Any:
+        """One round trip on ``transport``; a ``submit()`` Future's cancel() cancels it."""
+        tracker: CallFuture | None = getattr(self._local, "tracker", None)
+        if tracker is not None and request_id:
+            tracker.bind_cancel(lambda: transport.cancel(request_id))
+        try:
+            with shield.calling():
+                reply, reply_buffers = self._io(transport.roundtrip, frame, buffers, timeout)
+        finally:
+            if tracker is not None:
+                tracker.bind_cancel(None)
+        return result_of(reply, self.settings.max_message_size, reply_buffers)
 
     def _io(self, action: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking socket operation that close() must wait for."""
@@ -360,31 +385,48 @@ class Client(ClientCore):
                 self._sockets = alive + [(weakref.ref(threading.current_thread()), sock)]
         return sock
 
-    def _roundtrip(self, frame: bytes, timeout: float, buffers: Sequence[Any] = ()) -> Any:
-        sock = self._socket()
-        request_id = read_header(frame).id
-        tracker: CallFuture | None = getattr(self._local, "tracker", None)
-        on_slice = None
-        if tracker is not None:  # CallFuture.cancel() asks; this thread, owning the socket, sends
-            def on_slice() -> None:
-                if tracker.cancel_requested.is_set() and not tracker.cancel_sent:
-                    tracker.cancel_sent = True
-                    self._send_cancel(sock, request_id)
-        watch = self._watches.get(sock)
+
+
+class HubTransport:
+    """The served route: a request on the calling thread's own DEALER to the hub, its reply
+    back on it. The hub judges the deadline; the caller gives up HUB_GRACE after it.
+    ``cancel()`` may come from any thread: the thread that owns the socket sends the
+    CANCEL (the hub honours it only from the connection that sent the call) within a
+    poll slice."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._cancels: set[int] = set()
+
+    def roundtrip(self, frame: bytes, buffers: Sequence[Any], timeout: float) -> Reply:
+        client = self.client
+        sock = client._socket()
+        request_id = reply_id(frame, any_kind=True) or 0
+        watch = client._watches.get(sock)
         if watch is not None:
             watch.forget()  # a drop before this call is not this call's
-        self._send(sock, frame, buffers)
+        client._send(sock, frame, buffers)
         deadline = time.monotonic() + timeout + HUB_GRACE
+
+        def on_slice() -> None:
+            if request_id in self._cancels:
+                self._cancels.discard(request_id)
+                client._send_cancel(sock, request_id)
+
         try:
             while True:
-                reply, reply_buffers = self._receive(sock, deadline, timeout, on_slice)
-                if reply_id(reply) != request_id:
-                    continue  # a late reply to an earlier call on this socket
-                return result_of(reply, self.settings.max_message_size, reply_buffers)
+                reply, reply_buffers = client._receive(sock, deadline, timeout, on_slice)
+                if reply_id(reply) == request_id:
+                    return reply, reply_buffers
+                # else a late reply to an earlier call on this socket
         except KeyboardInterrupt:  # Ctrl-C: the call must not keep running in the daemon
-            self._send_cancel(sock, request_id)
+            client._send_cancel(sock, request_id)
             raise
+        finally:
+            self._cancels.discard(request_id)
 
+    def cancel(self, request_id: int) -> None:
+        self._cancels.add(request_id)
 
 
 class ConnectionWatch:
@@ -415,19 +457,17 @@ class ConnectionWatch:
 
 class CallFuture(Future[Any]):
     """A Future for one call. cancel() before it starts means it never runs; cancel() while
-    it runs asks the hub to cancel it (see cancel_mode) and the future then ends with
-    zbridge.Cancelled. The CANCEL leaves from the calling thread's own socket (the hub
-    honours a cancel only from the connection that sent the call), within a poll slice."""
+    it runs cancels it on its transport (see cancel_mode) and the future then ends with
+    zbridge.Cancelled."""
 
     def __init__(self, client: Client) -> None:
         super().__init__()
         self._client = client
         self.cancel_requested = threading.Event()
-        self.cancel_sent = False
         self._cancel_hook: Callable[[], None] | None = None
 
     def bind_cancel(self, hook: Callable[[], None] | None) -> None:
-        """How to cancel the running call at once (a direct call: the broker itself)."""
+        """How to cancel the running call (its transport's ``cancel(request_id)``)."""
         self._cancel_hook = hook
         if hook is not None and self.cancel_requested.is_set():
             hook()

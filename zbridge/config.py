@@ -45,7 +45,6 @@ class Settings:
     max_message_size: int = _setting(DEFAULT_MAX_MESSAGE, "Largest request or reply in bytes.")
     pool_enabled: bool = _setting(True, "Use warm daemons; false runs each call in a fresh --stdio subprocess.")
     direct: bool = _setting(True, "Embedded Bridge: plain calls go from the calling thread straight to an idle daemon (the hub thread only supervises); false routes them through the hub thread.")
-    prefetch: bool = _setting(False, "Let one more call wait in each busy daemon's own queue, so it starts the moment the daemon is free (more calls/s under load); if that daemon dies, the waiting call gets WorkerLost too.")
     fallback: bool = _setting(True, "Use a one-shot subprocess when the pool cannot serve a call that never ran.")
     retries: int = _setting(2, "Retries of idempotent calls that met WorkerLost.")
     cancel_mode: str = _setting("interrupt", "A cancelled running call: interrupt (raise zbridge.Interrupted in the tool), abandon (drop its result) or kill (replace the daemon).")

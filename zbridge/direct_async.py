@@ -1,151 +1,132 @@
-"""The asyncio twin of the embedded direct path (``zbridge/direct.py``).
+"""The asyncio twin of the embedded direct route (``zbridge/direct.py``): the same daemons'
+channels, the same broker decisions (``direct.Route``), waited on by the event loop.
 
-The event loop is one direct caller (one slot): the broker is used under the hub's lock
-from the loop thread, leases are sent on one ``zmq.asyncio`` DEALER per daemon, and a
-reader task per daemon socket reports every reply to the broker, whose answers resolve
-the waiting futures. Answers and leases decided in the hub thread (timeouts, lost
-daemons, queued calls dispatched) wake the loop through the slot's pipe
-(``loop.add_reader``). A late reply (the call timed out or was cancelled) is read by the
-same reader task, so no socket needs handing over: the daemon comes back warm.
+A call checks out a daemon, sends its frame on the daemon's channel and waits for the
+channel to be readable (``loop.add_reader``), then reads with ``MSG_DONTWAIT``: the channel
+stays a blocking socket for the threads that borrow it at other times. A queued call waits
+on a future of its own, which whoever lends it a daemon (or answers it) resolves, from
+any thread (``call_soon_threadsafe``). Its deadline is a timer of the loop's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Sequence
 
-import zmq
-import zmq.asyncio
-
-from .actions import Action
-from .calls import HUB_GRACE
-from .direct import Lease, NoVerdict, Slot, _bytes_view, run_event
-from .errors import BridgeError
-from .protocol import Kind, read_header
+from .direct import EXIT_WAIT, Reply, Route, send_request
+from .state import Job
 
 if TYPE_CHECKING:
     from .hub import Hub
 
-Reply = tuple[bytes, tuple[Any, ...]]
+_TIMEOUT = object()  # a wait's future resolved by its deadline
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
-class AsyncDirect:
-    def __init__(self, hub: Hub, max_message: int, context: zmq.asyncio.Context) -> None:
-        self.hub = hub
-        self.broker = hub.broker
-        self.max_message = max_message
-        self.context = context
-        self.slot: Slot | None = None            # made in the loop's thread, at the first call
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.pending: dict[int, asyncio.Future[Reply]] = {}
-        self.sockets: dict[bytes, tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = {}
+class LoopOwner:
+    """An asyncio call's place to wait for its job to move: a future, resolved by ``wake``
+    from the loop's thread or any other."""
 
-    def _ensure(self) -> Slot:
-        if self.slot is None:
-            self.slot = self.hub.new_slot()
-            self.loop = asyncio.get_running_loop()
-            self.loop.add_reader(self.slot.waker.fd, self._on_wake)
-        return self.slot
+    __slots__ = ("loop", "future", "thread")
 
-    def _run(self, event: Callable[..., list[Action]], *args: Any) -> None:
-        """One broker event from the loop: deliveries to us are taken at once."""
-        run_event(self.hub, event, *args)
-        self._take()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.thread = threading.get_ident()
 
-    def _on_wake(self) -> None:
-        assert self.slot is not None
-        self.slot.waker.clear()
-        self._take()
+    def wake(self) -> None:
+        if threading.get_ident() == self.thread:
+            self._set()
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._set)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits any more
 
-    def _take(self) -> None:
-        assert self.slot is not None
-        for entry in self.slot.take():
-            if isinstance(entry, Lease):
-                self._send(entry)  # always honoured, even for a call already answered
-                continue
-            future = self.pending.get(entry.id)
-            if future is not None and not future.done():
-                future.set_result((entry.frame, entry.extra))
+    def _set(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
 
-    # --- one call ----------------------------------------------------------------------
+    async def wait(self, deadline: float) -> None:
+        """Until woken or ``deadline`` (the loop's clock is time.monotonic)."""
+        await _until(self.loop, self.future, deadline)
+        if self.future.done():
+            self.future = self.loop.create_future()
+
+
+async def _until(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], deadline: float) -> bool:
+    """Await ``future`` until ``deadline``: True if it resolved first."""
+    timer = loop.call_at(deadline, _resolve, future, _TIMEOUT)
+    try:
+        return await future is not _TIMEOUT
+    finally:
+        timer.cancel()
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+class AsyncDirectTransport(Route):
+    """Plain calls of an ``AsyncBridge`` on the direct route."""
+
+    def __init__(self, hub: Hub, default_timeout: float) -> None:
+        super().__init__(hub, default_timeout)
 
     async def roundtrip(self, frame: bytes, buffers: Sequence[Any], timeout: float) -> Reply:
-        slot = self._ensure()
-        assert self.loop is not None
-        header = read_header(frame)
-        request_id = header.id
-        future: asyncio.Future[Reply] = self.loop.create_future()
-        self.pending[request_id] = future
-        extra = tuple(_bytes_view(b) for b in buffers) if buffers else ()
-        now = time.monotonic()
+        me = LoopOwner(asyncio.get_running_loop())
+        job = self._check_out(frame, buffers, me)
         try:
-            self._run(self.broker.submit, slot.ident, header, frame, now, extra)
-            self.hub.timer_at(now + timeout)
-            try:
-                return await asyncio.wait_for(asyncio.shield(future), timeout + HUB_GRACE)
-            except asyncio.TimeoutError:  # the hub thread gave no verdict: judge it here
-                self._run(self.broker.expire_call, slot.ident, request_id, time.monotonic())
-                if future.done():
-                    return future.result()
-                raise NoVerdict() from None
-            except asyncio.CancelledError:  # the awaiting task was cancelled: so is the call
-                self._run(self.broker.cancel, slot.ident, request_id, time.monotonic())
-                raise
-        finally:
-            self.pending.pop(request_id, None)
+            reply = await self._await(job, me)
+        except BaseException:  # the task was cancelled: so is the call
+            self._give_up(job, me)
+            raise
+        self._jobs.pop(job.id, None)
+        return reply
 
-    # --- daemon sockets ----------------------------------------------------------------
-
-    def _send(self, lease: Lease) -> None:
-        sock = self._socket(lease.daemon, lease.endpoint)
-        sending = cast("asyncio.Future[Any]", sock.send_multipart([lease.frame, *lease.extra], copy=False)
-                       if lease.extra else sock.send(lease.frame))
-
-        def sent(done: asyncio.Future[Any]) -> None:
-            if not done.cancelled() and done.exception() is not None:  # as the hub does
-                self._forget(lease.daemon)
-                self._run(self.broker.daemon_unreachable, lease.daemon, lease.frame,
-                          time.monotonic(), lease.extra)
-
-        sending.add_done_callback(sent)
-
-    def _socket(self, daemon: bytes, endpoint: str) -> zmq.asyncio.Socket:
-        known = self.sockets.get(daemon)
-        if known is not None:
-            return known[0]
-        for gone in [d for d in self.sockets if d not in self.broker.daemons]:
-            self._forget(gone)
-        sock = self.context.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message + 4096)
-        sock.connect(endpoint)
-        self.sockets[daemon] = (sock, asyncio.ensure_future(self._read(daemon, sock)))
-        return sock
-
-    async def _read(self, daemon: bytes, sock: zmq.asyncio.Socket) -> None:
-        """Every reply from this daemon, reported to the broker (late ones too)."""
+    async def _await(self, job: Job, me: LoopOwner) -> Reply:
         while True:
-            parts = await sock.recv_multipart(copy=False)
-            reply = parts[0].bytes
-            try:
-                header = read_header(reply)
-            except BridgeError:
+            if job.answer is not None:
+                return self._answered(job)
+            if job.channel is not None and (job.sent or job.owner_sends):
+                if not job.sent and not send_request(self.hub, job):
+                    continue  # it never left: queued again, or answered
+                return await self._read(job, me)
+            if me.loop.time() >= job.deadline:
+                self._expire(job, me)
                 continue
-            if header.kind is Kind.REPLY:
-                self._run(self.broker.daemon_reply, daemon, header, reply, time.monotonic(),
-                          tuple(part.buffer for part in parts[1:]))
+            await me.wait(job.deadline)
 
-    def _forget(self, daemon: bytes) -> None:
-        known = self.sockets.pop(daemon, None)
-        if known is not None:
-            known[1].cancel()
-            known[0].close(0)
+    async def _read(self, job: Job, me: LoopOwner) -> Reply:
+        channel, loop = job.channel, me.loop
+        fd = channel.fileno()
+        while True:
+            try:
+                frame, buffers = channel.recv(_DONTWAIT)
+            except BlockingIOError:
+                readable = loop.create_future()
+                loop.add_reader(fd, _resolve, readable, None)
+                try:
+                    arrived = await _until(loop, readable, job.deadline)
+                finally:
+                    loop.remove_reader(fd)
+                if not arrived:
+                    return self._time_out(job, me)
+                continue
+            except EOFError:
+                return await self._after_exit(job, me)
+            if self._check_in(job, frame, buffers, me):
+                assert job.answer is not None
+                return job.answer
 
-    async def close(self) -> None:
-        tasks = [task for _, task in self.sockets.values()]
-        for daemon in list(self.sockets):
-            self._forget(daemon)
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self.slot is not None and self.loop is not None:
-            self.loop.remove_reader(self.slot.waker.fd)
+    async def _after_exit(self, job: Job, me: LoopOwner) -> Reply:
+        """The channel closed: the hub's verdict on the exit, or the daemon given up here."""
+        give_up = me.loop.time() + EXIT_WAIT
+        while job.answer is None and me.loop.time() < give_up:
+            await me.wait(give_up)
+        self._channel_lost(job, me)
+        assert job.answer is not None
+        return job.answer

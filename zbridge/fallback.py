@@ -34,13 +34,13 @@ def stdio_command(settings: Settings, tools: list[str]) -> list[str]:
 def _request(settings: Settings, tool: str, args: Any, timeout: float, stream: bool) -> bytes:
     """The request as written on the pipe (its frame and buffer frames, each with its
     prefix); InvalidParams/InvalidRequest as the pool raises."""
-    from .framing import message_chunks
+    from .wire import chunks
 
     from .calls import build_request  # calls imports this module
     buffers: list[Any] = []
     frame = build_request(settings, REQUEST_ID, tool, args, timeout, False,
                           window=1 if stream else 0, oob=buffers)
-    return b"".join(message_chunks(frame, buffers))
+    return b"".join(chunks(frame, buffers))
 
 
 def _start(settings: Settings, tools: list[str], stderr: Any) -> subprocess.Popen[bytes]:
@@ -85,7 +85,7 @@ def _answer(settings: Settings, out: bytes, err: bytes, returncode: int) -> Any:
 
 def _read_message(settings: Settings, stream: Any) -> tuple[Kind, Any]:
     """(kind, body) of the next frame: the reply map, or a streamed item."""
-    from .framing import read_message
+    from .wire import read as read_message
     try:
         message = read_message(stream, settings.max_message_size + 4096)
     except (EOFError, ValueError) as exc:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import zmq
 
 from .errors import BridgeError, CallTimeout, PoolUnavailable
-from .frames import recv_buffers, send_message
+from .wire import recv_buffers, send as send_message
 from .protocol import Header, Kind, encode_cancel, read_header
 
 WINDOW = 64

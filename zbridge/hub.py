@@ -4,7 +4,12 @@ Runs in a background thread of the caller (``Bridge``) or as the main thread of
 ``zbridge serve``. Only this thread touches the hub's sockets; other threads talk to it
 through the inproc ``events`` socket (daemon exits, stop requests).
 
-Two rules keep it from wedging, whatever its peers do:
+The broker is shared with the callers of the embedded direct route (``zbridge/direct.py``)
+under the pool's lock (``guard``), which this thread, like them, holds only while the
+broker decides: **decide under the lock, act outside it**. Sends, spawns, kills, /proc
+reads and logging happen after the lock is released, in the order the broker decided.
+
+Three rules keep it from wedging, whatever its peers do:
 
 * **It never blocks in a send.** Every send is non-blocking; a peer whose pipe is full
   (it stopped reading) or that is gone loses that message, which is counted, logged once
@@ -12,6 +17,9 @@ Two rules keep it from wedging, whatever its peers do:
 * **Replies before verdicts.** Before deadlines and heartbeats are judged, everything
   daemons have sent is read and applied, so a stall of this thread (a host holding the GIL)
   never turns a result that reached the hub into ``WorkerLost`` or ``CallTimeout``.
+* **It fails loudly.** If this thread dies of an exception, the pool is broken: queued
+  and later calls get ``PoolUnavailable`` naming the cause at once, running ones
+  ``WorkerLost`` as their daemons stop (loky's ``terminate_broken``).
 """
 
 from __future__ import annotations
@@ -25,15 +33,17 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict, deque
 from typing import Any, Callable, cast
 
 import zmq
 
-from .actions import Action, Interrupt, Kill, Note, Spawn, ToClient, ToDaemon
+from .actions import Action, Answered, Interrupt, Kill, Lease, Note, Spawn, ToClient, ToDaemon
+from . import forks
 from .broker import Broker
 from .config import Settings
-from .direct import Directory, Slot, Waker, read_reply
+from .direct import lend
 from .endpoints import (
     check_bindable,
     create_private_dir,
@@ -48,19 +58,17 @@ from .protocol import (FLAG_PREWARM, MAX_BUFFERS, VERSION, Kind, decode_credit, 
                        decode_ready, encode_cancel, encode_error, encode_heartbeat, encode_result,
                        read_header)
 from .security import HubSecurity
-from .state import describe_exit
+from .shield import Guard, mark_internal
+from .state import Job, describe_exit
 from .supervisor import Supervisor
+from .wire import SMALL
 
 log = logging.getLogger("zbridge.hub")
 REAP_INTERVAL = 0.5
 DRAIN_LIMIT = 100_000    # daemon messages read before judging time (bounds a flooding daemon)
 DISCARD_CHUNK = 1_000    # frames of an over-long message dropped per loop, so others still get turns
-COPY_THRESHOLD = 65536   # below this, copying is cheaper than zero-copy bookkeeping
 WARNED_PEERS = 1024      # peers remembered for "logged once"
 SNAPSHOT_INTERVAL = 0.5  # how stale the metrics exporter's copy of status() may be
-ORPHAN_TIMEOUT = 1.0     # seconds the hub waits for the rest of an adopted socket's reply
-REPORT_TURN = 0.002      # before judging deadlines, direct callers get turns this long to
-REPORT_WAIT = 0.5        # report replies they hold, for at most this long in all
 
 _RCVMORE, _SNDMORE, _NOBLOCK = int(zmq.RCVMORE), int(zmq.SNDMORE), int(zmq.NOBLOCK)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
@@ -71,6 +79,36 @@ def expose_tracebacks(settings: Settings, frontend: str) -> bool:
     if settings.expose_tracebacks == "auto":
         return not frontend.startswith("tcp://")  # local callers see tracebacks, remote ones not
     return settings.expose_tracebacks == "true"
+
+
+class Waker:
+    """A pipe another thread writes a byte to, so the hub's poll wakes up. Its fds close
+    with the object (a caller may still wake a hub that has stopped)."""
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._w, False)
+        weakref.finalize(self, _close_fds, self.fd, self._w)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._w, b"!")
+        except BlockingIOError:
+            pass  # already full of wake-ups
+
+    def clear(self) -> None:
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def daemon_command(settings: Settings, endpoint: str, heartbeat: str, tools: list[str],
@@ -133,17 +171,17 @@ class Hub:
         self.snapshot: dict[str, Any] | None = None    # status() + histograms for the metrics thread
         self.loop_lag = 0.0                  # worst late wake-up since the last snapshot
         self._exporter = None
-        # the embedded direct path (zbridge/direct.py): callers use the broker under this
-        # lock, which the hub thread holds except while it waits in poll
-        self.lock = threading.Lock()
-        self.directory: Directory | None = None
-        self._waker = Waker() if direct else None
+        # the pool's lock: this thread and direct callers (zbridge/direct.py) hold it only
+        # while the broker decides
+        self.guard = Guard()
+        self.direct = direct
+        self.thread_ident: int | None = None       # the thread running the loop
+        self._waker = Waker()
         self._posted: deque[Action] = deque()      # broker actions from calling threads
-        self._adopted: deque[tuple[socket.socket, tuple[bytes, bytes, int]]] = deque()
-        # fd: (its socket, (daemon, client, request id)): callers' sockets whose reply is due
-        self._orphans: dict[int, tuple[socket.socket, tuple[bytes, bytes, int]]] = {}
+        self._adopted: deque[Job] = deque()        # owners' jobs whose reply we read instead
+        self._orphans: dict[int, Job] = {}         # channel fd: its job, while we read it
         self._next_prune = 0.0
-        self.timer_due = 0.0                       # when the loop will next wake by itself
+        self._forked = False                       # this is a forked child's copy
         configure_logs(settings.log_format)
         try:
             self.security = HubSecurity(settings, self.context, self.private_dir, frontend)
@@ -153,15 +191,14 @@ class Hub:
             self.supervisor = Supervisor(
                 daemon_command(settings, self.backend_endpoint, self.heartbeat_endpoint, tools,
                                self.security.local_daemon_args +
-                               ["--expose-tracebacks" if expose else "--no-expose-tracebacks"] + pickle +
-                               (["--direct"] if direct else [])),
-                self._notify_exit, stop_timeout=settings.stop_timeout)
+                               ["--expose-tracebacks" if expose else "--no-expose-tracebacks"] + pickle),
+                self._notify_exit, stop_timeout=settings.stop_timeout,
+                channels=settings.max_message_size + 4096 if direct else 0)
             # daemons not spawned by us are admitted only where they can connect at all
             self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind),
-                                 probe=self.supervisor.process_state, expose_errors=expose,
-                                 direct_prefix=f"ipc://{self.private_dir}/" if direct else None)
-            self.directory = Directory(self.broker.daemons) if direct else None
+                                 probe=self.supervisor.process_state, expose_errors=expose)
             self._bind()
+            forks.register(self)
             if settings.metrics:
                 from .metrics import start_exporter
                 self.snapshot = self.publish_snapshot()
@@ -236,6 +273,11 @@ class Hub:
 
     # --- the loop ----------------------------------------------------------------------
 
+    def _decide(self, event: Callable[..., list[Action]], *args: Any) -> list[Action]:
+        """One broker event under the pool's lock; its actions are carried out after it."""
+        with self.guard:
+            return event(*args)
+
     def run(self, prewarm: bool = False, wake_fd: int | None = None,
             on_wake: Callable[[Hub], None] | None = None) -> None:
         """Serve until stopped; always leaves no daemon, socket or ipc file behind.
@@ -244,117 +286,99 @@ class Hub:
         ZMQ_EVENTS reads per socket per wake-up): a zmq socket's fd only says that it has
         news, edge-triggered, so a socket this thread used since (a send may take its
         signal) is asked for ZMQ_EVENTS before the loop sleeps."""
+        self.thread_ident = threading.get_ident()
+        if threading.current_thread() is not threading.main_thread():
+            mark_internal()  # a log handler on this thread must not call the pool: it would wait for us
+        try:
+            self._loop(prewarm, wake_fd, on_wake)
+        except BaseException as exc:
+            self._break(exc)
+            raise
+        finally:
+            self._shutdown()
+
+    def _loop(self, prewarm: bool, wake_fd: int | None, on_wake: Callable[[Hub], None] | None) -> None:
         poller = select.poll()
+        self._poller = poller
         sockets = {cast(int, sock.getsockopt(zmq.FD)): sock for sock in (self.backend, self.frontend, self.events, self.heartbeat)}
         for fd in sockets:
             poller.register(fd, select.POLLIN)
         if wake_fd is not None:
             poller.register(wake_fd, select.POLLIN)
-        if self._waker is not None:
-            poller.register(self._waker.fd, select.POLLIN)
+        poller.register(self._waker.fd, select.POLLIN)
         next_reap = next_beat = next_snapshot = 0.0
         publish = self._exporter is not None
         backend, frontend, heartbeat, events = self.backend, self.frontend, self.heartbeat, self.events
         poll, clock = poller.poll, time.monotonic
         look_heartbeat = look_events = True  # ask these for ZMQ_EVENTS (the ROUTERs: always)
-        self.lock.acquire()
-        try:
-            if prewarm:
-                self._apply(self.broker.start(time.monotonic()))
+        if prewarm:
+            self._apply(self._decide(self.broker.start, time.monotonic()))
+        now = clock()
+        self._next_timer = now  # judged at once, which arms the timer
+        while not self._done(now):
+            # Timers are judged only when one may be due: _next_timer is set after each
+            # tick() (at most REAP_INTERVAL ahead) and lowered by whatever starts an
+            # earlier one, so the hot path never scans the daemons.
+            due = min(self._next_timer, next_beat)
+            wait = due - now
+            ready: dict[Any, int] = {}
+            for sock in (backend, frontend):
+                if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                    ready[sock] = _POLLIN
+            if look_heartbeat and cast(int, heartbeat.getsockopt(_EVENTS)) & _POLLIN:
+                ready[heartbeat] = _POLLIN
+            if look_events and cast(int, events.getsockopt(_EVENTS)) & _POLLIN:
+                ready[events] = _POLLIN
+            for fd, _ in poll(0 if ready or wait <= 0.0 else math.ceil(wait * 1000.0)):
+                ready[sockets.get(fd, fd)] = _POLLIN  # a socket's fd: maybe a message (recvs cope)
             now = clock()
-            self._next_timer = now  # judged at once, which arms the timer
-            while not self._done(now):
-                # Timers are judged only when one may be due: _next_timer is set after each
-                # tick() (at most REAP_INTERVAL ahead) and lowered by whatever starts an
-                # earlier one, so the hot path never scans the daemons.
-                due = min(self._next_timer, next_beat)
-                wait = due - now
-                ready: dict[Any, int] = {}
-                for sock in (backend, frontend):
-                    if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
-                        ready[sock] = _POLLIN
-                if look_heartbeat and cast(int, heartbeat.getsockopt(_EVENTS)) & _POLLIN:
-                    ready[heartbeat] = _POLLIN
-                if look_events and cast(int, events.getsockopt(_EVENTS)) & _POLLIN:
-                    ready[events] = _POLLIN
-                self.timer_due = due
-                self.lock.release()  # direct callers use the broker while we wait
-                try:
-                    polled = poll(0 if ready or wait <= 0.0 else math.ceil(wait * 1000.0))
-                finally:
-                    self.lock.acquire()
-                for fd, _ in polled:
-                    ready[sockets.get(fd, fd)] = _POLLIN  # a socket's fd: maybe a message (recvs cope)
-                now = clock()
-                if now - due > self.loop_lag:  # woke after its timer was due: the thread was starved
-                    self.loop_lag = now - due
-                others = len(ready)  # anything but the three ROUTERs may start a timer
-                if backend in ready:
-                    self._drain(backend, self._on_backend, now, 1)  # one each, then the others' turn
-                    others -= 1
-                if frontend in ready:
-                    self._read_clients(now)
-                    others -= 1
-                if heartbeat in ready:
-                    self._drain(heartbeat, self._on_heartbeat, now)
-                    others -= 1
-                look_events = False
-                if events in ready:
-                    while cast(int, events.getsockopt(_EVENTS)) & _POLLIN:
-                        self._on_event(now)
-                if wake_fd is not None and wake_fd in ready and on_wake is not None:
-                    on_wake(self)
-                if self._waker is not None:
-                    self._serve_direct(ready, poller, now)
-                look_heartbeat = bool(others) or now >= self._next_timer
-                if look_heartbeat:
-                    now = self._judge_time()
-                if now >= next_reap:
-                    self.supervisor.reap()
-                    next_reap = now + REAP_INTERVAL
-                if now >= next_beat:
-                    self._beat()
-                    look_heartbeat = True
-                    next_beat = now + self.settings.heartbeat_interval
-                if publish and now >= next_snapshot:
-                    self.snapshot = self.publish_snapshot(now)
-                    next_snapshot = now + SNAPSHOT_INTERVAL
-        finally:
-            self.lock.release()
-            self._shutdown()
+            if now - due > self.loop_lag:  # woke after its timer was due: the thread was starved
+                self.loop_lag = now - due
+            others = len(ready)  # anything but the three ROUTERs may start a timer
+            if backend in ready:
+                self._drain(backend, self._on_backend, now, 1)  # one each, then the others' turn
+                others -= 1
+            if frontend in ready:
+                self._read_clients(now)
+                others -= 1
+            if heartbeat in ready:
+                self._drain(heartbeat, self._on_heartbeat, now)
+                others -= 1
+            look_events = False
+            if events in ready:
+                while cast(int, events.getsockopt(_EVENTS)) & _POLLIN:
+                    self._on_event(now)
+            if wake_fd is not None and wake_fd in ready and on_wake is not None:
+                on_wake(self)
+            self._serve_owners(ready, now)
+            look_heartbeat = bool(others) or now >= self._next_timer
+            if look_heartbeat:
+                now = self._judge_time()
+            if now >= next_reap:
+                self.supervisor.reap()
+                next_reap = now + REAP_INTERVAL
+            if now >= next_beat:
+                self._beat()
+                look_heartbeat = True
+                next_beat = now + self.settings.heartbeat_interval
+            if publish and now >= next_snapshot:
+                self.snapshot = self.publish_snapshot(now)
+                next_snapshot = now + SNAPSHOT_INTERVAL
 
     def _judge_time(self) -> float:
         """Deadlines and heartbeats, judged only after everything daemons sent is applied;
         then the next time they may need judging (never more than REAP_INTERVAL ahead)."""
         now = time.monotonic()
-        self._drain_daemons(now)
+        self._drain(self.backend, self._on_backend, now)
         self._drain(self.heartbeat, self._on_heartbeat, now)
+        self._read_orphans(now)
         now = time.monotonic()
-        if self.directory is not None and self.broker.deadline_due(now):
-            # direct callers may hold replies that arrived in time (the host held the GIL,
-            # say): they report them before a deadline is judged. The deadlines are judged
-            # as of ``now``, taken before the wait, so a stall of this thread cannot move
-            # a verdict past a reply
-            self._let_callers_report()
-        self._apply(self.broker.tick(now))
-        wait = self.broker.next_wakeup(now)
+        with self.guard:
+            actions = self.broker.tick(now)
+            wait = self.broker.next_wakeup(now)
+        self._apply(actions)
         self._next_timer = now + (REAP_INTERVAL if wait is None else min(wait, REAP_INTERVAL))
         return now
-
-    def _let_callers_report(self) -> None:
-        """While a direct caller holds a reply it has not reported (read, or unread in its
-        connection: polled, not read), release the lock for a moment, up to REPORT_WAIT."""
-        assert self.directory is not None
-        give_up = time.monotonic() + REPORT_WAIT
-        while self.directory.replies_waiting() and time.monotonic() < give_up:
-            self.lock.release()
-            try:
-                time.sleep(REPORT_TURN)
-            finally:
-                self.lock.acquire()
-
-    def _drain_daemons(self, now: float) -> None:
-        self._drain(self.backend, self._on_backend, now)
 
     def _drain(self, sock: zmq.Socket[Any], handle: Callable[[bytes, float], None], now: float,
                limit: int = DRAIN_LIMIT) -> int:
@@ -371,10 +395,26 @@ class Hub:
     def _done(self, now: float) -> bool:
         if self._stop_at is None:
             return False
-        if self.broker.running() and now < self._stop_at:
-            return False
-        self._apply(self.broker.abandon_running("bridge stopped before the call finished"))
+        with self.guard:
+            if self.broker.running() and now < self._stop_at:
+                return False
+            actions = self.broker.abandon_running("bridge stopped before the call finished")
+        self._apply(actions)
         return True
+
+    def _break(self, exc: BaseException) -> None:
+        """This thread is dying of ``exc``: the pool is broken, and says why at once."""
+        reason = f"its hub thread died: {type(exc).__name__}: {exc}"[:500]
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            reason = f"its hub stopped ({type(exc).__name__})"
+        else:
+            log.critical("the pool is broken: %s", reason, exc_info=exc)
+        try:
+            with self.guard:
+                actions = self.broker.break_(reason) + self.broker.abandon_running(reason)
+            self._wake_owners(actions)
+        except BaseException:  # noqa: BLE001 - breaking must not hide the original error
+            log.exception("while breaking the pool")
 
     # --- clients -------------------------------------------------------------------------
 
@@ -391,7 +431,7 @@ class Hub:
         part = frontend.recv(copy=False)  # its .more is cheaper than getsockopt(RCVMORE)
         # a large frame is not copied: its memoryview goes through the broker (which only
         # measures it, peeks at its start and forwards it) and is sent on zero-copy
-        frame = part.bytes if len(part) < COPY_THRESHOLD else cast(bytes, part.buffer)
+        frame = part.bytes if len(part) < SMALL else cast(bytes, part.buffer)
         if not part.more:
             self._on_client(client, frame, now)
             return
@@ -423,10 +463,12 @@ class Hub:
         kind = header.kind
         if kind is _REQUEST:
             broker = self.broker
-            self._apply(broker.submit(client, header, frame, now, extra))
-            if broker.queued:  # it waits (or the pool grows, or is hopeless): any timer may move
-                wait = broker.next_wakeup(now)
-                if wait is not None and now + wait < self._next_timer:
+            with self.guard:
+                actions = broker.submit(client, header, frame, now, extra)
+                wait = broker.next_wakeup(now) if broker.queued else None
+            self._apply(actions)
+            if wait is not None:  # it waits (or the pool grows, or is hopeless): any timer may move
+                if now + wait < self._next_timer:
                     self._next_timer = now + wait
             else:  # it runs (or was refused): its deadline is the one timer it may start
                 deadline = now + (header.timeout_ms / 1000.0 if header.timeout_ms else self.settings.timeout)
@@ -440,14 +482,15 @@ class Hub:
                 f"only a REQUEST may carry buffer frames, not {kind.name}"))
         elif kind is Kind.CREDIT:
             try:
-                self._apply(self.broker.client_credit(client, header.id, decode_credit(frame), now))
+                credit = decode_credit(frame)
             except BridgeError:
-                pass  # CREDIT is never answered; a bad one is simply not forwarded
+                return  # CREDIT is never answered; a bad one is simply not forwarded
+            self._apply(self._decide(self.broker.client_credit, client, header.id, credit, now))
         elif kind is Kind.CANCEL:  # never answered itself; only the sender's own calls
-            self._apply(self.broker.cancel(client, header.id, now))
+            self._apply(self._decide(self.broker.cancel, client, header.id, now))
         elif kind is Kind.STATUS:
             if header.flags & FLAG_PREWARM:
-                self._apply(self.broker.prewarm(now))
+                self._apply(self._decide(self.broker.prewarm, now))
             self._apply([ToClient(client, encode_result(header.id, self.status(now)))])
         else:
             self._send_error(client, header.id, InvalidRequest(
@@ -461,7 +504,7 @@ class Hub:
     def _on_backend(self, ident: bytes, now: float) -> None:
         backend = self.backend
         part = backend.recv(copy=False)
-        frame = part.bytes if len(part) < COPY_THRESHOLD else cast(bytes, part.buffer)  # as for clients
+        frame = part.bytes if len(part) < SMALL else cast(bytes, part.buffer)  # as for clients
         extra: tuple[Any, ...] = ()
         if part.more:
             extra, ended = _read_buffers(backend)
@@ -473,7 +516,7 @@ class Hub:
             header = read_header(frame)
             kind = header.kind
             if kind is _REPLY:
-                actions = self.broker.daemon_reply(ident, header, frame, now, extra)
+                actions = self._decide(self.broker.daemon_reply, ident, header, frame, now, extra)
                 self._apply(actions)
                 idle = self.settings.idle_timeout  # the daemon's idle timer starts now
                 if len(actions) > 2:  # more than the answer and the next dispatch (a recycle)
@@ -481,15 +524,15 @@ class Hub:
                 elif idle > 0.0 and now + idle < self._next_timer:
                     self._next_timer = now + idle
             elif kind is Kind.PARTIAL:
-                self._apply(self.broker.daemon_partial(ident, header, frame, now, extra))
+                self._apply(self._decide(self.broker.daemon_partial, ident, header, frame, now, extra))
             elif extra:
                 log.warning("dropping a %s with buffer frames from daemon %r", kind.name, ident)
             elif kind is Kind.READY:
                 self._next_timer = now  # its heartbeat and idle timers start
-                self._apply(self.broker.daemon_ready(ident, decode_ready(frame), now))
+                self._apply(self._decide(self.broker.daemon_ready, ident, decode_ready(frame), now))
             elif kind is Kind.DISCONNECT:
                 self._next_timer = now
-                self._apply(self.broker.daemon_exited(ident, now, "daemon disconnected"))
+                self._apply(self._decide(self.broker.daemon_exited, ident, now, "daemon disconnected"))
         except BridgeError as exc:
             log.warning("dropping a malformed message from daemon %r: %s", ident, exc)
 
@@ -500,13 +543,17 @@ class Hub:
             return
         try:
             if read_header(frame).kind is Kind.HEARTBEAT:
-                self.broker.daemon_beat(ident, decode_heartbeat(frame), now)
+                beat = decode_heartbeat(frame)
+                with self.guard:
+                    self.broker.daemon_beat(ident, beat, now)
         except BridgeError as exc:
             log.warning("dropping a malformed heartbeat from %r: %s", ident, exc)
 
     def _beat(self) -> None:
         beat = encode_heartbeat()
-        for ident in list(self.broker.daemons):
+        with self.guard:
+            daemons = list(self.broker.daemons)
+        for ident in daemons:
             self._send_beat(ident, beat)
 
     def _send_beat(self, ident: bytes, frame: bytes) -> None:
@@ -519,15 +566,15 @@ class Hub:
         frames = self.events.recv_multipart()
         if frames[0] == b"exit":
             code = int(frames[2]) if frames[2] else None
-            self._apply(self.broker.daemon_exited(frames[1], now, describe_exit(code), code,
-                                                  frames[3].decode(errors="replace")))
+            self._apply(self._decide(self.broker.daemon_exited, frames[1], now, describe_exit(code), code,
+                                     frames[3].decode(errors="replace")))
         elif frames[0] == b"stop":
             self.begin_stop(float(frames[1]), now)
 
     def begin_stop(self, drain_timeout: float, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         if self._stop_at is None:
-            self._apply(self.broker.close())
+            self._apply(self._decide(self.broker.close))
             self._stop_at = now + drain_timeout
         else:  # a second stop request means now
             self._stop_at = now
@@ -535,17 +582,20 @@ class Hub:
     # --- actions -----------------------------------------------------------------------
 
     def _apply(self, actions: list[Action]) -> None:
-        """Carry out the broker's actions. A failed send becomes a new broker event, taken
-        after the whole list, so the broker is never re-entered while it is being obeyed."""
+        """Carry out the broker's actions, after its lock. A failed send becomes a new broker
+        event, taken after the whole list, so the broker is never re-entered while it is
+        being obeyed."""
         while actions:
-            if self.directory is not None:  # direct callers' leases and answers
-                actions = self.directory.route(actions)
             for action in actions:
                 match action:
                     case ToClient(client, frame, extra):
                         self._send(self.frontend, client, frame, "client", extra)
                     case ToDaemon(daemon, frame, extra):
                         self._send(self.backend, daemon, frame, "daemon", extra)
+                    case Lease(job):
+                        lend(self, job)
+                    case Answered(job):
+                        job.owner.wake()
                     case Spawn(daemon):
                         self._spawn(daemon)
                     case Kill(daemon, reason, hard):
@@ -556,17 +606,23 @@ class Hub:
                         log_note(event, level, fields)
             actions = self._take_failures()
 
+    def _wake_owners(self, actions: list[Action]) -> None:
+        """Only the wake-ups of a list of actions (when nothing else can be carried out)."""
+        for action in actions:
+            if isinstance(action, Answered):
+                action.job.owner.wake()
+
     def _send(self, sock: zmq.Socket[Any], ident: bytes, frame: bytes, role: str,
               extra: tuple[Any, ...] = ()) -> None:
         try:
             sock.send(ident, _SNDMORE | _NOBLOCK)
             if extra:  # buffer frames: the zmq.Frame objects as received, shared, not copied
-                sock.send(frame, _SNDMORE | _NOBLOCK, copy=len(frame) < COPY_THRESHOLD)
+                sock.send(frame, _SNDMORE | _NOBLOCK, copy=len(frame) < SMALL)
                 last = len(extra) - 1
                 for i, part in enumerate(extra):
                     sock.send(part, _NOBLOCK if i == last else _SNDMORE | _NOBLOCK, copy=False)
                 return
-            sock.send(frame, _NOBLOCK, copy=len(frame) < COPY_THRESHOLD)
+            sock.send(frame, _NOBLOCK, copy=len(frame) < SMALL)
         except zmq.ZMQError as exc:
             self._failed.append((role, ident, frame, exc.errno == zmq.EHOSTUNREACH, extra))
 
@@ -576,14 +632,17 @@ class Hub:
             return actions
         failed, self._failed = self._failed, []
         now = time.monotonic()
-        for role, ident, frame, gone, extra in failed:
+        with self.guard:
+            for role, ident, frame, gone, extra in failed:
+                if role == "client":
+                    actions += self.broker.client_unreachable(ident, frame, gone, now)
+                elif role == "daemon":
+                    actions += self.broker.daemon_unreachable(ident, frame, now, extra)
+                else:  # a kill for a daemon that is not our process: forget it now
+                    actions += self.broker.daemon_exited(ident, now, frame)
+        for role, ident, _, gone, _ in failed:
             if role == "client":
                 self._warn_once(ident, gone)
-                actions += self.broker.client_unreachable(ident, frame, gone, now)
-            elif role == "daemon":
-                actions += self.broker.daemon_unreachable(ident, frame, now, extra)
-            else:  # a kill for a daemon that is not our process: forget it now
-                actions += self.broker.daemon_exited(ident, now, frame)
         return actions
 
     def _warn_once(self, client: bytes, gone: bool) -> None:
@@ -603,56 +662,40 @@ class Hub:
 
     def _spawn(self, ident: bytes) -> None:
         try:
-            self._pending += self.broker.daemon_spawned(ident, self.supervisor.spawn(ident))
+            pid, channel = self.supervisor.spawn(ident)
         except OSError as exc:
             self._failed.append(("remote", ident, f"cannot start daemon: {exc}", True, ()))
+            return
+        self._pending += self._decide(self.broker.daemon_spawned, ident, pid, channel)
 
-    # --- the embedded direct path (zbridge/direct.py) ------------------------------------
+    def let_go_in_child(self, devnull: int) -> None:
+        """In a forked child (``zbridge/forks.py``): the daemons' lifelines and channels
+        are pointed at /dev/null, and nothing is posted to a hub thread that is not here."""
+        self._forked = True
+        self.guard.reset()
+        for fd in self.supervisor.fds():
+            try:
+                os.dup2(devnull, fd)
+            except OSError:
+                continue
 
-    def route_direct(self, actions: list[Action]) -> list[Action]:
-        """Under the lock: deliver direct callers' leases and answers, return the rest."""
-        assert self.directory is not None
-        return self.directory.route(actions)
-
-    @property
-    def reporting(self) -> set[bytes]:
-        assert self.directory is not None
-        return self.directory.reporting
-
-    def new_slot(self, blocking: bool = False, max_message: int = 0) -> Slot:
-        """A direct caller for the calling thread (or event loop); see Directory.new_slot."""
-        assert self.directory is not None
-        with self.lock:
-            return self.directory.new_slot(blocking, max_message)
+    # --- the embedded direct route (zbridge/direct.py) ----------------------------------
 
     def post(self, actions: list[Action]) -> None:
         """From a calling thread: broker actions for this thread to carry out."""
-        if self._waker is not None and not self._stopped.is_set():
+        if not self._stopped.is_set() and not self._forked:
             self._posted.extend(actions)
             self._waker.wake()
 
-    def adopt(self, sock: socket.socket, daemon: bytes, client: bytes, request_id: int) -> None:
-        """From a calling thread: a direct socket whose reply to ``request_id`` is still due,
-        now ours; the reply is reported to the broker when it comes, so the daemon is freed."""
-        if self._waker is None or self._stopped.is_set():
-            sock.close()
-            return
-        sock.settimeout(ORPHAN_TIMEOUT)  # a reply is written whole: never wait long for its rest
-        self._adopted.append((sock, (daemon, client, request_id)))
-        self._waker.wake()
+    def adopt(self, job: Job) -> None:
+        """From a calling thread: ``job`` was answered while its daemon still owes the
+        reply; this thread reads it from the channel, so the daemon comes back warm."""
+        if not self._stopped.is_set() and not self._forked:
+            self._adopted.append(job)
+            self._waker.wake()
 
-    def timer_at(self, deadline: float) -> None:
-        """A calling thread's new deadline: the loop judges time by then (woken if it
-        would sleep past it)."""
-        if deadline < self._next_timer:
-            with self.lock:
-                self._next_timer = min(self._next_timer, deadline)
-            if deadline < self.timer_due and self._waker is not None:
-                self._waker.wake()
-
-    def _serve_direct(self, ready: dict[Any, int], poller: select.poll, now: float) -> None:
-        """Actions posted by calling threads; sockets they handed over; replies on those."""
-        assert self._waker is not None
+    def _serve_owners(self, ready: dict[Any, int], now: float) -> None:
+        """Actions posted by calling threads; channels they handed over; replies on those."""
         if self._waker.fd in ready:
             self._waker.clear()
             posted = []
@@ -660,47 +703,64 @@ class Hub:
                 posted.append(self._posted.popleft())
             self._apply(posted)
             while self._adopted:
-                sock, key = self._adopted.popleft()
-                self._orphans[sock.fileno()] = (sock, key)
-                poller.register(sock.fileno(), select.POLLIN)
-                ready[sock.fileno()] = _POLLIN  # its reply may be there already
-        for fd in [fd for fd in self._orphans if fd in ready]:
-            self._on_orphan(fd, poller, now)
-        if self._orphans and now >= self._next_prune:
-            self._next_prune = now + REAP_INTERVAL
-            for fd, (_, (daemon, client, request_id)) in list(self._orphans.items()):
-                if not self.broker.awaits_reply(daemon, client, request_id):
-                    self._drop_orphan(fd, poller)
+                job = self._adopted.popleft()
+                fd = job.channel.fileno()
+                if fd >= 0 and fd not in self._orphans:
+                    self._orphans[fd] = job
+                    self._poller.register(fd, select.POLLIN)
+                    ready[fd] = _POLLIN  # its reply may be there already
+        if self._orphans:
+            for fd in [fd for fd in self._orphans if fd in ready]:
+                self._on_orphan(fd, now)
+            if now >= self._next_prune:
+                self._next_prune = now + REAP_INTERVAL
+                self._prune_orphans()
 
-    def _on_orphan(self, fd: int, poller: select.poll, now: float) -> None:
-        """An adopted socket is readable: its late reply (reported, so the daemon is free),
-        or its end (the daemon is gone: the broker hears that from its exit)."""
-        sock, (daemon, _, request_id) = self._orphans[fd]
+    def _read_orphans(self, now: float) -> None:
+        """Before judging time: late replies already waiting on adopted channels."""
+        if self._orphans:
+            for fd in list(self._orphans):
+                self._on_orphan(fd, now)
+
+    def _on_orphan(self, fd: int, now: float) -> None:
+        """An adopted channel may be readable: its late reply (reported, so the daemon is
+        free), or its end (the daemon is gone: the broker hears that from its exit)."""
+        job = self._orphans[fd]
         try:
-            reply = read_reply(sock, self.settings.max_message_size, request_id)
-        except EOFError:
-            reply = None
-        self._drop_orphan(fd, poller)
-        if reply is not None:
-            header, frame, buffers = reply
-            self._apply(self.broker.daemon_reply(daemon, header, frame, now, buffers))
+            frame, buffers = job.channel.recv(socket.MSG_DONTWAIT)
+        except (BlockingIOError, TimeoutError):
+            return
+        except (EOFError, OSError):
+            self._drop_orphan(fd)
+            return
+        self._drop_orphan(fd)  # before the daemon is free: then it is another caller's
+        try:
+            header = read_header(frame)
+        except BridgeError:
+            return
+        if header.kind is Kind.REPLY:
+            self._apply(self._decide(self.broker.daemon_reply, job.daemon or b"", header, frame, now,
+                                     tuple(buffers)))
             self._next_timer = now  # the daemon is free: its idle timer starts
 
-    def close_direct(self) -> None:
-        """Once the loop has ended and no caller is left: the callers' and our pipes."""
-        if self.directory is not None:
-            self.directory.close()
-        if self._waker is not None:
-            self._waker.close()
-            self._waker = None
+    def _prune_orphans(self) -> None:
+        """Channels whose reply is no longer awaited (their daemon was killed or exited)."""
+        with self.guard:
+            gone = [fd for fd, job in self._orphans.items()
+                    if not self.broker.awaits_reply(job.daemon or b"", job.client, job.id)]
+        for fd in gone:
+            self._drop_orphan(fd)
 
-    def _drop_orphan(self, fd: int, poller: select.poll) -> None:
-        sock, _ = self._orphans.pop(fd)
-        poller.unregister(fd)
-        sock.close()
+    def _drop_orphan(self, fd: int) -> None:
+        self._orphans.pop(fd)
+        try:
+            self._poller.unregister(fd)
+        except (KeyError, ValueError):
+            pass
 
     def status(self, now: float | None = None) -> dict[str, Any]:
-        status = self.broker.status(time.monotonic() if now is None else now)
+        with self.guard:
+            status = self.broker.status(time.monotonic() if now is None else now)
         status["endpoint"] = self.frontend_endpoint
         status["hub_pid"] = os.getpid()
         status["protocol"] = VERSION
@@ -711,7 +771,8 @@ class Hub:
         """A fresh copy of status() and the per-tool histograms, for another thread to read
         (the metrics exporter); it is replaced whole, never changed in place."""
         snapshot = self.status(now)
-        snapshot["histograms"] = self.broker.tools.histograms()
+        with self.guard:
+            snapshot["histograms"] = self.broker.tools.histograms()
         snapshot["loop_lag_s"], self.loop_lag = self.loop_lag, 0.0
         return snapshot
 
@@ -721,8 +782,6 @@ class Hub:
         exporter = getattr(self, "_exporter", None)
         if exporter is not None:
             exporter.stop()
-        for sock, _ in list(getattr(self, "_orphans", {}).values()):
-            sock.close()
         for name in ("frontend", "backend", "events", "heartbeat"):
             sock = getattr(self, name, None)
             if sock is not None:

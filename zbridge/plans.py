@@ -19,6 +19,7 @@ from .calls import (
     HUB_GRACE,
     ClientCore,
     build_request,
+    closed_error,
     credit_due,
     not_ready_error,
     readiness,
@@ -32,18 +33,27 @@ from .errors import (
     PoolUnavailable,
 )
 from .policy import Step, after_error
-from .protocol import MAX_WINDOW, encode_status_request, read_header
+from .protocol import MAX_WINDOW, encode_status_request
 
 # --- the operations a driver performs ------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Roundtrip:
-    """Send ``frame`` (then its ``buffers`` frames) and return the result of its REPLY (or
-    raise its error), giving up with CallTimeout ``timeout`` + HUB_GRACE seconds later."""
+    """A call on the client's route: send ``frame`` (request ``id``, then its ``buffers``
+    frames) and return the result of its REPLY (or raise its error); CallTimeout after
+    ``timeout``."""
     frame: bytes
     timeout: float
     buffers: tuple[Any, ...] = ()
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A question for the hub itself (STATUS): ``frame`` there and the result of its REPLY."""
+    frame: bytes
+    timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,7 @@ class Open:
     ops name no channel."""
     frame: bytes
     buffers: tuple[Any, ...] = ()
+    id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +105,7 @@ class OneShotItems:
     timeout: float
 
 
-Op = Union[Roundtrip, OneShot, Sleep, Open, Receive, Credit, Item, OneShotItems]
+Op = Union[Roundtrip, Ask, OneShot, Sleep, Open, Receive, Credit, Item, OneShotItems]
 Plan = Generator[Op, Any, Any]
 
 
@@ -109,11 +120,6 @@ def advance(plan: Plan, outcome: Any, error: BaseException | None) -> tuple[bool
 
 # --- plans -------------------------------------------------------------------------------
 
-def closed_error() -> PoolUnavailable:
-    """A call on a closed client: it never left."""
-    return PoolUnavailable("client is closed", {"closing": True, "cause": "closing"})
-
-
 def closed_while_waiting() -> Cancelled:
     """A call whose client was closed while it waited: it may have run."""
     return Cancelled("client closed while the call was waiting")
@@ -123,18 +129,18 @@ def call(core: ClientCore, tool: str, args: Any, timeout: float | None,
          idempotent: bool, traceparent: str | None = None) -> Plan:
     """One call: the pool, retried if idempotent and lost, else the pipe fallback when the
     pool cannot serve a call that never ran."""
-    if core._closed:
-        raise closed_error()
+    core._check()
     timeout = core.timeout_of(timeout)
     if not core.settings.pool_enabled:
         return (yield OneShot(tool, args, timeout))
     attempt = 0
     while True:
         buffers: list[Any] = []
-        frame = build_request(core.settings, next(core._ids), tool, args, timeout, idempotent,
+        request_id = next(core._ids)
+        frame = build_request(core.settings, request_id, tool, args, timeout, idempotent,
                               trace=traceparent, oob=buffers)
         try:
-            return (yield Roundtrip(frame, timeout, tuple(buffers)))
+            return (yield Roundtrip(frame, timeout, tuple(buffers), request_id))
         except BridgeError as exc:
             step = after_error(exc, attempt=attempt, idempotent=idempotent,
                                retries=core.settings.retries, can_fallback=core._can_fallback())
@@ -148,7 +154,7 @@ def call(core: ClientCore, tool: str, args: Any, timeout: float | None,
 def status(core: ClientCore, timeout: float, prewarm: bool = False) -> Plan:
     if not core.settings.pool_enabled:
         return statusmap.disabled(core.settings.workers)
-    return (yield Roundtrip(encode_status_request(next(core._ids), prewarm), timeout))
+    return (yield Ask(encode_status_request(next(core._ids), prewarm), timeout))
 
 
 def wait_ready(core: ClientCore, timeout: float, count: int | None) -> Plan:
@@ -170,8 +176,7 @@ def stream(core: ClientCore, tool: str, args: Any, timeout: float | None, window
     """A generator tool's items, paced by credit; falls back to the pipe only if nothing was
     yielded and the pool could not serve it. The driver cancels the call whenever this
     plan does not run to its end."""
-    if core._closed:
-        raise closed_error()
+    core._check()
     if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW:
         raise ValueError(f"window must be an integer from 1 to {MAX_WINDOW}, not {window!r}")
     timeout = core.timeout_of(timeout)
@@ -179,10 +184,11 @@ def stream(core: ClientCore, tool: str, args: Any, timeout: float | None, window
         yield OneShotItems(tool, args, timeout)
         return
     buffers: list[Any] = []
-    frame = build_request(core.settings, next(core._ids), tool, args, timeout, False, window,
+    request_id = next(core._ids)
+    frame = build_request(core.settings, request_id, tool, args, timeout, False, window,
                           trace=traceparent, oob=buffers)
     try:
-        yield Open(frame, tuple(buffers))
+        yield Open(frame, tuple(buffers), request_id)
     except BridgeError as exc:  # it never left: the pipe may serve it, as call() would
         if core._can_fallback() and after_error(exc, attempt=0, idempotent=False, retries=0,
                                                 can_fallback=True) is Step.FALLBACK:
@@ -208,10 +214,6 @@ def stream(core: ClientCore, tool: str, args: Any, timeout: float | None, window
             return
         else:
             raise value
-
-
-def request_id(frame: bytes) -> int:
-    return read_header(frame).id
 
 
 # --- many calls --------------------------------------------------------------------------

@@ -346,16 +346,8 @@ def decode_reply_body(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
 
 # --- control messages --------------------------------------------------------------------
 
-def encode_ready(pid: int, tools: list[str], version: str, direct: str | None = None,
-                 unix: str | None = None) -> bytes:
-    """READY; ``direct``, ``unix``: the daemon's own ROUTER endpoint and Unix socket path,
-    for an embedded hub's callers."""
-    body: dict[str, Any] = {"pid": pid, "tools": tools, "version": version}
-    if direct:
-        body["direct"] = direct
-    if unix:
-        body["unix"] = unix
-    return pack_header(Kind.READY, 0) + _packb_plain(body)
+def encode_ready(pid: int, tools: list[str], version: str) -> bytes:
+    return pack_header(Kind.READY, 0) + _packb_plain({"pid": pid, "tools": tools, "version": version})
 
 
 def decode_ready(frame: bytes) -> dict[str, Any]:

@@ -36,7 +36,7 @@ class Process(str, Enum):
     GONE = "gone"        # exited or a zombie
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Job:
     client: bytes
     id: int
@@ -54,6 +54,12 @@ class Job:
     stats: ToolStats | None = None   # that tool's numbers (kept here: no lookup per reply)
     extra: tuple[Any, ...] = ()      # the request's buffer frames (opaque), until dispatched
     extra_size: int = 0              # their bytes, counted in ``size``
+    owner: Any = None                # a caller in this process waiting on the job itself
+                                     # (``zbridge/direct.py``: its ``wake()``), or None for a zmq client
+    answer: tuple[bytes, tuple[Any, ...]] | None = None  # an owner's answer: reply frame, buffers
+    channel: Any = None              # an owner's lease: the channel of the daemon running it
+    sent: bool = False               # the leased request is on that channel
+    owner_sends: bool = False        # its owner sends it (else the thread that lent it does)
 
     @property
     def key(self) -> tuple[bytes, int]:
@@ -86,9 +92,7 @@ class Daemon:
     call_limit: int | None = None
     retiring: str | None = None      # to be replaced: leaves once capacity allows
     exit_kind: str | None = None     # why it is going, one of EXIT_KINDS, when the hub decided
-    direct: str | None = None        # its own ROUTER for embedded callers (READY's "direct")
-    unix: str | None = None          # its own Unix socket for blocking embedded callers
-    next: Job | None = None          # a call waiting in its queue behind ``job`` (prefetch)
+    channel: Any = None              # its exclusive channel (``wire.Channel``), if spawned with one
     interrupt_at: float | None = None  # when to ask its stale call to stop again (interrupt)
 
 

@@ -3,7 +3,11 @@
 Each daemon runs in its own session (so signals reach its whole process group and a
 terminal's Ctrl-C does not), holds a stdin pipe whose EOF tells it the hub is gone, and
 writes its stderr (and its tools' stdout) to a pipe that a thread forwards line by line to
-the ``zbridge.daemon`` logger, keeping the last lines to explain a failed start.
+the ``zbridge.daemon`` logger, keeping the last lines to explain a failed start. With
+``channels``, each daemon also gets its own end of a ``socketpair`` (``--channel FD``): the
+exclusive channel on which callers in this process lend it requests (``zbridge/direct.py``).
+When a daemon exits, its channel is shut down here too, so a caller waiting on it wakes at
+once even if a process the tool forked still holds the daemon's end.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import collections
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +27,7 @@ from typing import Callable
 from .procinfo import run_state
 from .state import Process as ProcessState
 from .state import describe_exit
+from .wire import Channel
 
 __all__ = ["Supervisor", "describe_exit"]
 
@@ -35,6 +41,7 @@ Notify = Callable[[bytes, "int | None", str], None]  # (daemon id, exit status, 
 class Process:
     ident: bytes
     popen: subprocess.Popen[bytes]
+    channel: Channel | None = None
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     reported: bool = False
 
@@ -48,26 +55,41 @@ def _emit(ident: bytes, pid: int, line: str) -> None:
 
 class Supervisor:
     def __init__(self, command: list[str], notify: Notify, *, stop_timeout: float = 5.0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, channels: int = 0) -> None:
         self.command = command
         self.notify = notify
         self.stop_timeout = stop_timeout
         self.env = env
+        self.channels = channels  # 0: none; else the largest frame a channel carries
         self.procs: dict[bytes, Process] = {}
         self._lock = threading.Lock()
 
-    def spawn(self, ident: bytes) -> int:
+    def spawn(self, ident: bytes) -> tuple[int, Channel | None]:
+        """Start a daemon: its pid, and its channel (if ``channels``)."""
         env = dict(os.environ if self.env is None else self.env, PYTHONUNBUFFERED="1")
-        popen = subprocess.Popen(
-            self.command + ["--identity", ident.decode(), "--lifeline"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True, env=env)
-        proc = Process(ident, popen)
+        command = self.command + ["--identity", ident.decode(), "--lifeline"]
+        ours = theirs = None
+        if self.channels:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            command += ["--channel", str(theirs.fileno())]
+        try:
+            popen = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                start_new_session=True, env=env, pass_fds=(theirs.fileno(),) if theirs else ())
+        except BaseException:
+            if ours is not None:
+                ours.close()
+            raise
+        finally:
+            if theirs is not None:
+                theirs.close()
+        channel = Channel(ours, self.channels) if ours is not None else None
+        proc = Process(ident, popen, channel)
         with self._lock:
             self.procs[ident] = proc
         threading.Thread(target=self._watch, args=(proc,), daemon=True,
                          name=f"zbridge-watch-{ident.decode()}").start()
-        return popen.pid
+        return popen.pid, channel
 
     def _watch(self, proc: Process) -> None:
         """Forward stderr; at EOF the process is exiting: wait for it and report."""
@@ -86,6 +108,11 @@ class Supervisor:
                 return
             proc.reported = True
             self.procs.pop(proc.ident, None)
+        if proc.channel is not None:
+            try:  # wakes a caller blocked on it; the socket closes with its last user
+                proc.channel.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self.notify(proc.ident, proc.popen.returncode, "\n".join(proc.tail))
 
     def reap(self) -> None:
@@ -144,6 +171,18 @@ class Supervisor:
                 self._terminate(proc, grace=1.0)
             _signal_group(proc.popen, signal.SIGKILL)  # grandchildren that outlived the daemon
 
+    def fds(self) -> list[int]:
+        """The file descriptors that keep daemons tied to this process (lifelines and
+        channels), for a forked child to let go of (``zbridge/forks.py``)."""
+        fds = []
+        for proc in list(self.procs.values()):
+            for stream in (proc.popen.stdin, proc.popen.stderr, proc.channel):
+                try:
+                    if stream is not None:
+                        fds.append(stream.fileno())
+                except (OSError, ValueError):
+                    continue
+        return fds
 
 
 def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
