@@ -269,6 +269,7 @@ class Client(ClientCore):
                     self._send_cancel(sock, request_id)
                 self._close_socket(sock, linger=0 if finished else 100)
 
+    @shield.call_site
     def _call(self, transport: Any, frame: bytes, timeout: float, buffers: Sequence[Any] = (),
               request_id: int = 0) -> Any:
         """One round trip on ``transport``; a ``submit()`` Future's cancel() cancels it."""

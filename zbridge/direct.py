@@ -33,10 +33,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .actions import Action, Answered, Lease
 from .broker import new_job
-from .calls import POLL_SLICE_MS
 from .errors import BridgeError
 from .protocol import Kind, read_header
-from .shield import protected, waiting
+from .shield import checkpoint, protected, waiting
 from .state import Job
 from .wire import SMALL
 
@@ -45,7 +44,7 @@ if TYPE_CHECKING:
 
 DIRECT_CLIENT = b"\x00direct"  # owners' client id in the broker: no zmq peer can have it
 EXIT_WAIT = 1.0  # after its channel closed, how long a caller waits for the hub's verdict
-SLICE = POLL_SLICE_MS / 1000.0  # a waiting caller looks at its job this often
+SLICE = 0.1  # a waiting caller looks at its job (and a Ctrl-C) this often
 _DONTWAIT = socket.MSG_DONTWAIT
 Reply = tuple[bytes, tuple[Any, ...]]
 
@@ -272,13 +271,13 @@ class DirectTransport(Route):
                 final = remaining <= SLICE
                 channel.recv_timeout(remaining if final else SLICE)
                 try:
-                    with waiting():
-                        frame, buffers = channel.recv()
+                    frame, buffers = channel.recv()  # Ctrl-C waits for the slice's end
                 except TimeoutError:
                     if final:
                         return self._time_out(job, me)
                     if job.answer is not None:  # cancelled (or judged) by another thread
                         return self._answered(job)
+                    checkpoint()
                     continue
                 except EOFError:
                     return self._after_exit(job, me)

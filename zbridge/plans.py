@@ -152,6 +152,7 @@ def call(core: ClientCore, tool: str, args: Any, timeout: float | None,
 
 
 def status(core: ClientCore, timeout: float, prewarm: bool = False) -> Plan:
+    core._check()
     if not core.settings.pool_enabled:
         return statusmap.disabled(core.settings.workers)
     return (yield Ask(encode_status_request(next(core._ids), prewarm), timeout))

@@ -2,8 +2,11 @@
 
 Pure, and shared by every client path so the rules live in one place:
 - PoolUnavailable means the call never ran, so the one-shot subprocess may serve it; not
-  when the bridge is shutting down (new calls are refused), and not when the tools failed
-  to load (a one-shot subprocess would fail the same way, only slower);
+  when the bridge is shutting down (new calls are refused), not when the tools failed
+  to load (a one-shot subprocess would fail the same way, only slower), and not when the
+  client cannot be used at all (``broken``: its hub thread died; ``forked``: a child's
+  copy; ``reentrant``: a handler calling from inside a call): those are the caller's to
+  see at once, not to hide behind a slow subprocess;
 - WorkerLost and ConnectionLost mean it may have run: retried only when the caller marked
   it idempotent;
 - everything else is the answer.
@@ -14,6 +17,9 @@ from __future__ import annotations
 from enum import Enum
 
 from .errors import BridgeError, ConnectionLost, PoolUnavailable, WorkerLost
+
+
+NO_FALLBACK = frozenset({"closing", "load_failed", "broken", "forked", "reentrant"})
 
 
 class Step(str, Enum):
@@ -27,7 +33,7 @@ def after_error(error: BridgeError, *, attempt: int, idempotent: bool, retries: 
     """``attempt`` counts retries already made (0 for the first try)."""
     if isinstance(error, PoolUnavailable):
         data = error.data if isinstance(error.data, dict) else {}
-        hopeless = data.get("closing") or data.get("cause") in ("closing", "load_failed")
+        hopeless = data.get("closing") or data.get("cause") in NO_FALLBACK
         return Step.FALLBACK if can_fallback and not hopeless else Step.RAISE
     if isinstance(error, (WorkerLost, ConnectionLost)) and idempotent and attempt < retries:
         return Step.RETRY

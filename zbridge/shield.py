@@ -9,11 +9,13 @@ replaces the *default* SIGINT handler (never one the program installed) with one
 raises KeyboardInterrupt as before, except while the main thread is inside a protected
 region: then it only notes the interrupt, and the region raises it once it is left whole.
 
-A blocking call is one protected region (``protected``) with explicit wait points
-(``waiting``) where Ctrl-C is delivered at once, so a call stuck in a long tool can still
-be interrupted; the interrupt then unwinds through the call's own clean-up (cancel the
-call, hand its channel over), which stays protected: a second Ctrl-C cannot tear that
-either.
+A blocking call is one protected region (``protected``) with explicit points where Ctrl-C
+is delivered: ``waiting`` (a wait that consumes nothing, such as a lock: at once) and
+``checkpoint`` (between two slices of a read: a read cannot be a wait point, since an
+interrupt landing just after the system call returned would drop the bytes it read). So
+a call stuck in a long tool can still be interrupted, within a slice; the interrupt then
+unwinds through the call's own clean-up (cancel the call, hand its channel over), which
+stays protected: a second Ctrl-C cannot tear that either.
 
 Re-entry: a signal handler or a logging handler that calls the bridge from a thread that
 is already inside one of its calls would wait for itself. ``inside()`` says whether this
@@ -23,8 +25,10 @@ thread is inside a call, so the client refuses at once instead.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
-from types import FrameType, TracebackType
+from types import CodeType, FrameType, TracebackType
+from typing import Any, Callable
 
 _MAIN = threading.main_thread().ident
 _get_ident = threading.get_ident
@@ -35,6 +39,7 @@ _depth = 0          # protected regions the main thread is in
 _waiting = False    # the main thread is at a wait point: Ctrl-C goes through now
 _deferred = False   # a Ctrl-C arrived inside a protected region
 _tried = False      # ensure() looked at the handler already
+_SITES: set[CodeType] = set()  # code of the functions that make calls (``call_site``)
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -119,7 +124,8 @@ class protected:
 
 
 class calling:
-    """Marks a call of this thread (``inside``)."""
+    """Marks a call of this thread (``inside``), made by a function registered with
+    ``call_site``."""
 
     __slots__ = ()
 
@@ -131,9 +137,17 @@ class calling:
         _local.calls -= 1
 
 
+def checkpoint() -> None:
+    """Inside ``protected``: raise the Ctrl-C that arrived since, if any."""
+    global _deferred
+    if _deferred and _get_ident() == _MAIN:
+        _deferred = False
+        raise KeyboardInterrupt
+
+
 class waiting:
-    """A wait point inside ``protected``: Ctrl-C is delivered here, at once (one that
-    arrived earlier in the region is raised on entry)."""
+    """A wait point inside ``protected`` that consumes nothing (a lock): Ctrl-C is
+    delivered here, at once (one that arrived earlier in the region is raised on entry)."""
 
     __slots__ = ()
 
@@ -152,12 +166,30 @@ class waiting:
             _waiting = False
 
 
+def call_site(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Register the function inside which ``calling`` marks a call (``inside`` looks for
+    it on the stack when the mark says yes)."""
+    _SITES.add(function.__code__)
+    return function
+
+
 def inside() -> bool:
     """Whether this thread is inside a call (a handler running on top of it would wait for
-    itself)."""
-    return bool(getattr(_local, "calls", 0))
+    itself). The mark is a hint, confirmed on the stack: an interrupt that tore the mark
+    never leaves a thread unable to call."""
+    if not getattr(_local, "calls", 0):
+        return False
+    if getattr(_local, "internal", False):
+        return True
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code in _SITES:
+            return True
+        frame = frame.f_back
+    _local.calls = 0
+    return False
 
 
 def mark_internal() -> None:
     """This thread is one of zbridge's own (the hub's): it must never make a call."""
-    _local.calls = 1
+    _local.calls, _local.internal = 1, True
