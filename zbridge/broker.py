@@ -177,6 +177,8 @@ class Broker:
     def _refusal(self, job: Job, header: Header, now: float) -> BridgeError | None:
         """Why a new job cannot be accepted, or None; refusals that say the pool cannot
         serve count as ``unavailable``."""
+        if self.ready and not self.queued and not self.closing and self.broken is None:
+            return self._invalid(job.client, header)  # an idle daemon takes it: nothing else to judge
         if self.broken is not None:
             error: BridgeError | None = PoolUnavailable(
                 f"the pool is broken: {self.broken}", {"cause": "broken"})

@@ -278,7 +278,7 @@ class Client(ClientCore):
             tracker.bind_cancel(lambda: transport.cancel(request_id))
         try:
             with shield.calling():
-                reply, reply_buffers = self._io(transport.roundtrip, frame, buffers, timeout)
+                reply, reply_buffers = transport.roundtrip(frame, buffers, timeout)
         finally:
             if tracker is not None:
                 tracker.bind_cancel(None)
@@ -400,6 +400,10 @@ class HubTransport:
         self._cancels: set[int] = set()
 
     def roundtrip(self, frame: bytes, buffers: Sequence[Any], timeout: float) -> Reply:
+        reply: Reply = self.client._io(self._roundtrip, frame, buffers, timeout)
+        return reply
+
+    def _roundtrip(self, frame: bytes, buffers: Sequence[Any], timeout: float) -> Reply:
         client = self.client
         sock = client._socket()
         request_id = reply_id(frame, any_kind=True) or 0

@@ -187,6 +187,17 @@ class Channel:
         cannot be trusted after it), TimeoutError (or BlockingIOError with MSG_DONTWAIT)
         when none arrived in time."""
         data = self._pending
+        if not data:  # the usual case: one system call reads a whole small message
+            try:
+                data = self.sock.recv(SMALL, flags)
+            except (BlockingIOError, InterruptedError):
+                if flags:
+                    raise
+                raise TimeoutError("no message in time") from None
+            except OSError as exc:  # reset: the peer died with unread data
+                raise EOFError(f"channel broken: {exc}") from None
+            if not data:
+                raise EOFError("channel closed")
         if len(data) < 4:
             data = self._fill(data, 4, flags)
         (prefix,) = LENGTH.unpack_from(data)
