@@ -57,7 +57,7 @@ def test_valid_header_with_arbitrary_body_raises_only_protocol_errors(body):
     (b"", errors.ParseError),
     (b"XX" + bytes(18), errors.ParseError),
     (protocol.HEADER.pack(b"ZB", 9, 1, 0, 0, 1), errors.InvalidRequest),
-    (protocol.HEADER.pack(b"ZB", 1, 99, 0, 0, 1), errors.InvalidRequest),
+    (protocol.HEADER.pack(b"ZB", protocol.VERSION, 99, 0, 0, 1), errors.InvalidRequest),
     (protocol.pack_header(Kind.REQUEST, 1) + msgpack.packb([1, 2]), errors.InvalidRequest),
     (protocol.pack_header(Kind.REQUEST, 1) + msgpack.packb({"method": 3}), errors.InvalidRequest),
     (protocol.pack_header(Kind.REQUEST, 1) + msgpack.packb({"method": "m", "params": 3}), errors.InvalidRequest),
@@ -68,6 +68,43 @@ def test_valid_header_with_arbitrary_body_raises_only_protocol_errors(body):
 def test_malformed_requests(frame, error):
     with pytest.raises(error):
         protocol.decode_request(frame)
+
+
+@pytest.mark.parametrize("version", [0, 1, 3, 255])
+def test_another_version_is_refused_in_its_own_layout(version):
+    frame = protocol.HEADER.pack(b"ZB", version, 1, 0, 10000, 7) + b"\x80"
+    with pytest.raises(errors.InvalidRequest) as caught:
+        protocol.read_header(frame)
+    reply = protocol.refusal(frame, caught.value)
+    magic, reply_version, kind, flags, timeout_ms, id = protocol.HEADER.unpack_from(reply)
+    assert (magic, reply_version, kind, flags, timeout_ms, id) == (b"ZB", version, Kind.REPLY, 0, 0, 7)
+    error = msgpack.unpackb(reply[protocol.HEADER_SIZE:])["error"]
+    assert error["code"] == -32600 and error["data"] == {"versions": [protocol.VERSION]}
+    assert f"protocol version {version} is not served" in error["message"]
+    assert f"speaks version {protocol.VERSION}" in error["message"]
+
+
+def test_the_version_is_judged_before_the_reserved_bytes():
+    """A later version may use bytes 5-7: its messages get the version error, not another."""
+    frame = protocol.HEADER.pack(b"ZB", 3, 1, 0, 0, 7)
+    frame = frame[:5] + b"\x01\x02\x03" + frame[8:]
+    with pytest.raises(errors.InvalidRequest, match="version 3"):
+        protocol.read_header(frame)
+
+
+@pytest.mark.parametrize("frame", [b"", b"ZB\x01", b"XX" + bytes(18),
+                                   protocol.pack_header(Kind.REQUEST, 5)[:5] + b"\x01\x00\x00" + bytes(12)])
+def test_other_unreadable_headers_are_refused_with_id_0_in_this_version(frame):
+    with pytest.raises(errors.BridgeError) as caught:
+        protocol.read_header(frame)
+    reply = protocol.refusal(frame, caught.value)
+    assert protocol.read_header(reply) == protocol.Header(Kind.REPLY, 0)
+    assert protocol.decode_reply_body(reply)["error"]["code"] == caught.value.code
+
+
+def test_capabilities():
+    assert protocol.capabilities() == ["stream", "prewarm", "trace"]
+    assert "pickle" in protocol.capabilities(pickle=True)
 
 
 def test_body_over_limit_is_refused():
