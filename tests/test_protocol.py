@@ -159,3 +159,47 @@ def test_unknown_and_malformed_error_objects():
     err = errors.error_from_wire({"code": -31999, "message": "custom"})
     assert type(err) is errors.BridgeError and err.code == -31999
     assert isinstance(errors.error_from_wire("garbage"), errors.InternalError)
+
+
+def test_the_worked_examples_of_protocol_md_are_what_the_codec_writes():
+    """PROTOCOL.md §12.2 shows each extension type in hex: the codec must write exactly that."""
+    import datetime as dt
+    import uuid
+    from decimal import Decimal
+    from pathlib import Path
+
+    import numpy as np
+
+    from zbridge import codec
+
+    doc = "".join((Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text().split())
+    ist = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    examples = [
+        (dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), "d6 ff 695735a5"),
+        (dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc), "d7 ff 00005dc0 695735a5"),
+        (dt.datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=dt.timezone.utc),
+         "c7 0c ff 1dcd6500 ffffffffffffffff"),
+        (dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=ist),
+         "c7 20 01 323032362d30312d30325430333a30343a30352e3030303030362b30353a3330"),
+        (dt.datetime(2026, 1, 2, 3, 4, 5, 6), "c7 1a 02 323032362d30312d30325430333a30343a30352e303030303036"),
+        (dt.date(2026, 1, 2), "c7 0a 03 323032362d30312d3032"),
+        (dt.time(3, 4, 5, 6), "c7 0f 04 30333a30343a30352e303030303036"),
+        (dt.time(3, 4, 5, tzinfo=ist), "c7 0e 04 30333a30343a30352b30353a3330"),
+        (Decimal("-1.50E+3"), "d7 05 2d312e3530452b33"),
+        (uuid.UUID("12345678-1234-5678-1234-567812345678"), "d8 06 12345678123456781234567812345678"),
+        ((1, "a"), "d6 07 92 01 a161"),
+        ({1, 2}, "c7 03 08 92 01 02"),
+        (frozenset({"x"}), "c7 03 09 91 a178"),
+        (np.arange(6, dtype="<i4").reshape(2, 3), "c7 28 0a 0000000a 93a33c6934920203a143 0000 "
+         "00000000 01000000 02000000 03000000 04000000 05000000"),
+        (np.asfortranarray(np.arange(6, dtype="<i4").reshape(2, 3)), "c7 28 0a 0000000a "
+         "93a33c6934920203a146 0000 00000000 03000000 01000000 04000000 02000000 05000000"),
+    ]
+    for value, shown in examples:
+        assert codec.packb(value).hex() == "".join(shown.split()), value
+        assert "".join(shown.split()) in doc, f"PROTOCOL.md no longer shows {shown}"
+    body, buffers = codec.pack_value(np.zeros((300, 256), dtype=np.uint8))
+    shown = "c7 12 0b 93 00 a1 61 93 a3 7c7531 92 cd012c cd0100 a1 43"
+    assert body.hex() == "".join(shown.split()) and len(buffers) == 1 and "".join(shown.split()) in doc
+    body, buffers = codec.pack_value(bytes(70000))
+    assert body.hex() == "c7050b9300a162c0" and "c7050b9300a162c0" in doc
