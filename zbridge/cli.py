@@ -146,7 +146,10 @@ def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, stdio:
     settings = _settings(values)
     if stdio:  # the pool behind one pipe: no endpoint (a --bind is not used)
         from .pipefront import serve_stdio
-        return serve_stdio(tool_specs(list(tools)), settings, drain_timeout)
+        try:
+            return serve_stdio(tool_specs(list(tools)), settings, drain_timeout)
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
     bind = resolve(bind)
     try:
         hub = Hub(settings, tool_specs(list(tools)), frontend=bind)

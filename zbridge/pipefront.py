@@ -93,6 +93,8 @@ class PipeFront:
                 self._add_thread()
             try:
                 self._handle(line)
+            except Exception:  # noqa: BLE001 - a bug here must not cost the front a thread
+                log.exception("a line could not be answered: %.200r", line)
             finally:
                 with self._state:
                     self._busy -= 1
@@ -163,7 +165,11 @@ class PipeFront:
                     plain[i] = resolve_tool_call(item.method, item.params)
                 except BridgeError:
                     pass  # answered below, by _run, with the same error
-        outcomes = dict(zip(plain, self.bridge.call_many(list(plain.values()), return_exceptions=True)))
+        try:
+            results = self.bridge.call_many(list(plain.values()), return_exceptions=True)
+        except BridgeError as exc:  # e.g. the pool is closing: every call gets why
+            results = [exc] * len(plain)
+        outcomes = dict(zip(plain, results))
 
         def run(i: int, call: Call) -> Any:
             if i not in outcomes:
