@@ -68,7 +68,7 @@ class PipeFront:
     # --- threads -------------------------------------------------------------------------
 
     def _add_thread(self) -> None:
-        """One more follower (the caller holds no lock, or ``_state`` released)."""
+        """One more follower thread (called with no lock held)."""
         with self._state:
             self._threads += 1
             self._idle += 1
