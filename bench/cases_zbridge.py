@@ -63,9 +63,8 @@ def served(workers: int) -> Iterator[Handle]:
 
 
 @contextlib.contextmanager
-def stdio_daemon() -> Iterator[Handle]:
-    """One persistent ``zbridge-daemon --stdio``: a JSON-RPC line in, a line out."""
-    argv = procs.python_module("zbridge_daemon", "--stdio", "--tools", TOOLS)
+def json_lines(argv: list[str], what: str) -> Iterator[tuple[subprocess.Popen, Handle]]:
+    """A child that answers JSON-RPC lines on stdin/stdout: a line in, a line out."""
     with procs.child(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
         ids = itertools.count(1)
 
@@ -75,14 +74,32 @@ def stdio_daemon() -> Iterator[Handle]:
             proc.stdin.flush()
             line = proc.stdout.readline()
             if not line:
-                procs.check_alive(proc, "zbridge-daemon --stdio")
-                raise BenchError("zbridge-daemon --stdio closed its stdout")
+                procs.check_alive(proc, what)
+                raise BenchError(f"{what} closed its stdout")
             reply = json.loads(line)
             if "result" not in reply:
-                raise BenchError(f"stdio daemon answered {line[:200]!r}")
+                raise BenchError(f"{what} answered {line[:200]!r}")
             return reply["result"]
 
-        yield Handle(lambda payload: functools.partial(call, payload), lambda: {"daemon": [proc.pid]})
+        yield proc, Handle(lambda payload: functools.partial(call, payload))
+
+
+@contextlib.contextmanager
+def stdio_daemon() -> Iterator[Handle]:
+    """One persistent ``zbridge-daemon --stdio``: a JSON-RPC line in, a line out."""
+    argv = procs.python_module("zbridge_daemon", "--stdio", "--tools", TOOLS)
+    with json_lines(argv, "zbridge-daemon --stdio") as (proc, handle):
+        yield Handle(handle.make_caller, lambda: {"daemon": [proc.pid]})
+
+
+@contextlib.contextmanager
+def serve_stdio(workers: int) -> Iterator[Handle]:
+    """``zbridge serve --stdio``: the pool behind one pipe, driven a line in, a line out."""
+    # no fallback, as POOL: serve has no option for it (a client setting), so its variable
+    argv = ["env", "ZBRIDGE_FALLBACK=false", *procs.python_module(
+        "zbridge.cli", "serve", "--stdio", "--tools", TOOLS, "--workers", str(workers), "--prewarm")]
+    with json_lines(argv, "zbridge serve --stdio") as (proc, handle):
+        yield Handle(handle.make_caller, lambda: {"hub": [proc.pid]})
 
 
 @contextlib.contextmanager
@@ -168,6 +185,8 @@ def targets(profile: Profile) -> list[Target]:
         Target("zbridge.stdio", stdio_daemon,
                (latency_case("zbridge.stdio", profile, workers=1),
                 *sweep_cases("zbridge.stdio", profile, workers=1))),
+        Target("zbridge.serve_stdio", lambda: serve_stdio(1),
+               (latency_case("zbridge.serve_stdio", profile, workers=1),)),
         Target("zbridge.subprocess", per_call_subprocess,
                (latency_case("zbridge.subprocess", profile, calls=profile.subprocess_calls,
                              warmup=1),)),

@@ -13,34 +13,15 @@ from __future__ import annotations
 
 import sys
 
-from zbridge.errors import BridgeError, InternalError
+from zbridge.errors import BridgeError
 from zbridge.execution import Executor, as_items
-from zbridge.jsonrpc import (
-    PARTIAL_METHOD,
-    STREAM_METHOD,
-    Call,
-    Invalid,
-    encode_line,
-    error_object,
-    notification_object,
-    parse_line,
-    resolve_stream_call,
-    result_object,
-)
+from zbridge.jsonrpc import STREAM_METHOD, Call, answer, encode_replies, parse_line, partial_line, resolve_stream_call
 
 TYPE_CHECKING = False  # typing and inspect stay off the pipe's start-up path
 if TYPE_CHECKING:
     from typing import Any, BinaryIO, Callable
 
     Emit = Callable[[bytes], None]
-
-
-
-def _partial_line(id: Any, seq: int, value: Any) -> bytes:
-    try:
-        return encode_line(notification_object(PARTIAL_METHOD, {"id": id, "seq": seq, "item": value}))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InternalError(f"item {seq} cannot be encoded as JSON: {exc}"[:500]) from None
 
 
 def _stream(executor: Executor, item: Call, emit: Emit) -> dict[str, Any]:
@@ -52,49 +33,27 @@ def _stream(executor: Executor, item: Call, emit: Emit) -> dict[str, Any]:
     try:
         for value in items:
             if not item.notification:  # nobody to tie the items to: run, drop them
-                emit(_partial_line(item.id, count, value))
+                emit(partial_line(item.id, count, value))
             count += 1
     finally:
         items.close()
     return {"items": count}
 
 
-def _run(executor: Executor, item: Call, emit: Emit) -> Any:
+def _run(executor: Executor | BridgeError, item: Call, emit: Emit) -> Any:
+    if isinstance(executor, BridgeError):  # tools failed to load: every call says why
+        raise executor
     if item.method == STREAM_METHOD:
         return _stream(executor, item, emit)
     return executor.run(item.method, item.params)
-
-
-def _reply(executor: Executor | BridgeError, item: Call | Invalid, emit: Emit) -> dict[str, Any] | None:
-    if isinstance(item, Invalid):
-        return error_object(item.id, item.error)
-    try:
-        if isinstance(executor, BridgeError):  # tools failed to load: every call says why
-            raise executor
-        reply = result_object(item.id, _run(executor, item, emit))
-    except BridgeError as exc:
-        reply = error_object(item.id, exc)
-    return None if item.notification else reply
-
-
-def _encode(obj: Any) -> bytes:
-    try:
-        return encode_line(obj)
-    except (TypeError, ValueError, RecursionError) as exc:
-        return encode_line(error_object(obj.get("id"), InternalError(
-            f"result cannot be encoded as JSON: {type(exc).__name__}: {exc}"[:500])))
 
 
 def handle_line(executor: Executor | BridgeError, line: bytes, emit: Emit = lambda _: None) -> bytes | None:
     """The reply line for one input line, or None when nothing is to be written; streamed
     items go out through ``emit`` as they come."""
     items, is_batch = parse_line(line)
-    replies = [r for r in (_reply(executor, item, emit) for item in items) if r is not None]
-    if not replies:
-        return None
-    if not is_batch:
-        return _encode(replies[0])
-    return b"[" + b",".join(_encode(r).rstrip(b"\n") for r in replies) + b"]\n"
+    return encode_replies([answer(item, lambda call: _run(executor, call, emit)) for item in items],
+                          is_batch)
 
 
 def serve(executor: Executor | BridgeError, out: BinaryIO, inp: BinaryIO | None = None) -> None:

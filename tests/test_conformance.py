@@ -3,17 +3,22 @@
 No zbridge client code on the wire side: frames are the file's bytes, replies are read with
 struct and msgpack, exactly as a client in another language would. One test per case, so a
 change that breaks docs/PROTOCOL.md breaks a named test. The file's format is documented in
-docs/conformance/README.md; this is its reference runner.
+docs/conformance/README.md; this is its reference runner. A case marked ``pending`` states a
+rule the hub does not follow yet: it must fail here (strict xfail), so the mark goes as soon
+as the hub catches up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import struct
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import msgpack
 import pytest
@@ -24,16 +29,31 @@ from helpers import served
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "docs" / "conformance" / "vectors.json"
 SPEC = json.loads(VECTORS.read_text())
+PROTOCOL = SPEC["protocol"]
 HEADER = struct.Struct("!2sBBB3xIQ")
 HEARTBEAT, STATUS = 4, 6
-SETTLE_S = 15.0
-STATUS_IDS = iter(range(1 << 40, 1 << 41))  # ids no case uses
+STATUS_IDS = itertools.count(int(SPEC["status_ids"]["first"]["$int"]))  # ids no case uses
 
+
+class Ext(NamedTuple):
+    """An extension value as it arrived: its code and payload bytes, undecoded."""
+    code: int
+    data: bytes
+
+
+# --- the matcher (see README: values and patterns) ----------------------------------------
+
+LITERALS = {"$int", "$float", "$bin", "$ext"}  # tags that write a value, not a test
 TYPES = {"nil": type(None), "bool": bool, "str": str, "bin": bytes, "array": list, "map": dict,
-         "float": float}
+         "float": float, "ext": Ext}
 
 
-# --- the matcher (see README: patterns) --------------------------------------------------
+def to_bytes(spec) -> bytes:
+    """BYTES notation: a hex string, or {"$bin": hex, "$times": n}."""
+    if isinstance(spec, str):
+        return bytes.fromhex(spec)
+    return bytes.fromhex(spec["$bin"]) * spec.get("$times", 1)
+
 
 def _is_type(value, name: str) -> bool:
     if name == "int":
@@ -41,15 +61,44 @@ def _is_type(value, name: str) -> bool:
     return isinstance(value, TYPES[name])
 
 
-def mismatch(pattern, value, path: str = "$") -> str | None:
-    """Why ``value`` does not match ``pattern``, or None if it does."""
+def _literal(pattern: dict, value, path: str) -> str | None:
+    """A tagged value: $int, $float, $bin (+ $times) or $ext (+ hex | text | msgpack)."""
+    if "$int" in pattern:
+        ok = _is_type(value, "int") and value == int(pattern["$int"])
+    elif "$float" in pattern:
+        want = float(pattern["$float"])
+        ok = isinstance(value, float) and (
+            math.isnan(want) and math.isnan(value)
+            or (value == want and math.copysign(1, value) == math.copysign(1, want)))
+    elif "$bin" in pattern:
+        ok = isinstance(value, bytes) and value == to_bytes(pattern)
+    else:
+        ok = isinstance(value, Ext) and value.code == pattern["$ext"]
+        if ok and "hex" in pattern:
+            ok = value.data == bytes.fromhex(pattern["hex"])
+        if ok and "text" in pattern:
+            ok = value.data == pattern["text"].encode()
+        if ok and "msgpack" in pattern:
+            return mismatch(pattern["msgpack"], decode_body(value.data), f"{path}<ext {value.code}>")
+    return None if ok else f"{path}: expected {pattern!r:.200}, got {value!r:.200}"
+
+
+def mismatch(pattern, value, path: str = "$", exact: bool = False) -> str | None:
+    """Why ``value`` does not match ``pattern``, or None if it does; ``exact`` (inside
+    $equals): maps have exactly the pattern's keys, at every depth."""
     if isinstance(pattern, dict):
         operators = {k: v for k, v in pattern.items() if k.startswith("$")}
+        if operators.keys() & LITERALS:
+            return _literal(pattern, value, path)
+        if exact and operators.keys() - {"$pairs"}:
+            raise ValueError(f"{path}: only values may appear inside $equals, not {sorted(operators)}")
         why = _operators(operators, value, path) if operators else None
-        if why or len(operators) == len(pattern):
+        if why or (operators and len(operators) == len(pattern)):
             return why
         if not isinstance(value, dict):
             return f"{path}: expected a map, got {value!r:.200}"
+        if exact and set(value) != set(pattern):
+            return f"{path}: expected exactly the keys {sorted(pattern)}, got {sorted(map(str, value))}"
         for key, sub in pattern.items():
             if key.startswith("$"):
                 continue
@@ -59,7 +108,7 @@ def mismatch(pattern, value, path: str = "$") -> str | None:
                 continue
             if key not in value:
                 return f"{path}.{key}: missing (have {sorted(map(str, value))})"
-            why = mismatch(sub, value[key], f"{path}.{key}")
+            why = mismatch(sub, value[key], f"{path}.{key}", exact)
             if why:
                 return why
         return None
@@ -67,24 +116,27 @@ def mismatch(pattern, value, path: str = "$") -> str | None:
         if not isinstance(value, list) or len(value) != len(pattern):
             return f"{path}: expected {pattern!r:.200}, got {value!r:.200}"
         for i, (p, v) in enumerate(zip(pattern, value)):
-            why = mismatch(p, v, f"{path}[{i}]")
+            why = mismatch(p, v, f"{path}[{i}]", exact)
             if why:
                 return why
         return None
+    if isinstance(pattern, float):
+        raise ValueError(f"{path}: a bare float in the vectors file (floats are tagged $float)")
     same_type = (type(pattern) is type(value)) or (pattern is None and value is None)
     if not same_type or pattern != value:
         return f"{path}: expected {pattern!r:.200}, got {value!r:.200}"
     return None
 
 
+def _length(value) -> int | None:
+    """Elements of an array, entries of a map, code points of a str, bytes of a bin."""
+    return len(value) if isinstance(value, (list, dict, str, bytes)) else None
+
+
 def _operators(pattern: dict, value, path: str) -> str | None:
     for op, arg in pattern.items():
         why = None
-        if op == "$int":
-            why = None if _is_type(value, "int") and value == int(arg) else f"expected {arg}"
-        elif op == "$bin":
-            why = None if isinstance(value, bytes) and value == bytes.fromhex(arg) else f"expected bin {arg}"
-        elif op == "$type":
+        if op == "$type":
             names = arg if isinstance(arg, list) else [arg]
             why = None if any(_is_type(value, n) for n in names) else f"expected type {names}"
         elif op == "$any":
@@ -99,9 +151,7 @@ def _operators(pattern: dict, value, path: str) -> str | None:
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             why = None if number and value >= arg else f"expected a number >= {arg}"
         elif op == "$equals":
-            why = mismatch(arg, value, path) if not isinstance(arg, dict) else (
-                None if isinstance(value, dict) and set(value) == set(arg) and
-                all(mismatch(arg[k], value[k]) is None for k in arg) else f"expected exactly {arg!r}")
+            why = mismatch(arg, value, path, exact=True)
         elif op == "$pairs":
             if not isinstance(value, dict) or len(value) != len(arg):
                 why = f"expected a map of {len(arg)} pairs"
@@ -123,10 +173,11 @@ def _operators(pattern: dict, value, path: str) -> str | None:
             else:
                 why = next(filter(None, (mismatch(arg, v, f"{path}[{i}]") for i, v in enumerate(value))), None)
         elif op in ("$len", "$min_len"):
-            if not isinstance(value, (list, dict, str, bytes)):
-                why = "expected something with a length"
-            elif (len(value) != arg) if op == "$len" else (len(value) < arg):
-                why = f"expected {op[1:]} {arg}, got {len(value)}"
+            length = _length(value)
+            if length is None:
+                why = "expected an array, map, str or bin"
+            elif (length != arg) if op == "$len" else (length < arg):
+                why = f"expected {op[1:]} {arg}, got {length}"
         else:
             raise ValueError(f"unknown pattern operator {op}")
         if why:
@@ -138,19 +189,50 @@ def _id_of(spec_id) -> int:
     return int(spec_id["$int"]) if isinstance(spec_id, dict) else spec_id
 
 
-def decode(frame: bytes) -> dict:
+def _ext(code: int, data: bytes) -> Ext:
+    return Ext(code, data)
+
+
+def decode_body(data: bytes):
+    """One msgpack value; extension values stay undecoded (Ext), Timestamps too (msgpack
+    decodes code -1 itself: its canonical bytes are what every packer writes)."""
+    body = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext, timestamp=0)
+    return _timestamps_as_ext(body)
+
+
+def _timestamps_as_ext(value):
+    if isinstance(value, msgpack.Timestamp):
+        return Ext(-1, value.to_bytes())
+    if isinstance(value, list):
+        return [_timestamps_as_ext(v) for v in value]
+    if isinstance(value, dict):
+        return {_timestamps_as_ext(k): _timestamps_as_ext(v) for k, v in value.items()}
+    return value
+
+
+def decode(frames: list[bytes]) -> dict:
+    frame = frames[0]
     magic, version, kind, flags, timeout_ms, id = HEADER.unpack_from(frame)
-    assert (magic, version) == (b"ZB", 1), f"reply with a bad header: {frame[:20].hex()}"
-    body = msgpack.unpackb(frame[HEADER.size:], raw=False, strict_map_key=False)
-    return {"kind": kind, "id": id, "flags": flags, "body": body}
+    assert magic == b"ZB", f"reply with a bad header: {frame[:20].hex()}"
+    return {"kind": kind, "id": id, "flags": flags, "version": version,
+            "body": decode_body(frame[HEADER.size:]), "buffers": frames[1:]}
 
 
 def spec_mismatch(spec: dict, msg: dict) -> str | None:
     for field in ("kind", "flags"):
         if field in spec and spec[field] != msg[field]:
             return f"{field}: expected {spec[field]}, got {msg[field]}"
+    if spec.get("version", PROTOCOL) != msg["version"]:
+        return f"version: expected {spec.get('version', PROTOCOL)}, got {msg['version']}"
     if "id" in spec and _id_of(spec["id"]) != msg["id"]:
         return f"id: expected {_id_of(spec['id'])}, got {msg['id']}"
+    buffers = spec.get("buffers", [])
+    if len(buffers) != len(msg["buffers"]):
+        return f"buffers: expected {len(buffers)} buffer frame(s), got {len(msg['buffers'])}"
+    for i, (pattern, frame) in enumerate(zip(buffers, msg["buffers"])):
+        why = mismatch(pattern, frame, f"buffer {i}")
+        if why:
+            return why
     return mismatch(spec["body"], msg["body"]) if "body" in spec else None
 
 
@@ -172,9 +254,10 @@ def hubs(tmp_path_factory):
             if name not in started:
                 directory = tmp_path_factory.mktemp(f"hub-{name}")
                 args = [str(ROOT / a) if a.startswith("tests/") else a for a in SPEC["hubs"][name]["args"]]
-                endpoint, proc = stack.enter_context(served(
-                    directory, "--tools", str(ROOT / SPEC["tools"]), *args))
+                tools = [arg for path in SPEC["tools"] for arg in ("--tools", str(ROOT / path))]
+                endpoint, proc = stack.enter_context(served(directory, *tools, *args))
                 procs.append(proc)
+                wait_ready(endpoint)
                 started[name] = endpoint
             return started[name]
         yield get
@@ -207,9 +290,7 @@ def receive(sock: zmq.Socket, deadline: float, keep_heartbeats: bool = False) ->
         left = deadline - time.monotonic()
         if left <= 0 or not sock.poll(left * 1000):
             return None
-        frames = sock.recv_multipart()
-        assert len(frames) == 1, f"a reply of {len(frames)} frames"
-        msg = decode(frames[0])
+        msg = decode(sock.recv_multipart())
         if msg["kind"] == HEARTBEAT and not keep_heartbeats:
             continue
         return msg
@@ -233,12 +314,15 @@ def run_expect(sock: zmq.Socket, step: dict) -> None:
             pytest.fail(f"unexpected message {msg!r:.500}: {reasons[0]}")
 
 
-def run_poll_status(sock: zmq.Socket, step: dict) -> None:
+def run_poll_status(sock: zmq.Socket, step: dict, interval_ms: int | None = None) -> None:
+    """STATUS (fresh ids) until its result matches; other messages on that connection are
+    discarded, and the next STATUS goes ``interval_ms`` after a reply."""
+    interval = (interval_ms if interval_ms is not None else SPEC["settle"]["interval_ms"]) / 1000
     deadline = time.monotonic() + step["within_ms"] / 1000
     why = "no status reply"
     while time.monotonic() < deadline:
         id = next(STATUS_IDS)
-        sock.send(HEADER.pack(b"ZB", 1, STATUS, 0, 0, id) + msgpack.packb(None))
+        sock.send(HEADER.pack(b"ZB", PROTOCOL, STATUS, 0, 0, id) + msgpack.packb(None))
         msg = receive(sock, deadline)
         while msg is not None and msg["id"] != id:
             msg = receive(sock, deadline)
@@ -246,18 +330,27 @@ def run_poll_status(sock: zmq.Socket, step: dict) -> None:
             why = mismatch(step["poll_status"], msg["body"]["result"])
             if why is None:
                 return
-        time.sleep(0.05)
+        time.sleep(interval)
     pytest.fail(f"status never matched: {why}")
+
+
+def wait_ready(endpoint: str) -> None:
+    """Readiness: a STATUS on a fresh connection is answered."""
+    conns = Connections(endpoint)
+    try:
+        ready = SPEC["readiness"]
+        run_poll_status(conns["ready"], {"poll_status": {"protocol": PROTOCOL},
+                                         "within_ms": ready["within_ms"]}, ready["interval_ms"])
+    finally:
+        conns.close()
 
 
 def settle(endpoint: str) -> None:
     """Between cases: wait until no call is queued or running, so cases do not interfere."""
     conns = Connections(endpoint)
     try:
-        run_poll_status(conns["settle"], {
-            "poll_status": {"queue_depth": 0,
-                            "daemons": {"$each": {"state": {"$in": ["starting", "idle", "stopping"]}}}},
-            "within_ms": SETTLE_S * 1000})
+        run_poll_status(conns["settle"], {"poll_status": SPEC["settle"]["pattern"],
+                                          "within_ms": SPEC["settle"]["within_ms"]})
     finally:
         conns.close()
 
@@ -269,7 +362,7 @@ def replay(case: dict, endpoint: str) -> None:
             conn = step.get("connection", "a")
             if "send" in step:
                 frames = step["send"] if isinstance(step["send"], list) else [step["send"]]
-                conns[conn].send_multipart([bytes.fromhex(f) for f in frames])
+                conns[conn].send_multipart([to_bytes(f) for f in frames])
             elif "expect" in step:
                 run_expect(conns[conn], step)
             elif "silence_ms" in step:
@@ -296,8 +389,13 @@ def test_vectors_file_is_generated_from_its_script():
     assert generate.render() == VECTORS.read_text(), "run python docs/conformance/generate.py"
 
 
+def _param(case: dict):
+    marks = [pytest.mark.xfail(strict=True, reason=case["pending"])] if "pending" in case else []
+    return pytest.param(case, id=case["name"], marks=marks)
+
+
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("case", SPEC["cases"], ids=[c["name"] for c in SPEC["cases"]])
+@pytest.mark.parametrize("case", [_param(c) for c in SPEC["cases"]])
 def test_vector(case, hubs):
     endpoint = hubs(case.get("hub", "default"))
     settle(endpoint)
@@ -308,6 +406,19 @@ def test_vector(case, hubs):
     ({"a": 1}, {"a": 1, "b": 2}, True),
     ({"a": 1}, {"a": True}, False),
     ({"a": 1}, {"a": 1.0}, False),
+    ({"a": {"$float": "1.0"}}, {"a": 1}, False),
+    ({"a": {"$float": "1.0"}}, {"a": 1.0}, True),
+    ({"$float": "NaN"}, float("nan"), True),
+    ({"$float": "-0.0"}, 0.0, False),
+    ({"$float": "-0.0"}, -0.0, True),
+    ({"$bin": "0001", "$times": 2}, b"\x00\x01\x00\x01", True),
+    ({"$ext": 3, "text": "2026-01-02"}, Ext(3, b"2026-01-02"), True),
+    ({"$ext": 3, "hex": "00"}, Ext(4, b"\x00"), False),
+    ({"$ext": 7, "msgpack": [1, "a"]}, Ext(7, b"\x92\x01\xa1a"), True),
+    ({"$equals": {"a": {"b": 1}}}, {"a": {"b": 1, "c": 2}}, False),
+    ({"$equals": {"a": [{"b": 1}]}}, {"a": [{"b": 1}]}, True),
+    ({"$len": 1}, "字", True),
+    ({"$len": 3}, "字".encode(), True),
     ({"a": {"$absent": True}}, {"b": 1}, True),
     ({"a": {"$absent": True}}, {"a": None}, False),
     ({"$keys": ["a"], "a": 1}, {"a": 1, "b": 2}, False),

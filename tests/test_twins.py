@@ -184,7 +184,8 @@ def test_wait_ready_and_status(twin):
     t = twin(workers=2)
     status = t.wait_ready(timeout=30)
     assert len([d for d in status["daemons"] if d["state"] == "idle"]) == 2
-    assert status["protocol"] == 1 and status["max_message_size"] > 0
+    assert status["protocol"] == 2 and status["max_message_size"] > 0
+    assert {"stream", "prewarm", "trace"} <= set(status["capabilities"])
 
 
 def test_a_closed_client_refuses_calls(twin):

@@ -135,13 +135,21 @@ def main() -> None:
                    "--allow-local-users; env ZBRIDGE_BIND]")
 @click.option("--drain-timeout", type=float, default=10.0, envvar="ZBRIDGE_DRAIN_TIMEOUT",
               show_default=True, help="Seconds running calls get to finish on SIGTERM/SIGINT.")
+@click.option("--stdio", is_flag=True, help="Take JSON-RPC 2.0 lines on stdin and answer on stdout "
+              "instead of binding an endpoint, until EOF (docs/PIPE.md); logs go to stderr.")
 @settings_options
 @log_level_option
-def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, **values: Any) -> None:
+def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, stdio: bool, **values: Any) -> None:
     """Run a hub and its daemons in this process until SIGTERM/SIGINT (twice: at once)."""
     from .hub import Hub
     from .tools import tool_specs
     settings = _settings(values)
+    if stdio:  # the pool behind one pipe: no endpoint (a --bind is not used)
+        from .pipefront import serve_stdio
+        try:
+            return serve_stdio(tool_specs(list(tools)), settings, drain_timeout)
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
     bind = resolve(bind)
     try:
         hub = Hub(settings, tool_specs(list(tools)), frontend=bind)

@@ -54,9 +54,9 @@ from .errors import BridgeError, InvalidRequest
 from .logs import configure as configure_logs
 from .logs import note_text
 from .pickling import refuse_remote
-from .protocol import (FLAG_PREWARM, MAX_BUFFERS, VERSION, Kind, decode_credit, decode_heartbeat,
+from .protocol import (FLAG_PREWARM, MAX_BUFFERS, VERSION, Kind, capabilities, decode_credit, decode_heartbeat,
                        decode_ready, encode_cancel, encode_error, encode_heartbeat, encode_result,
-                       read_header)
+                       read_header, refusal)
 from .security import HubSecurity
 from .shield import Guard, mark_internal
 from .state import Job, describe_exit
@@ -457,8 +457,8 @@ class Hub:
     def _on_client(self, client: bytes, frame: bytes, now: float, extra: tuple[Any, ...] = ()) -> None:
         try:
             header = read_header(frame)
-        except BridgeError as exc:
-            self._send_error(client, 0, exc)
+        except BridgeError as exc:  # another version is answered in its own layout
+            self._apply([ToClient(client, refusal(frame, exc))])
             return
         kind = header.kind
         if kind is _REQUEST:
@@ -764,6 +764,7 @@ class Hub:
         status["endpoint"] = self.frontend_endpoint
         status["hub_pid"] = os.getpid()
         status["protocol"] = VERSION
+        status["capabilities"] = capabilities(self.settings.serializer == "pickle")
         status["max_message_size"] = self.settings.max_message_size
         return status
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections import namedtuple
 
-from .errors import BridgeError, InvalidParams, InvalidRequest, ParseError
+from .errors import BridgeError, InternalError, InvalidParams, InvalidRequest, ParseError
 
 _MISSING = object()
 SEED_METHOD = "execute_tool"
@@ -25,7 +25,7 @@ PARTIAL_METHOD = "zbridge.partial"  # notification carrying one streamed item
 
 TYPE_CHECKING = False  # typing, like dataclasses, is too slow an import for the pipe's start
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable
 
 
 class Call(namedtuple("Call", "id method params notification")):
@@ -71,6 +71,47 @@ def _no_json_form(value: Any) -> Any:
     raise TypeError(f"a value of type {name} has no JSON form on the --stdio pipe: convert it "
                     "(str(), .isoformat(), list(), .tolist()) or call through the zmq pool, "
                     "which carries it (see Values in docs/PROTOCOL.md)")
+
+
+def partial_line(id: Any, seq: int, item: Any) -> bytes:
+    """The ``zbridge.partial`` notification line for item ``seq`` of stream ``id``;
+    InternalError when JSON cannot carry the item (it ends the stream)."""
+    try:
+        return encode_line(notification_object(PARTIAL_METHOD, {"id": id, "seq": seq, "item": item}))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InternalError(f"item {seq} cannot be encoded as JSON: {exc}"[:500]) from None
+
+
+def encode_reply(obj: dict[str, Any]) -> bytes:
+    """A reply object as its line; a result JSON cannot carry becomes -32603 naming why."""
+    try:
+        return encode_line(obj)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return encode_line(error_object(obj.get("id"), InternalError(
+            f"result cannot be encoded as JSON: {type(exc).__name__}: {exc}"[:500])))
+
+
+def encode_replies(replies: list[dict[str, Any] | None], is_batch: bool) -> bytes | None:
+    """The one line answering a line's items (None entries: notifications), or None when
+    nothing is to be written: a lone object, or an array for a batch."""
+    present = [r for r in replies if r is not None]
+    if not present:
+        return None
+    if not is_batch:
+        return encode_reply(present[0])
+    return b"[" + b",".join(encode_reply(r).rstrip(b"\n") for r in present) + b"]\n"
+
+
+def answer(item: Call | Invalid, run: Callable[[Call], Any]) -> dict[str, Any] | None:
+    """The reply object for one item: ``run(call)``'s result or the BridgeError it raised;
+    None for a notification (it runs, nothing is written)."""
+    if isinstance(item, Invalid):
+        return error_object(item.id, item.error)
+    try:
+        reply = result_object(item.id, run(item))
+    except BridgeError as exc:
+        reply = error_object(item.id, exc)
+    return None if item.notification else reply
 
 
 def _valid_id(value: Any) -> bool:

@@ -5,7 +5,7 @@ of band, referenced from the body by extension type 11, see ``codec``).
 Pure and socket-free. Layout (network byte order), 20 bytes::
 
     0  2s magic     b"ZB"
-    2  B  version   1
+    2  B  version   2 (VERSION); bytes 0-2 keep this meaning in every version
     3  B  kind      Kind
     4  B  flags     bit 0: idempotent, bit 2: stream (request); bit 1: retire me (reply);
                     bit 3: prewarm (status); bit 4: the body is pickle (request, reply, partial)
@@ -35,7 +35,8 @@ from . import codec, pickling
 from .errors import BridgeError, InvalidParams, InvalidRequest, ParseError
 
 MAGIC = b"ZB"
-VERSION = 1
+VERSION = 2             # docs/PROTOCOL.md "Changes" says what each version changed
+VERSIONS = (VERSION,)   # the versions this side serves (STATUS and version refusals name them)
 HEADER = struct.Struct("!2sBBB3xIQ")
 HEADER_SIZE = HEADER.size
 FLAG_IDEMPOTENT = 0x01  # requests: the caller allows a retry
@@ -99,14 +100,50 @@ def read_header(frame: bytes | memoryview) -> Header:
     magic, version, kind, flags, timeout_ms, id = HEADER.unpack_from(frame)
     if magic != MAGIC:
         raise ParseError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if version != VERSION:  # before the reserved bytes: another version may use them
+        raise version_error(version)
     if frame[5:8] != b"\0\0\0":
         raise InvalidRequest("reserved header bytes 5-7 must be zero")
-    if version != VERSION:
-        raise InvalidRequest(f"unsupported protocol version {version}, this side speaks {VERSION}")
     known = _KINDS.get(kind)
     if known is None:
         raise InvalidRequest(f"unknown message kind {kind}")
     return Header(known, id, timeout_ms, flags)
+
+
+# --- versions and capabilities -----------------------------------------------------------
+
+def version_error(version: int) -> InvalidRequest:
+    """The error for a message in a protocol version this side does not serve."""
+    served = " and ".join(str(v) for v in VERSIONS)
+    return InvalidRequest(
+        f"protocol version {version} is not served here: this hub speaks version {served} "
+        f"(see 'Changes' in docs/PROTOCOL.md for what changed)", {"versions": list(VERSIONS)})
+
+
+def refusal(frame: bytes | memoryview, error: BridgeError) -> bytes:
+    """The one reply frame for a message ``read_header`` refused with ``error``.
+
+    A message in another version is answered in that version's layout: bytes 0-2 (magic,
+    version) mean the same in every version, and versions 1 and 2 share the 20-byte header,
+    so the reply is a REPLY header carrying the sender's own version byte and request id
+    (its call gets the error instead of waiting for a reply that never comes), then a plain
+    msgpack error naming the versions served. Anything else unreadable gets the error with
+    id 0 in this version, as the sender cannot be matched to a call.
+    """
+    if len(frame) >= HEADER_SIZE and bytes(frame[:2]) == MAGIC and frame[2] != VERSION:
+        _, version, _, _, _, id = HEADER.unpack_from(frame)
+        head = HEADER.pack(MAGIC, version, Kind.REPLY, 0, 0, id)
+        return head + _packb_plain({"error": version_error(version).to_wire()})
+    return encode_error(0, error)
+
+
+def capabilities(pickle: bool = False) -> list[str]:
+    """What a client of this version may ask for, per message (STATUS ``capabilities``):
+    ``stream`` (REQUEST flag bit 2 and CREDIT), ``prewarm`` (STATUS flag bit 3), ``trace``
+    (a REQUEST's ``trace`` member), and ``pickle`` (REQUEST flag bit 4) only where the
+    daemons decode pickle bodies. A later feature that changes what a client receives
+    is listed here and takes effect only for a client that asks for it."""
+    return ["stream", "prewarm", "trace"] + (["pickle"] if pickle else [])
 
 
 def packb(obj: Any) -> bytes:

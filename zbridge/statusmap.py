@@ -64,6 +64,7 @@ class Status(TypedDict):
     endpoint: str
     hub_pid: int
     protocol: int
+    capabilities: list[str]      # what a client may ask for (docs/PROTOCOL.md §10)
     max_message_size: int
     pool_enabled: NotRequired[bool]  # False (and little else) when the pool is disabled
 
@@ -73,4 +74,4 @@ def disabled(workers: int) -> Status:
     return Status(workers=workers, queue_depth=0, queue_bytes=0, closing=False, failures=0,
                   last_start_error=None, last_start_cause=None, counters={}, daemons=[],
                   restarts=[], exits={}, tools={}, endpoint="", hub_pid=0, protocol=0,
-                  max_message_size=0, pool_enabled=False)
+                  capabilities=[], max_message_size=0, pool_enabled=False)
