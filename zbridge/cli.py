@@ -26,7 +26,7 @@ import click
 from .config import Settings, _parse, env_name, load_settings
 from .endpoints import default_endpoint, ipc_path
 from .errors import BridgeError
-from .watch import cell as _cell
+from .watch import cell as _cell, duration
 
 DEFAULT_HELP = "an ipc socket in $XDG_RUNTIME_DIR/zbridge, else in <tempdir>/zbridge-<uid>"
 _TYPES = {"int": int, "float": float, "str": str}
@@ -328,14 +328,14 @@ def format_tools(info: Mapping[str, Any]) -> str:
     tools = info.get("tools") or {}
     if not tools:
         return ""
-    lines = [f"{'tool':<20} {'calls':>7} {'errors':<22} {'run p50/p90/p99 ms':>21} "
-             f"{'wait p50/p90/p99 ms':>21}"]
+    lines = [f"{'tool':<20} {'calls':>7} {'errors':<22} {'run p50/p90/p99':>24} "
+             f"{'wait p50/p90/p99':>24}"]
 
     def q(h: dict[str, Any]) -> str:
-        return "/".join("-" if h.get(k) is None else f"{h[k] * 1000:.2f}" for k in ("p50", "p90", "p99"))
+        return "/".join(duration(h.get(k)) for k in ("p50", "p90", "p99"))
     for name, t in tools.items():
         errors = ",".join(f"{code}:{n}" for code, n in (t.get("errors") or {}).items()) or "-"
-        lines.append(f"{name[:20]:<20} {t['calls']:>7} {errors:<22} {q(t['run_s']):>21} {q(t['queue_s']):>21}")
+        lines.append(f"{name[:20]:<20} {t['calls']:>7} {errors:<22} {q(t['run_s']):>24} {q(t['queue_s']):>24}")
     return "\n".join(lines)
 
 
