@@ -25,9 +25,10 @@ import click
 
 from .config import Settings, _parse, env_name, load_settings
 from .endpoints import default_endpoint, ipc_path
-from .errors import BridgeError
+from .errors import BridgeError, CallTimeout
 from .watch import cell as _cell, duration
 
+STATUS_TIMEOUT = 5.0  # seconds `zbridge status` waits for the hub's answer
 DEFAULT_HELP = "an ipc socket in $XDG_RUNTIME_DIR/zbridge, else in <tempdir>/zbridge-<uid>"
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -264,9 +265,9 @@ def status(endpoint: str | None, as_json: bool, curve_secret: str, curve_server_
     try:
         with Client(endpoint, fallback=False, curve_secret=curve_secret,
                     curve_server_key=curve_server_key) as client:
-            info = client.status()
+            info = client.status(timeout=STATUS_TIMEOUT)
     except BridgeError as exc:
-        raise click.ClickException(f"no hub at {endpoint}: {exc}") from None
+        raise click.ClickException(hub_trouble(endpoint, exc, STATUS_TIMEOUT)) from None
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -274,6 +275,14 @@ def status(endpoint: str | None, as_json: bool, curve_secret: str, curve_server_
     tools = format_tools(info)
     if tools:
         click.echo(tools)
+
+
+def hub_trouble(endpoint: str, exc: BridgeError, waited: float) -> str:
+    """What went wrong asking a hub for its status, naming a hub that exists but is silent."""
+    from . import presence
+    if isinstance(exc, CallTimeout):
+        return presence.silent(endpoint, waited)
+    return str(exc)
 
 
 # (heading, value of a daemon's status map, left-aligned)
@@ -361,7 +370,7 @@ def watch_status(endpoint: str, interval: float, curve_secret: str = "", curve_s
                     text = render(info, prev, at - prev_at if prev else None, interval)
                     prev, prev_at = info, at
                 except BridgeError as exc:
-                    text = render_unreachable(endpoint, str(exc))
+                    text = render_unreachable(hub_trouble(endpoint, exc, max(1.0, interval)))
                 out.write((CLEAR if tty else "\n" if frames else "") + text + "\n")
                 out.flush()
                 frames += 1

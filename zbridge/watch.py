@@ -78,6 +78,7 @@ def render(info: Mapping[str, Any], prev: Mapping[str, Any] | None = None, elaps
     return "\n".join(lines)
 
 
-def render_unreachable(endpoint: str, error: str, clock: float | None = None) -> str:
+def render_unreachable(error: str, clock: float | None = None) -> str:
+    """A frame for a hub that did not answer; ``error`` names the endpoint and the cause."""
     stamp = time.strftime("%H:%M:%S", time.localtime(clock))
-    return f"zbridge {stamp}  no hub at {endpoint}: {error} (retrying)"
+    return f"zbridge {stamp}  {error} (retrying)"
