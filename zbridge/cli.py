@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 import click
 
+from . import logs
 from .config import Settings, _parse, env_name, load_settings
 from .endpoints import default_endpoint, ipc_path
 from .errors import BridgeError, CallTimeout
@@ -140,10 +141,26 @@ def main() -> None:
 @log_level_option
 def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, **values: Any) -> None:
     """Run a hub and its daemons in this process until SIGTERM/SIGINT (twice: at once)."""
+    settings = _settings(values)
+    if settings.log_format != "json":
+        return run_hub(settings, tools, bind, drain_timeout)
+    logs.json_everywhere()  # every line on stderr is a JSON record, also why we stopped
+    try:
+        run_hub(settings, tools, bind, drain_timeout)
+    except click.ClickException as exc:
+        logs.announce("json", "hub_error", exc.format_message(), level="ERROR")
+        sys.exit(exc.exit_code)
+    except Exception:  # noqa: BLE001 - a crash, as a record with its traceback
+        logging.getLogger("zbridge.hub").critical("hub crashed", exc_info=True, extra={"event": "hub_crash"})
+        sys.exit(1)
+
+
+def run_hub(settings: Settings, tools: tuple[str, ...], bind: str | None, drain_timeout: float) -> None:
+    """``zbridge serve`` once its settings are known."""
     from .hub import Hub
     from .tools import tool_specs
-    settings = _settings(values)
     bind = resolve(bind)
+    fmt = settings.log_format
     try:
         hub = Hub(settings, tool_specs(list(tools)), frontend=bind)
     except (ValueError, OSError) as exc:
@@ -160,11 +177,12 @@ def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, **valu
         for _ in reader.recv(64):  # one byte per signal: a second one means stop now
             h.begin_stop(drain_timeout)
 
-    click.echo(f"zbridge hub {os.getpid()} serving {bind} (tools: {', '.join(tools) or 'none'}, "
-               f"workers: {settings.workers})", err=True)
+    logs.announce(fmt, "hub_start", f"zbridge hub {os.getpid()} serving {bind} (tools: "
+                  f"{', '.join(tools) or 'none'}, workers: {settings.workers})",
+                  pid=os.getpid(), endpoint=bind, tools=list(tools), workers=settings.workers)
     if bind.startswith("tcp://") and not settings.curve_secret:
-        click.echo(f"zbridge WARNING: {bind} has no CURVE keys (--allow-local-users): every local "
-                   "user can run the tools, as you", err=True)
+        logs.announce(fmt, "no_curve", f"zbridge WARNING: {bind} has no CURVE keys (--allow-local-users): "
+                      "every local user can run the tools, as you", level="WARNING", endpoint=bind)
     try:
         hub.run(prewarm=settings.prewarm, wake_fd=reader.fileno(), on_wake=on_signal)
     finally:
@@ -172,7 +190,7 @@ def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, **valu
         reader.close()
         writer.close()
         _remove_socket_file(bind)
-    click.echo("zbridge hub stopped", err=True)
+    logs.announce(fmt, "hub_stop", "zbridge hub stopped", pid=os.getpid(), endpoint=bind)
 
 
 @main.command(epilog="Hub settings (workers, start_timeout, ...) apply to an embedded call "
@@ -220,9 +238,19 @@ def call(tool: str, args_json: str | None, tools: tuple[str, ...], endpoint: str
                 return
             result = client.call(tool, args, idempotent=idempotent)
     except BridgeError as exc:
-        click.echo(json.dumps(exc.to_wire(), default=repr), err=True)
+        click.echo(json.dumps(printable_error(exc), default=repr), err=True)
         sys.exit(1)
     click.echo(json.dumps(result, default=repr))
+
+
+def printable_error(exc: BridgeError) -> dict[str, Any]:
+    """The error as `zbridge call` prints it: a daemon's start-up traceback (``data.stderr``)
+    only at DEBUG, like the hub's log; the message already names the cause, file and line."""
+    wire = exc.to_wire()
+    data = wire.get("data")
+    if isinstance(data, dict) and "stderr" in data and not logging.getLogger("zbridge").isEnabledFor(logging.DEBUG):
+        wire["data"] = {k: v for k, v in data.items() if k != "stderr"}
+    return wire
 
 
 def _remove_socket_file(endpoint: str) -> None:

@@ -16,9 +16,10 @@ import threading
 from typing import Any, Generator
 
 from .config import Settings
+from .daemonlog import forward
 from .errors import BridgeError, CallTimeout, PoolUnavailable, WorkerLost, error_from_wire
 from .protocol import Kind, decode_partial, decode_reply_body, read_header
-from .supervisor import _emit, describe_exit
+from .state import describe_exit
 
 REQUEST_ID = 1
 
@@ -67,7 +68,7 @@ def call_once(settings: Settings, tools: list[str], tool: str, args: Any, timeou
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     for text in (err or b"").decode(errors="replace").splitlines():
-        _emit(b"stdio", proc.pid, text)
+        forward(b"stdio", proc.pid, text)
     return _answer(settings, out, err, proc.returncode)
 
 

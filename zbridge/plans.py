@@ -105,6 +105,10 @@ def advance(plan: Plan, outcome: Any, error: BaseException | None) -> tuple[bool
         return False, (plan.send(outcome) if error is None else plan.throw(error))
     except StopIteration as done:
         return True, done.value
+    except BridgeError as exc:
+        # The frames it passed are the client's own machinery (driver, plan, sockets); the
+        # caller's traceback starts here, so an error fits on a screen with its message.
+        raise exc.with_traceback(None) from exc.__cause__
 
 
 # --- plans -------------------------------------------------------------------------------

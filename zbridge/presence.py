@@ -49,7 +49,7 @@ def absent(endpoint: str | None) -> str | None:
         why = _tcp_absent(endpoint[len("tcp://"):])
     else:
         return None
-    return None if why is None else f"no hub at {endpoint}: {why}; {_start_hint(endpoint)}"
+    return None if why is None else f"no hub at {endpoint} (not reachable): {why}; {_start_hint(endpoint)}"
 
 
 def _ipc_absent(path: str) -> str | None:

@@ -3,29 +3,28 @@
 Each daemon runs in its own session (so signals reach its whole process group and a
 terminal's Ctrl-C does not), holds a stdin pipe whose EOF tells it the hub is gone, and
 writes its stderr (and its tools' stdout) to a pipe that a thread forwards line by line to
-the ``zbridge.daemon`` logger, keeping the last lines to explain a failed start.
+the ``zbridge.daemon`` logger as records tagged with the daemon (``zbridge/daemonlog.py``),
+keeping the last lines to explain a failed start.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .daemonlog import daemon_args, forward
 from .procinfo import run_state
 from .state import Process as ProcessState
 from .state import describe_exit
 
 __all__ = ["Supervisor", "describe_exit"]
 
-log = logging.getLogger("zbridge.daemon")
 TAIL_LINES = 40
 
 Notify = Callable[[bytes, "int | None", str], None]  # (daemon id, exit status, stderr tail)
@@ -37,13 +36,6 @@ class Process:
     popen: subprocess.Popen[bytes]
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     reported: bool = False
-
-
-def _emit(ident: bytes, pid: int, line: str) -> None:
-    if log.isEnabledFor(logging.INFO) and log.hasHandlers():
-        log.info("[%s pid %d] %s", ident.decode(), pid, line)
-    else:  # logging would drop it: a daemon's output must never vanish
-        sys.stderr.write(f"[zbridge {ident.decode()} pid {pid}] {line}\n")
 
 
 class Supervisor:
@@ -59,7 +51,7 @@ class Supervisor:
     def spawn(self, ident: bytes) -> int:
         env = dict(os.environ if self.env is None else self.env, PYTHONUNBUFFERED="1")
         popen = subprocess.Popen(
-            self.command + ["--identity", ident.decode(), "--lifeline"],
+            self.command + ["--identity", ident.decode(), "--lifeline"] + daemon_args(),
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True, env=env)
         proc = Process(ident, popen)
@@ -74,9 +66,7 @@ class Supervisor:
         pid = proc.popen.pid
         assert proc.popen.stderr is not None  # spawned with stderr=PIPE
         for raw in proc.popen.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            proc.tail.append(line)
-            _emit(proc.ident, pid, line)
+            proc.tail.append(forward(proc.ident, pid, raw.decode(errors="replace").rstrip("\n")))
         proc.popen.wait()
         self._report(proc)
 

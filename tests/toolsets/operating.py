@@ -28,3 +28,9 @@ def chatty(text: str = "hello") -> str:
     print(f"tool says {text}")
     print(f"tool warns {text}", file=sys.stderr)
     return text
+
+
+@zbridge.tool
+def crash(code: int = 9) -> None:
+    import os
+    os._exit(code)
