@@ -135,3 +135,14 @@ def test_a_failure_deeper_in_user_code_names_its_last_user_frame(tmp_path, bridg
     message = str(info.value)
     assert "NameError: name 'undefined_name' is not defined" in message
     assert f"in load_model, {tmp_path / 'helper_mod.py'}, line 2" in message, message
+
+
+# --- the benchmark, installed ------------------------------------------------------------
+
+def test_the_benchmark_runs_from_the_installed_package_anywhere(tmp_path):
+    out = subprocess.run(ZBRIDGE + ["bench", "--list"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "zbridge.embedded.w1" in out.stdout, out.stderr
+    # a floor case: its far side runs as `python -m zbridge_bench.servers`, outside any clone
+    out = subprocess.run([sys.executable, "-m", "zbridge_bench", "--only", "floor.pipe", "--repeats", "1",
+                          "--calls", "20"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "floor.pipe" in out.stdout, out.stderr

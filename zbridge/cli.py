@@ -410,6 +410,16 @@ def watch_status(endpoint: str, interval: float, curve_secret: str = "", curve_s
         return 0
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []},
+              add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Measure zbridge on this machine against raw zmq, pipes and other pools
+    (`zbridge bench --help`; the peers need `pip install 'zbridge[bench]'`)."""
+    from zbridge_bench.cli import main as run_bench  # type: ignore[import-not-found]
+    run_bench(list(args), prog="zbridge bench")
+
+
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--name", default="zbridge", show_default=True, help="File name stem of the keypair.")
