@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 import zbridge
-from helpers import TOOLSETS, ZBRIDGE, free_port, served
+from helpers import TOOLSETS, ZBRIDGE, free_port, served, stop
 from zbridge import presence
 
 OPERATING = str(TOOLSETS / "operating.py")
@@ -89,6 +89,17 @@ def test_a_hub_once_it_appears_is_used_by_the_same_client(tmp_path):
             client.status()
         with served(tmp_path, "--tools", OPERATING, endpoint=endpoint):
             assert client.call("nap", [0]) == 0  # the same thread's socket connected meanwhile
+
+
+def test_wait_ready_waits_for_a_hub_that_is_still_starting(tmp_path):
+    endpoint = f"ipc://{tmp_path}/hub.sock"
+    proc = subprocess.Popen(ZBRIDGE + ["serve", "--tools", OPERATING, "--bind", endpoint],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # the hub has not bound its socket yet: a call would fail at once, wait_ready waits
+        with zbridge.Client(endpoint, fallback=False) as client:
+            assert client.wait_ready(timeout=30)["daemons"]
+    finally:
+        stop(proc)
 
 
 def test_a_stopped_hub_is_named_with_its_pid(tmp_path):
