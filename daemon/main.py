@@ -6,12 +6,12 @@ import logging
 import os
 import secrets
 import socket
-import sys
 from typing import TYPE_CHECKING
 
 import click
 
 from zbridge.endpoints import remove_if_orphaned
+from zbridge.logs import configure_process
 from zbridge.protocol import DEFAULT_MAX_MESSAGE
 
 from .loading import load, report_load_failure
@@ -103,7 +103,7 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
         expose_tracebacks = _env_expose()
     if expose_tracebacks is None:
         expose_tracebacks = expose_default(endpoint)
-    configure_logging(log_level, log_format)
+    configure_process(log_level, log_format, f"zbridge-daemon[{os.getpid()}] %(levelname)s %(message)s")
     protocol_out = isolate_stdout()  # before tools load: imports may print too
     if stdio:
         run_stdio(tools, protocol_out, expose_tracebacks)
@@ -141,17 +141,6 @@ def _allow_pickle(endpoint: str) -> None:
     except ValueError as exc:
         raise click.UsageError(f"--allow-pickle: {exc}") from None
     pickling.allow()
-
-
-def configure_logging(level: str, log_format: str) -> None:
-    if log_format == "json":
-        from zbridge.logs import JsonFormatter
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        logging.basicConfig(level=level.upper(), handlers=[handler])
-    else:
-        logging.basicConfig(stream=sys.stderr, level=level.upper(),
-                            format=f"zbridge-daemon[{os.getpid()}] %(levelname)s %(message)s")
 
 
 def run_worker(tools: tuple[str, ...], lifeline: bool, options: WorkerOptions,

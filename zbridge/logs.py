@@ -67,6 +67,14 @@ def announce(log_format: str, event: str, text: str, level: str = "INFO", **fiel
     sys.stderr.flush()
 
 
+def configure_process(level: str, log_format: str, text_format: str) -> None:
+    """A process's own logging (a daemon's): records on stderr at ``level``, as JSON lines
+    with "json" (what a hub that spawns a daemon asks for, to re-log them), else as text."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(text_format))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 def json_everywhere() -> None:
     """With "json": records of other loggers (and Python warnings) leave as JSON too."""
     logging.captureWarnings(True)
