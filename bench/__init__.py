@@ -1,4 +1,7 @@
-"""zbridge's latency benchmark: ``python -m bench [--quick] [--json PATH] [--plot PATH]``.
+"""zbridge's latency benchmark: ``zbridge bench [--quick] [--json PATH] [--plot PATH]``.
+
+Installed with zbridge as ``zbridge_bench`` (``python -m zbridge_bench``; the peers it compares
+need ``pip install 'zbridge[bench]'``); in a clone, ``python -m bench`` runs the same code.
 
 One file per concept: ``profiles`` (how much to measure), ``cases`` (what a case is),
 ``timing`` (the one timing loop), ``stats`` (percentiles across repeats), ``procs`` (child

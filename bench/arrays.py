@@ -1,6 +1,6 @@
 """Arrays through zbridge (issue 15): a float64 array of 1 MiB and 64 MiB, round trip.
 
-    nice -n 10 python -m bench.arrays [--repeats 9] [--json out.json]
+    nice -n 10 python -m zbridge_bench.arrays [--repeats 9] [--json out.json]   (bench.arrays in a clone)
 
 Rows, each the median of ``--repeats`` timed round trips after warm-up calls (10 at 1 MiB,
 3 at 64 MiB; ``.tolist()``: a third of the repeats, after one), all measured in
@@ -84,7 +84,7 @@ def floor_rows(arrays: dict[str, np.ndarray], repeats: int) -> list[dict[str, An
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         endpoint = f"ipc://{tmp}/echo.sock"
-        with procs.child(procs.python_module("bench.servers", "zmq_echo", endpoint)):
+        with procs.child(procs.python_module(procs.SERVERS, "zmq_echo", endpoint)):
             context = zmq.Context()
             sock = context.socket(zmq.DEALER)
             sock.linger = 0

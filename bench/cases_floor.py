@@ -96,7 +96,7 @@ def zmq_proxy(workers: int) -> Iterator[Handle]:
             clients = ProxyClients(context, front)
             stack.callback(clients.close)
             worker_procs = [stack.enter_context(procs.child(procs.python_module(
-                "bench.servers", "zmq_worker", back))) for _ in range(workers)]
+                procs.SERVERS, "zmq_worker", back))) for _ in range(workers)]
             wait_workers(clients, workers, worker_procs)
             yield Handle(clients.caller, lambda: {"daemon": [p.pid for p in worker_procs]})
     finally:
@@ -111,7 +111,7 @@ def zmq_direct() -> Iterator[Handle]:
         with procs.private_dir() as directory, contextlib.ExitStack() as stack:
             endpoint = procs.ipc(directory, "worker")
             worker = stack.enter_context(procs.child(procs.python_module(
-                "bench.servers", "zmq_router", endpoint)))
+                procs.SERVERS, "zmq_router", endpoint)))
             clients = ProxyClients(context, endpoint)
             stack.callback(clients.close)
             wait_workers(clients, 1, [worker])
@@ -132,7 +132,7 @@ def pipe_pair() -> Iterator[Handle]:
     theirs = (to_child[0], from_child[1])
     open_fds = {*to_child, *from_child}
     try:
-        argv = procs.python_module("bench.servers", "pipe", *map(str, theirs))
+        argv = procs.python_module(procs.SERVERS, "pipe", *map(str, theirs))
         with procs.child(argv, pass_fds=theirs) as proc:
             for fd in theirs:  # only the child holds these now, so its exit means EOF here
                 os.close(fd)

@@ -68,7 +68,7 @@ def zerorpc_server() -> Iterator[Handle]:
     import zerorpc
     with procs.private_dir() as directory:
         endpoint = procs.ipc(directory, "zerorpc.sock")
-        with procs.child(procs.python_module("bench.servers", "zerorpc", endpoint)) as proc:
+        with procs.child(procs.python_module(procs.SERVERS, "zerorpc", endpoint)) as proc:
             client = zerorpc.Client(timeout=30)
             try:
                 client.connect(endpoint)

@@ -1,4 +1,5 @@
-"""``python -m bench``: options, the order of targets, and what gets written where."""
+"""``zbridge bench`` (``python -m zbridge_bench``; ``python -m bench`` in a clone): options, the
+order of targets, and what gets written where."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from .profiles import Profile, choose
 from .runner import run
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=(
+def parse(argv: list[str], prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog or f"python -m {__package__}", description=(
         "Latency and throughput of zbridge against floors (raw pyzmq, os.pipe) and peers "
         "(process pools, loky, zerorpc). Progress goes to stderr, the table to stdout."))
     parser.add_argument("--quick", action="store_true", help="fewer calls and shorter runs (< 60 s)")
@@ -51,9 +52,9 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through every finally: no child is left behind
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    args = parse(argv)
+    args = parse(argv, prog)
     profile = choose(args.quick, args.repeats, args.calls)
     targets = selected(all_targets(profile), args.only)
     if args.list:
@@ -79,4 +80,4 @@ def main(argv: list[str] | None = None) -> None:
             plot.write_cdf(args.plot, outcomes, info)
             print(f"wrote {args.plot}", file=sys.stderr)
         except ImportError as exc:
-            sys.exit(f"--plot needs matplotlib (pip install -e '.[bench]'): {exc}")
+            sys.exit(f"--plot needs matplotlib (pip install 'zbridge[bench]'): {exc}")

@@ -34,6 +34,9 @@ def cpu_model() -> str | None:
 
 
 def git_commit() -> str | None:
+    """The clone's commit; None for an installed package (its version says what it is)."""
+    if CHECKOUT is None:
+        return None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(["git", "-C", CHECKOUT, "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=5)

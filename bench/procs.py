@@ -11,7 +11,11 @@ import tempfile
 import time
 from typing import Callable, Iterator, TypeVar
 
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = __package__ or "zbridge_bench"  # "bench" run from a clone, "zbridge_bench" installed
+SERVERS = f"{PACKAGE}.servers"              # the far side of the floor and zerorpc cases
+# a clone's root, where `python -m bench.servers` finds the package; an installed package
+# is found from anywhere
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) if PACKAGE == "bench" else None
 STOP_TIMEOUT = 10.0
 T = TypeVar("T")
 

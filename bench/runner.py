@@ -24,7 +24,7 @@ class Outcome:
 def missing_requirement(target: Target) -> str | None:
     for module in target.requires:
         if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed (pip install -e '.[bench]')"
+            return f"{module} is not installed (pip install 'zbridge[bench]')"
     return None
 
 

@@ -1,4 +1,5 @@
-"""The far side of the floor and zerorpc cases, run as ``python -m bench.servers MODE ...``.
+"""The far side of the floor and zerorpc cases, run as ``python -m zbridge_bench.servers MODE ...``
+(``bench.servers`` in a clone).
 
     zmq_worker ENDPOINT   DEALER connected to a zmq.proxy backend; msgpack dict in and out
     zmq_router ENDPOINT   the same worker on a ROUTER it binds itself: callers talk to it direct
@@ -15,7 +16,7 @@ import os
 import struct
 import sys
 
-from bench.tools import noop
+from .tools import noop
 
 LENGTH = struct.Struct("!I")
 

@@ -6,16 +6,15 @@ import logging
 import os
 import secrets
 import socket
-import sys
-import traceback
 from typing import TYPE_CHECKING
 
 import click
 
 from zbridge.endpoints import remove_if_orphaned
+from zbridge.logs import configure_process
 from zbridge.protocol import DEFAULT_MAX_MESSAGE, EXIT_LOAD_FAILED
 
-from .loading import load
+from .loading import load, report_load_failure
 from .process_io import isolate_stdout, kill_own_group, watch_lifeline
 from .stdio import run as run_stdio
 
@@ -90,11 +89,13 @@ def _env_expose() -> bool | None:
               help="File descriptor of our end of the channel an embedded hub's callers use "
                    "(set by that hub).")
 @click.option("--log-level", default="INFO", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON record per stderr line (set by the hub that spawns us).")
 def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[str, ...], identity: str | None,
          lifeline: bool, max_message_size: int, heartbeat: str | None, heartbeat_interval: float,
          heartbeat_misses: int, exit_on_hub_loss: bool, max_rss_mb: int, curve_secret: str,
          curve_server_key: str, expose_tracebacks: bool | None, allow_pickle: bool,
-         channel: int | None, log_level: str) -> None:
+         channel: int | None, log_level: str, log_format: str) -> None:
     """Keep tools warm and serve calls to them."""
     if bool(endpoint) + stdio + stdio_msgpack != 1:
         raise click.UsageError("give exactly one of --connect ENDPOINT or --stdio")
@@ -102,8 +103,7 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
         expose_tracebacks = _env_expose()
     if expose_tracebacks is None:
         expose_tracebacks = expose_default(endpoint)
-    logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
-                        format=f"zbridge-daemon[{os.getpid()}] %(levelname)s %(message)s")
+    configure_process(log_level, log_format, f"zbridge-daemon[{os.getpid()}] %(levelname)s %(message)s")
     protocol_out = isolate_stdout()  # before tools load: imports may print too
     if stdio:
         run_stdio(tools, protocol_out, expose_tracebacks)
@@ -131,7 +131,7 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
     run_worker(tools, lifeline, WorkerOptions(
         endpoint, identity.encode(), max_message_size, heartbeat,
         heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks, on_silence,
-        channel=channel))
+        channel=channel), structured=log_format == "json")
 
 
 def _allow_pickle(endpoint: str) -> None:
@@ -143,7 +143,8 @@ def _allow_pickle(endpoint: str) -> None:
     pickling.allow()
 
 
-def run_worker(tools: tuple[str, ...], lifeline: bool, options: WorkerOptions) -> None:
+def run_worker(tools: tuple[str, ...], lifeline: bool, options: WorkerOptions,
+               structured: bool = False) -> None:
     from . import worker
 
     def hub_lost(why: str = "") -> None:
@@ -161,9 +162,8 @@ def run_worker(tools: tuple[str, ...], lifeline: bool, options: WorkerOptions) -
         watch_lifeline(lifeline_lost)
     try:
         registry = load(tools)
-    except BaseException:  # noqa: BLE001 - the hub reads this from our stderr
-        traceback.print_exc()
-        sys.stderr.flush()
+    except BaseException as exc:  # noqa: BLE001 - the hub reads this from our stderr
+        report_load_failure(exc, structured)
         os._exit(EXIT_LOAD_FAILED)
     worker.serve(registry, options, hub_lost)
 

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Iterable, Sequence
 import zmq
 import zmq.asyncio
 
-from . import plans
+from . import plans, presence
 from .calls import (
     HUB_GRACE,
     STREAM_WINDOW,
@@ -132,6 +132,7 @@ class AsyncClient(ClientCore):
             sock.rcvtimeo = -1  # the reader task waits for as long as the client lives
             assert self.endpoint is not None  # set whenever the pool is enabled
             sock.connect(self.endpoint)
+            presence.fail_fast(sock, self.endpoint)  # no hub there: fail at once, not in connect_timeout
             self._sock = sock
             self._reader = asyncio.ensure_future(self._read_replies())
             if not self.endpoint.startswith("inproc://"):  # inproc connections never drop

@@ -734,6 +734,11 @@ class Broker:
             return []
         waited = now - job.accepted
         self.counters["timeouts"] += 1
+        if job.stats is not None:  # a timeout counts in the latencies too, at the time it took
+            if job.state is JobState.QUEUED:
+                job.stats.queue.add(waited)
+            elif job.started is not None:
+                job.stats.run.add(now - job.started)
         if job.state is JobState.QUEUED:
             return [self._answer_error(job, CallTimeout(
                 f"call timed out after {waited:.3f}s waiting for a free daemon"))]

@@ -10,7 +10,7 @@ from typing import Any, Generator, Sequence
 
 import zmq
 
-from . import fallback, pickling, shield
+from . import fallback, pickling, presence, shield
 from .wire import oversized
 from .config import Settings, load_settings
 from .endpoints import check_endpoint, default_endpoint
@@ -156,8 +156,8 @@ class ClientCore:
         return float(timeout)
 
     def _unreachable(self) -> PoolUnavailable:
-        return PoolUnavailable(f"hub at {self.endpoint} is not reachable (the call was not sent)",
-                               {"cause": "unreachable"})
+        """A call that could not be sent: no hub, a stopped one, or one that does not answer."""
+        return PoolUnavailable(presence.unreachable(self.endpoint), {"cause": "unreachable"})
 
     def _can_fallback(self) -> bool:
         """The pipe fallback needs to know the tools: a bare Client of a served hub cannot."""

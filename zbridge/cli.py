@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 
 import click
 
+from . import logs
 from .config import Settings, _parse, env_name, load_settings
 from .endpoints import default_endpoint, ipc_path
-from .errors import BridgeError
-from .watch import cell as _cell
+from .errors import BridgeError, CallTimeout
+from .watch import cell as _cell, duration
 
+STATUS_TIMEOUT = 5.0  # seconds `zbridge status` waits for the hub's answer
 DEFAULT_HELP = "an ipc socket in $XDG_RUNTIME_DIR/zbridge, else in <tempdir>/zbridge-<uid>"
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -141,9 +143,25 @@ def main() -> None:
 @log_level_option
 def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, stdio: bool, **values: Any) -> None:
     """Run a hub and its daemons in this process until SIGTERM/SIGINT (twice: at once)."""
+    settings = _settings(values)
+    if settings.log_format != "json":
+        return run_hub(settings, tools, bind, drain_timeout, stdio)
+    logs.json_everywhere()  # every line on stderr is a JSON record, also why we stopped
+    try:
+        run_hub(settings, tools, bind, drain_timeout, stdio)
+    except click.ClickException as exc:
+        logs.announce("json", "hub_error", exc.format_message(), level="ERROR")
+        sys.exit(exc.exit_code)
+    except Exception:  # noqa: BLE001 - a crash, as a record with its traceback
+        logging.getLogger("zbridge.hub").critical("hub crashed", exc_info=True, extra={"event": "hub_crash"})
+        sys.exit(1)
+
+
+def run_hub(settings: Settings, tools: tuple[str, ...], bind: str | None, drain_timeout: float,
+            stdio: bool = False) -> None:
+    """``zbridge serve`` once its settings are known."""
     from .hub import Hub
     from .tools import tool_specs
-    settings = _settings(values)
     if stdio:  # the pool behind one pipe: no endpoint (a --bind is not used)
         from .pipefront import serve_stdio
         try:
@@ -151,6 +169,7 @@ def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, stdio:
         except (ValueError, OSError) as exc:
             raise click.ClickException(str(exc)) from None
     bind = resolve(bind)
+    fmt = settings.log_format
     try:
         hub = Hub(settings, tool_specs(list(tools)), frontend=bind)
     except (ValueError, OSError) as exc:
@@ -167,11 +186,12 @@ def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, stdio:
         for _ in reader.recv(64):  # one byte per signal: a second one means stop now
             h.begin_stop(drain_timeout)
 
-    click.echo(f"zbridge hub {os.getpid()} serving {bind} (tools: {', '.join(tools) or 'none'}, "
-               f"workers: {settings.workers})", err=True)
+    logs.announce(fmt, "hub_start", f"zbridge hub {os.getpid()} serving {bind} (tools: "
+                  f"{', '.join(tools) or 'none'}, workers: {settings.workers})",
+                  pid=os.getpid(), endpoint=bind, tools=list(tools), workers=settings.workers)
     if bind.startswith("tcp://") and not settings.curve_secret:
-        click.echo(f"zbridge WARNING: {bind} has no CURVE keys (--allow-local-users): every local "
-                   "user can run the tools, as you", err=True)
+        logs.announce(fmt, "no_curve", f"zbridge WARNING: {bind} has no CURVE keys (--allow-local-users): "
+                      "every local user can run the tools, as you", level="WARNING", endpoint=bind)
     try:
         hub.run(prewarm=settings.prewarm, wake_fd=reader.fileno(), on_wake=on_signal)
     finally:
@@ -179,7 +199,7 @@ def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, stdio:
         reader.close()
         writer.close()
         _remove_socket_file(bind)
-    click.echo("zbridge hub stopped", err=True)
+    logs.announce(fmt, "hub_stop", "zbridge hub stopped", pid=os.getpid(), endpoint=bind)
 
 
 @main.command(epilog="Hub settings (workers, start_timeout, ...) apply to an embedded call "
@@ -227,9 +247,19 @@ def call(tool: str, args_json: str | None, tools: tuple[str, ...], endpoint: str
                 return
             result = client.call(tool, args, idempotent=idempotent)
     except BridgeError as exc:
-        click.echo(json.dumps(exc.to_wire(), default=repr), err=True)
+        click.echo(json.dumps(printable_error(exc), default=repr), err=True)
         sys.exit(1)
     click.echo(json.dumps(result, default=repr))
+
+
+def printable_error(exc: BridgeError) -> dict[str, Any]:
+    """The error as `zbridge call` prints it: a daemon's start-up traceback (``data.stderr``)
+    only at DEBUG, like the hub's log; the message already names the cause, file and line."""
+    wire = exc.to_wire()
+    data = wire.get("data")
+    if isinstance(data, dict) and "stderr" in data and not logging.getLogger("zbridge").isEnabledFor(logging.DEBUG):
+        wire["data"] = {k: v for k, v in data.items() if k != "stderr"}
+    return wire
 
 
 def _remove_socket_file(endpoint: str) -> None:
@@ -272,9 +302,9 @@ def status(endpoint: str | None, as_json: bool, curve_secret: str, curve_server_
     try:
         with Client(endpoint, fallback=False, curve_secret=curve_secret,
                     curve_server_key=curve_server_key) as client:
-            info = client.status()
+            info = client.status(timeout=STATUS_TIMEOUT)
     except BridgeError as exc:
-        raise click.ClickException(f"no hub at {endpoint}: {exc}") from None
+        raise click.ClickException(hub_trouble(endpoint, exc, STATUS_TIMEOUT)) from None
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -282,6 +312,14 @@ def status(endpoint: str | None, as_json: bool, curve_secret: str, curve_server_
     tools = format_tools(info)
     if tools:
         click.echo(tools)
+
+
+def hub_trouble(endpoint: str, exc: BridgeError, waited: float) -> str:
+    """What went wrong asking a hub for its status, naming a hub that exists but is silent."""
+    from . import presence
+    if isinstance(exc, CallTimeout):
+        return presence.silent(endpoint, waited)
+    return str(exc)
 
 
 # (heading, value of a daemon's status map, left-aligned)
@@ -336,14 +374,14 @@ def format_tools(info: Mapping[str, Any]) -> str:
     tools = info.get("tools") or {}
     if not tools:
         return ""
-    lines = [f"{'tool':<20} {'calls':>7} {'errors':<22} {'run p50/p90/p99 ms':>21} "
-             f"{'wait p50/p90/p99 ms':>21}"]
+    lines = [f"{'tool':<20} {'calls':>7} {'errors':<22} {'run p50/p90/p99':>24} "
+             f"{'wait p50/p90/p99':>24}"]
 
     def q(h: dict[str, Any]) -> str:
-        return "/".join("-" if h.get(k) is None else f"{h[k] * 1000:.2f}" for k in ("p50", "p90", "p99"))
+        return "/".join(duration(h.get(k)) for k in ("p50", "p90", "p99"))
     for name, t in tools.items():
         errors = ",".join(f"{code}:{n}" for code, n in (t.get("errors") or {}).items()) or "-"
-        lines.append(f"{name[:20]:<20} {t['calls']:>7} {errors:<22} {q(t['run_s']):>21} {q(t['queue_s']):>21}")
+        lines.append(f"{name[:20]:<20} {t['calls']:>7} {errors:<22} {q(t['run_s']):>24} {q(t['queue_s']):>24}")
     return "\n".join(lines)
 
 
@@ -369,7 +407,7 @@ def watch_status(endpoint: str, interval: float, curve_secret: str = "", curve_s
                     text = render(info, prev, at - prev_at if prev else None, interval)
                     prev, prev_at = info, at
                 except BridgeError as exc:
-                    text = render_unreachable(endpoint, str(exc))
+                    text = render_unreachable(hub_trouble(endpoint, exc, max(1.0, interval)))
                 out.write((CLEAR if tty else "\n" if frames else "") + text + "\n")
                 out.flush()
                 frames += 1
@@ -379,6 +417,16 @@ def watch_status(endpoint: str, interval: float, curve_secret: str = "", curve_s
             out.write("\n")
         out.flush()
         return 0
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []},
+              add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Measure zbridge on this machine against raw zmq, pipes and other pools
+    (`zbridge bench --help`; the peers need `pip install 'zbridge[bench]'`)."""
+    from zbridge_bench.cli import main as run_bench  # type: ignore[import-not-found]
+    run_bench(list(args), prog="zbridge bench")
 
 
 @main.command()

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import zmq
 
-from . import fanout, plans, shield
+from . import fanout, plans, presence, shield
 from .calls import (
     HUB_GRACE,
     STREAM_WINDOW,
@@ -360,6 +360,7 @@ class Client(ClientCore):
         configure_dealer(sock, self.settings, self._curve, self.connect_timeout)
         assert self.endpoint is not None  # set whenever the pool is enabled
         sock.connect(self.endpoint)
+        presence.fail_fast(sock, self.endpoint)  # no hub there: fail at once, not in connect_timeout
         if not self.endpoint.startswith("inproc://"):  # inproc connections never drop
             self._watches[sock] = ConnectionWatch(sock)
         return sock

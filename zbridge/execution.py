@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     import inspect
     from typing import Any, Generator
 
+    from .ratelimit import RateLimit
+
 HEALTH = "health"
+TOOL_ERRORS_PER_MINUTE = 5  # logged per tool; the rest are counted in the next line
 
 
 class Executor:
@@ -33,6 +36,7 @@ class Executor:
         self.started = time.time()
         self.calls = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._errors_logged: RateLimit | None = None
 
     def run(self, method: str, params: Any, stream: bool = False) -> Any:
         """Run one call; raises a BridgeError for anything but success.
@@ -42,11 +46,11 @@ class Executor:
         """
         result = self._call(method, params)
         if isinstance(result, (GeneratorType, AsyncGeneratorType)):
-            items = self._items(result)
+            items = self._items(result, resolve_tool_call(method, params)[0])
             return items if stream else list(items)
         return result
 
-    def _items(self, gen: Any) -> Generator[Any, None, None]:
+    def _items(self, gen: Any, name: str) -> Generator[Any, None, None]:
         try:
             if isinstance(gen, AsyncGeneratorType):
                 while True:
@@ -59,7 +63,7 @@ class Executor:
         except GeneratorExit:
             raise
         except (Exception, SystemExit) as exc:
-            raise tool_error(exc, self.expose_tracebacks) from None
+            raise self._failed(name, exc) from None
 
     def _call(self, method: str, params: Any) -> Any:
         self.calls += 1
@@ -83,9 +87,18 @@ class Executor:
             # TypeError raised before the tool's first line ran means the arguments were wrong.
             if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
                 _check_arguments(entry.signature, name, positional, named)
-            raise tool_error(exc, self.expose_tracebacks) from None
+            raise self._failed(name, exc) from None
         except (Exception, SystemExit) as exc:
-            raise tool_error(exc, self.expose_tracebacks) from None
+            raise self._failed(name, exc) from None
+
+    def _failed(self, name: str, exc: BaseException) -> ToolError:
+        """The ToolError the caller gets, logged here once (the server's side of it)."""
+        error = tool_error(exc, self.expose_tracebacks)
+        if self._errors_logged is None:
+            from .ratelimit import RateLimit  # off the start-up path, like logging itself
+            self._errors_logged = RateLimit(TOOL_ERRORS_PER_MINUTE, 60.0)
+        log_tool_error(name, exc, self._errors_logged)
+        return error
 
     def health(self, **_ignored: Any) -> dict[str, Any]:
         import platform  # off the start-up path: health is rarely the first call
@@ -115,6 +128,28 @@ def _check_arguments(signature: inspect.Signature | None, name: str, positional:
         signature.bind(*positional, **named)
     except TypeError as exc:
         raise InvalidParams(f"bad arguments for tool {name!r}: {exc}") from None
+
+
+def log_tool_error(tool: str, exc: BaseException, limit: RateLimit) -> None:
+    """One WARNING record per failed call (tool, request id, exception type and message),
+    the traceback at DEBUG; at most ``limit`` allows per tool, the rest counted."""
+    suppressed = limit.allow(tool, time.monotonic())
+    if suppressed is None:
+        return
+    import logging
+
+    from .context import current_call
+    log = logging.getLogger("zbridge.daemon")
+    call = current_call()
+    fields: dict[str, Any] = {"event": "tool_error", "tool": tool,
+                              "request_id": call.request_id if call is not None else None,
+                              "error_type": type(exc).__qualname__, "error": str(exc)[:500]}
+    more = f" ({suppressed} more errors of this tool were not logged)" if suppressed else ""
+    if suppressed:
+        fields["suppressed"] = suppressed
+    log.warning("tool %s raised %s: %s%s", tool, fields["error_type"], fields["error"], more, extra=fields)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("traceback of tool %s", tool, exc_info=exc, extra=fields)
 
 
 def tool_error(exc: BaseException, with_traceback: bool = True) -> ToolError:

@@ -2,7 +2,7 @@
 
 Slow (a fresh interpreter and fresh imports every call) but independent of the pool; used
 when the pool is disabled or cannot serve a call that never ran. It speaks the pool's own
-frames (length-prefixed on the pipe, see ``zbridge.framing``), built and read by the
+frames (length-prefixed on the pipe, see ``zbridge.wire``), built and read by the
 same functions as the pool's, so it answers with the same values and the same errors.
 """
 
@@ -16,9 +16,10 @@ import threading
 from typing import Any, Generator
 
 from .config import Settings
+from .daemonlog import forward
 from .errors import BridgeError, CallTimeout, PoolUnavailable, WorkerLost, error_from_wire
 from .protocol import Kind, decode_partial, decode_reply_body, read_header
-from .supervisor import _emit, describe_exit
+from .state import describe_exit
 
 REQUEST_ID = 1
 
@@ -67,7 +68,7 @@ def call_once(settings: Settings, tools: list[str], tool: str, args: Any, timeou
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     for text in (err or b"").decode(errors="replace").splitlines():
-        _emit(b"stdio", proc.pid, text)
+        forward(b"stdio", proc.pid, text)
     return _answer(settings, out, err, proc.returncode)
 
 

@@ -3,18 +3,32 @@ the broker's lifecycle notes.
 
 A record's structured fields arrive as ``extra`` (``daemon``, ``pid``, ``tool``,
 ``request_id``, ``startup_s``...); the JSON formatter writes every attribute a plain
-``LogRecord`` does not have, so whatever a note carries reaches the line.
+``LogRecord`` does not have, so whatever a note carries reaches the line. With "json",
+``zbridge serve`` writes nothing else on stderr: its banners are records too
+(``announce``), and so are other libraries' records and Python warnings (``json_everywhere``).
+
+zbridge's logger has a ``NullHandler``, as a library's should: a program that configured no
+logging does not get the pool's warnings printed by logging's last-resort handler (its
+errors reach it as exceptions that say the same).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from typing import Any
 
 _PLAIN = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 _MARK = "_zbridge_json"  # on the handler we add, so configuring twice adds it once
+JSON_MSG = "_json_msg"   # a record attribute: the "msg" of its JSON form, when the text form adds a prefix
+
+logging.getLogger("zbridge").addHandler(logging.NullHandler())
+
+
+def _stamp(created: float, msecs: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(msecs):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,11 +36,10 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                  + f".{int(record.msecs):03d}Z",
+            "ts": _stamp(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": getattr(record, JSON_MSG, None) or record.getMessage(),
         }
         for key, value in vars(record).items():
             if key not in _PLAIN and not key.startswith("_"):
@@ -34,6 +47,39 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=repr, separators=(",", ":"))
+
+
+def record_line(level: str, logger: str, msg: str, **fields: Any) -> str:
+    """One JSON record as JsonFormatter writes it, for a writer without a configured logger
+    (a daemon that is about to exit, a banner that shows at every level)."""
+    now = time.time()
+    out: dict[str, Any] = {"ts": _stamp(now, (now % 1) * 1000), "level": level, "logger": logger, "msg": msg}
+    out.update(fields)
+    return json.dumps(out, default=repr, separators=(",", ":"))
+
+
+def announce(log_format: str, event: str, text: str, level: str = "INFO", **fields: Any) -> None:
+    """A line ``zbridge serve`` always writes on stderr (started, stopped, a warning about its
+    endpoint, why it could not start): ``text`` as it is, or with "json" a record on
+    ``zbridge.hub`` with ``event`` and ``fields``."""
+    line = record_line(level, "zbridge.hub", text, event=event, **fields) if log_format == "json" else text
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def configure_process(level: str, log_format: str, text_format: str) -> None:
+    """A process's own logging (a daemon's): records on stderr at ``level``, as JSON lines
+    with "json" (what a hub that spawns a daemon asks for, to re-log them), else as text."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(text_format))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def json_everywhere() -> None:
+    """With "json": records of other loggers (and Python warnings) leave as JSON too."""
+    logging.captureWarnings(True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(JsonFormatter())
 
 
 def configure(log_format: str, stream: Any = None) -> None:

@@ -116,6 +116,10 @@ def advance(plan: Plan, outcome: Any, error: BaseException | None) -> tuple[bool
         return False, (plan.send(outcome) if error is None else plan.throw(error))
     except StopIteration as done:
         return True, done.value
+    except BridgeError as exc:
+        # The frames it passed are the client's own machinery (driver, plan, sockets); the
+        # caller's traceback starts here, so an error fits on a screen with its message.
+        raise exc.with_traceback(None) from exc.__cause__
 
 
 # --- plans -------------------------------------------------------------------------------
@@ -162,7 +166,7 @@ def wait_ready(core: ClientCore, timeout: float, count: int | None) -> Plan:
     """Until ``count`` daemons (default: ``workers``, at least 1) are up; starts them."""
     wanted = count if count is not None else max(1, core.settings.workers)
     started = time.monotonic()
-    current = yield from status(core, 5.0, prewarm=True)
+    current = yield from _status_once_up(core, started, timeout, prewarm=True)
     while (state := readiness(current, wanted, core.settings)) != "ready":
         waited = time.monotonic() - started
         if state == "failed" or waited >= timeout:
@@ -170,6 +174,19 @@ def wait_ready(core: ClientCore, timeout: float, count: int | None) -> Plan:
         yield Sleep(0.02)
         current = yield from status(core, 5.0)
     return current
+
+
+def _status_once_up(core: ClientCore, started: float, timeout: float, prewarm: bool) -> Plan:
+    """The hub's status, waiting (within ``timeout`` from ``started``) for a hub that is not
+    there yet: one started just before us may not have bound its endpoint."""
+    while True:
+        try:
+            return (yield from status(core, 5.0, prewarm))
+        except PoolUnavailable as exc:
+            unreachable = isinstance(exc.data, dict) and exc.data.get("cause") == "unreachable"
+            if not unreachable or time.monotonic() - started >= timeout:
+                raise
+        yield Sleep(0.05)
 
 
 def stream(core: ClientCore, tool: str, args: Any, timeout: float | None, window: int,

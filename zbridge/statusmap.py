@@ -35,10 +35,13 @@ class ExitStatus(TypedDict):
 
 
 class Quantiles(TypedDict):
-    p50: float
-    p90: float
-    p99: float
-    mean: float
+    """Seconds, within 1.2 % (``zbridge.stats``); None before the first sample."""
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    mean: float | None
+    max: NotRequired[float | None]   # since issue 23 (older hubs: absent)
+    count: NotRequired[int]          # samples: calls that ran (or waited), timeouts included
 
 
 class ToolStatus(TypedDict):

@@ -3,27 +3,27 @@
 Each daemon runs in its own session (so signals reach its whole process group and a
 terminal's Ctrl-C does not), holds a stdin pipe whose EOF tells it the hub is gone, and
 writes its stderr (and its tools' stdout) to a pipe that a thread forwards line by line to
-the ``zbridge.daemon`` logger, keeping the last lines to explain a failed start. With
-``channels``, each daemon also gets its own end of a ``socketpair`` (``--channel FD``): the
-exclusive channel on which callers in this process lend it requests (``zbridge/direct.py``).
-When a daemon exits, its channel is shut down here too, so a caller waiting on it wakes at
-once even if a process the tool forked still holds the daemon's end.
+the ``zbridge.daemon`` logger as records tagged with the daemon (``zbridge/daemonlog.py``),
+keeping the last lines to explain a failed start. With ``channels``, each daemon also gets
+its own end of a ``socketpair`` (``--channel FD``): the exclusive channel on which callers
+in this process lend it requests (``zbridge/direct.py``). When a daemon exits, its channel
+is shut down here too, so a caller waiting on it wakes at once even if a process the tool
+forked still holds the daemon's end.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .daemonlog import daemon_args, forward
 from .procinfo import run_state
 from .state import Process as ProcessState
 from .state import describe_exit
@@ -31,7 +31,6 @@ from .wire import Channel
 
 __all__ = ["Supervisor", "describe_exit"]
 
-log = logging.getLogger("zbridge.daemon")
 TAIL_LINES = 40
 
 Notify = Callable[[bytes, "int | None", str], None]  # (daemon id, exit status, stderr tail)
@@ -44,13 +43,6 @@ class Process:
     channel: Channel | None = None
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     reported: bool = False
-
-
-def _emit(ident: bytes, pid: int, line: str) -> None:
-    if log.isEnabledFor(logging.INFO) and log.hasHandlers():
-        log.info("[%s pid %d] %s", ident.decode(), pid, line)
-    else:  # logging would drop it: a daemon's output must never vanish
-        sys.stderr.write(f"[zbridge {ident.decode()} pid {pid}] {line}\n")
 
 
 class Supervisor:
@@ -67,7 +59,7 @@ class Supervisor:
     def spawn(self, ident: bytes) -> tuple[int, Channel | None]:
         """Start a daemon: its pid, and its channel (if ``channels``)."""
         env = dict(os.environ if self.env is None else self.env, PYTHONUNBUFFERED="1")
-        command = self.command + ["--identity", ident.decode(), "--lifeline"]
+        command = self.command + ["--identity", ident.decode(), "--lifeline"] + daemon_args()
         ours = theirs = None
         if self.channels:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -96,9 +88,7 @@ class Supervisor:
         pid = proc.popen.pid
         assert proc.popen.stderr is not None  # spawned with stderr=PIPE
         for raw in proc.popen.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            proc.tail.append(line)
-            _emit(proc.ident, pid, line)
+            proc.tail.append(forward(proc.ident, pid, raw.decode(errors="replace").rstrip("\n")))
         proc.popen.wait()
         self._report(proc)
 

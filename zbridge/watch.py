@@ -19,10 +19,15 @@ def cell(value: Any, fmt: str = "") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _ms(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
+    """A latency in the unit that fits it: 183µs, 2.51ms, 6.00s, 2.5min; "-" for none."""
     if seconds is None:
         return "-"
-    return f"{seconds * 1000:.2f}ms" if seconds < 1 else f"{seconds:.2f}s"
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f}µs"
+    if seconds < 1:
+        return f"{seconds * 1000:.2f}ms"
+    return f"{seconds:.2f}s" if seconds < 120 else f"{seconds / 60:.1f}min"
 
 
 def rates(info: Mapping[str, Any], prev: Mapping[str, Any] | None, elapsed: float | None) -> dict[str, float | None]:
@@ -62,8 +67,8 @@ def render(info: Mapping[str, Any], prev: Mapping[str, Any] | None = None, elaps
     for name, t in tools.items():
         errors = sum((t.get("errors") or {}).values())
         lines.append(f"{name[:20]:<20} {cell(per_s.get(name), '.1f'):>8} {t['calls']:>8} {errors:>7} "
-                     f"{_ms(t['run_s'].get('p50')):>10} {_ms(t['run_s'].get('p99')):>10} "
-                     f"{_ms(t['queue_s'].get('p99')):>10}")
+                     f"{duration(t['run_s'].get('p50')):>10} {duration(t['run_s'].get('p99')):>10} "
+                     f"{duration(t['queue_s'].get('p99')):>10}")
     if not tools:
         lines.append("(no calls yet)")
     lines.append("completed {} timeouts {} lost {} overloaded {} crashes {} restarts {}".format(
@@ -73,6 +78,7 @@ def render(info: Mapping[str, Any], prev: Mapping[str, Any] | None = None, elaps
     return "\n".join(lines)
 
 
-def render_unreachable(endpoint: str, error: str, clock: float | None = None) -> str:
+def render_unreachable(error: str, clock: float | None = None) -> str:
+    """A frame for a hub that did not answer; ``error`` names the endpoint and the cause."""
     stamp = time.strftime("%H:%M:%S", time.localtime(clock))
-    return f"zbridge {stamp}  no hub at {endpoint}: {error} (retrying)"
+    return f"zbridge {stamp}  {error} (retrying)"
