@@ -31,13 +31,14 @@ from .config import Settings, load_settings
 from .direct import NoVerdict
 from .direct_async import AsyncDirect
 from .errors import BridgeError, ConnectionLost
+from .handles import AsyncHandles
 from .hub import start_embedded
 from .protocol import MAX_BUFFERS, OOB_THRESHOLD, Kind, encode_cancel, encode_credit, read_header
 from .statusmap import Status
 from .tools import tool_specs
 
 
-class AsyncClient(ClientCore):
+class AsyncClient(ClientCore, AsyncHandles):
     """Await calls on a hub at ``endpoint`` (as started by ``zbridge serve``)."""
 
     def __init__(self, endpoint: str | None = None, *, tools: Any = None,

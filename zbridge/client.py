@@ -30,6 +30,7 @@ from .calls import (
 from .config import Settings
 from .errors import BridgeError, ConnectionLost
 from .frames import recv_buffers, send_message
+from .handles import SyncHandles
 from .protocol import encode_cancel, encode_credit, read_header
 from .statusmap import Status
 
@@ -37,7 +38,7 @@ SUBMIT_THREADS = 32
 CLOSE_WAIT = 5.0  # seconds close() waits for other threads to leave their zmq calls
 
 
-class Client(ClientCore):
+class Client(ClientCore, SyncHandles):
     """A connection to a hub at ``endpoint`` (as started by ``zbridge serve``)."""
 
     def __init__(self, endpoint: str | None = None, *, tools: Any = None,
