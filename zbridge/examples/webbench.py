@@ -8,8 +8,12 @@ For each app in turn: start it (uvicorn ``--web-workers`` processes; for zbridge
 ``zbridge serve --workers POOL --prewarm``; for the executor app, POOL / web-workers pool
 processes in each web worker, the model trained by the pool's initializer), wait until
 ``/readyz`` answers, warm up, then drive ``GET /noop`` and ``POST /predict`` for
-``--seconds`` each over ``--connections`` keep-alive connections, and print a Markdown
-table (requests/s, latency p50/p99, non-2xx answers) and the zbridge/executor ratios.
+``--seconds`` each over ``--connections`` keep-alive connections. Every app runs once per
+round (``--rounds``, the order alternating); the Markdown table printed at the end has, per
+app and endpoint, the round with the median requests/s (latency p50/p99, non-2xx answers,
+and the CPU time one request cost the web workers, the hub and the model processes, read
+from ``/proc``: unlike requests/s, that hardly moves with other load on the machine) and
+the zbridge/executor ratios.
 Needs ``zbridge[web-example]``; ``wrk`` (Debian's package) is the lighter load generator.
 Every process it starts runs in its own session and is stopped in a ``finally``.
 """
@@ -127,6 +131,49 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: str, timeout: floa
     raise RuntimeError(f"{url} not ready after {timeout} s; see {log}")
 
 
+# --- CPU by role: what a request costs each kind of process (Linux /proc) -----------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def roles(web: int, hub: int | None) -> dict[str, list[int]]:
+    """The web server and its workers; the hub; the model processes (the hub's daemons, or
+    the executor's pool processes under the web workers)."""
+    tree = _children()
+    workers = tree.get(web, [])
+    found = {"web": [web, *workers], "hub": [], "model": [c for w in workers for c in tree.get(w, [])]}
+    if hub is not None:
+        found["hub"] = [hub]
+        found["model"] = tree.get(hub, [])
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime, all threads
+
+
+def cpu_by_role(processes: dict[str, list[int]]) -> dict[str, float]:
+    return {role: sum(_cpu_seconds(pid) for pid in pids) for role, pids in processes.items()}
+
+
 # --- load ----------------------------------------------------------------------------------
 
 
@@ -138,6 +185,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     non_2xx: int
+    cpu_us: dict[str, float]  # CPU time per request by role (web, hub, model), in µs
 
 
 def _request_bytes(path: str) -> bytes:
@@ -213,15 +261,16 @@ def _uvicorn(target: str, port: int, web_workers: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def _app(kind: str, args: argparse.Namespace, workdir: str) -> Iterator[int]:
-    """The app running, ready and warm; yields its port."""
+def _app(kind: str, args: argparse.Namespace, workdir: str) -> Iterator[tuple[int, dict[str, list[int]]]]:
+    """The app running, ready and warm; yields its port and its processes by role."""
     port = _free_port()
     env = {**os.environ, "ZBRIDGE_EXAMPLE_TREES": str(args.trees)}
     log = os.path.join(workdir, f"{kind}.log")
     with contextlib.ExitStack() as stack:
+        hub: subprocess.Popen[bytes] | None = None
         if kind == "zbridge":
             endpoint = f"ipc://{workdir}/hub.sock"
-            stack.enter_context(_started(
+            hub = stack.enter_context(_started(
                 [sys.executable, "-m", "zbridge.cli", "serve", "--tools", "zbridge.examples.model",
                  "--workers", str(args.pool), "--prewarm", "--bind", endpoint], env, log))
             env["ZBRIDGE_ENDPOINT"] = endpoint
@@ -234,29 +283,39 @@ def _app(kind: str, args: argparse.Namespace, workdir: str) -> Iterator[int]:
         _wait_ready(f"http://127.0.0.1:{port}/readyz", web, log)
         for path in ("/noop", "/predict"):
             python_load(port, path, args.warmup, args.connections)
-        yield port
+        yield port, roles(web.pid, hub.pid if hub else None)
 
 
 def measure(args: argparse.Namespace) -> list[Result]:
-    results: list[Result] = []
+    """Every app in every round (the order alternating, so a drift of a shared machine does
+    not land on one app); per app and endpoint, the round with the median requests/s."""
+    runs: dict[tuple[str, str], list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="zbridge-webbench-") as workdir:
         os.chmod(workdir, 0o700)
-        for kind in args.apps:
-            with _app(kind, args, workdir) as port:
-                for path in ("/noop", "/predict"):
-                    if args.load == "wrk":
-                        numbers = wrk_load(port, path, args.seconds, args.connections, args.threads)
-                    else:
-                        numbers = python_load(port, path, args.seconds, args.connections)
-                    results.append(Result(kind, path, *numbers))
-                    print(f"{kind:8} {path:9} {numbers[0]:9.0f} req/s", file=sys.stderr)
-    return results
+        for round_ in range(args.rounds):
+            for kind in (args.apps if round_ % 2 == 0 else args.apps[::-1]):
+                with _app(kind, args, workdir) as (port, processes):
+                    for path in ("/noop", "/predict"):
+                        before, started = cpu_by_role(processes), time.perf_counter()
+                        if args.load == "wrk":
+                            numbers = wrk_load(port, path, args.seconds, args.connections, args.threads)
+                        else:
+                            numbers = python_load(port, path, args.seconds, args.connections)
+                        served = numbers[0] * (time.perf_counter() - started)
+                        cpu = {role: (spent - before[role]) / max(1.0, served) * 1e6
+                               for role, spent in cpu_by_role(processes).items()}
+                        runs.setdefault((kind, path), []).append(Result(kind, path, *numbers, cpu))
+                        print(f"round {round_ + 1}: {kind:8} {path:9} {numbers[0]:9.0f} req/s", file=sys.stderr)
+    return [sorted(results, key=lambda r: r.requests_per_s)[len(results) // 2] for results in runs.values()]
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| app | endpoint | requests/s | p50 ms | p99 ms | non-2xx |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r.app} | `{r.path}` | {r.requests_per_s:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-              f"{r.non_2xx} |" for r in results]
+    lines = ["| app | endpoint | requests/s | p50 ms | p99 ms | non-2xx | CPU µs/request: web + hub + model = total |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        web, hub, model_ = (r.cpu_us[role] for role in ("web", "hub", "model"))
+        lines.append(f"| {r.app} | `{r.path}` | {r.requests_per_s:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+                     f"{r.non_2xx} | {web:.0f} + {hub:.0f} + {model_:.0f} = {web + hub + model_:.0f} |")
     rate = {(r.app, r.path): r.requests_per_s for r in results}
     for path in ("/noop", "/predict"):
         if rate.get(("ppe", path)) and ("zbridge", path) in rate:
@@ -283,9 +342,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", type=int, default=2, help="model processes in all (daemons or pool processes)")
     parser.add_argument("--trees", type=int, default=50, help="RandomForest size")
     parser.add_argument("--load", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every app; the median is reported")
     parser.add_argument("--apps", nargs="+", choices=("zbridge", "ppe"), default=["zbridge", "ppe"])
     args = parser.parse_args(argv)
-    print(f"load: {args.load}, {args.connections} connections, {args.seconds:g} s per endpoint; "
+    print(f"load: {args.load}, {args.connections} connections, {args.seconds:g} s per endpoint, "
+          f"median of {args.rounds} rounds; "
           f"uvicorn --workers {args.web_workers} ({_uvicorn_flavour()}); {args.pool} model processes; "
           f"RandomForest of {args.trees} trees; {os.cpu_count()} CPUs")
     print(table(measure(args)))
