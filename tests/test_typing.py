@@ -27,14 +27,18 @@ def check(path: Path) -> tuple[str, int]:
     return out + err, status
 
 
-def test_a_user_program_type_checks():
-    out, status = check(CASES / "good.py")
+@pytest.mark.parametrize("name", ["good.py", "handles_good.py"])
+def test_a_user_program_type_checks(name):
+    out, status = check(CASES / name)
     assert status == 0, out
 
 
-def test_wrong_calls_are_flagged():
-    out, status = check(CASES / "bad.py")
-    assert status == 1
+@pytest.mark.parametrize("name", ["bad.py", "handles_bad.py"])
+def test_wrong_calls_are_flagged(name):
+    """Exactly the lines marked ``# E:`` are errors (typed handles: a wrong argument type, a
+    missing argument, a misspelt tool, a wrong result type, a misspelt option or keyword)."""
+    out, status = check(CASES / name)
+    assert status == 1, out
     flagged = {int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}
-    expected = {n for n, line in enumerate((CASES / "bad.py").read_text().splitlines(), 1) if "# E:" in line}
+    expected = {n for n, line in enumerate((CASES / name).read_text().splitlines(), 1) if "# E:" in line}
     assert flagged == expected, out

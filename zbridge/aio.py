@@ -33,6 +33,7 @@ from .config import Settings, load_settings
 from .direct import Reply
 from .direct_async import AsyncDirectTransport
 from .errors import BridgeError, ConnectionLost, PoolUnavailable
+from .handles import AsyncHandles
 from .hub import start_embedded
 from .protocol import MAX_BUFFERS, encode_cancel, encode_credit, read_header
 from .wire import SMALL
@@ -40,7 +41,7 @@ from .statusmap import Status
 from .tools import tool_specs
 
 
-class AsyncClient(ClientCore):
+class AsyncClient(ClientCore, AsyncHandles):
     """Await calls on a hub at ``endpoint`` (as started by ``zbridge serve``)."""
 
     def __init__(self, endpoint: str | None = None, *, tools: Any = None,

@@ -35,6 +35,7 @@ from .calls import (
 )
 from .config import Settings
 from .errors import BridgeError, ConnectionLost
+from .handles import SyncHandles
 from .protocol import encode_cancel, encode_credit
 from .statusmap import Status
 from .wire import recv_buffers
@@ -46,7 +47,7 @@ SUBMIT_THREADS = 32
 CLOSE_WAIT = 5.0  # seconds close() waits for other threads to leave their zmq calls
 
 
-class Client(ClientCore):
+class Client(ClientCore, SyncHandles):
     """A connection to a hub at ``endpoint`` (as started by ``zbridge serve``)."""
 
     def __init__(self, endpoint: str | None = None, *, tools: Any = None,

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["Tool", "Registry", "tool", "startup", "load_tools", "REGISTRY"]
 
 EXTRA_ARGS = ("error", "ignore")
+WIRE_NAME = "__zbridge_tool__"  # set on a decorated function: the name it is served under
 
 
 class Tool(namedtuple("Tool", "name fn accepted", defaults=(None,))):
@@ -98,7 +99,11 @@ def _tool(fn: Any, name: str | None, extra_args: str) -> Any:
     check_extra_args(extra_args)  # at decoration, not at the first call
 
     def register(f: Callable[..., Any]) -> Callable[..., Any]:
-        REGISTRY.add(f, name, extra_args)
+        entry = REGISTRY.add(f, name, extra_args)
+        try:  # so a typed handle (zbridge/handles.py) knows the name without a registry
+            setattr(f, WIRE_NAME, entry.name)
+        except (AttributeError, TypeError):  # a builtin or a bound method: its __name__ it is
+            pass
         return f
     return register(fn) if fn is not None else register
 
@@ -114,7 +119,8 @@ if TYPE_CHECKING:  # the decorated function keeps its exact type (typing is not 
     def tool(fn: Any = None, *, name: str | None = None, extra_args: str = "error") -> Any: ...
 else:
     def tool(fn=None, *, name=None, extra_args="error"):
-        """Register ``fn`` as a tool, under ``name`` or its own name. Returns ``fn`` unchanged.
+        """Register ``fn`` as a tool, under ``name`` or its own name. Returns ``fn`` itself
+        (marked with that name, for ``client.handle(fn)``).
 
         ``extra_args="ignore"`` drops keyword arguments the function does not take instead of
         answering InvalidParams (``"error"``, the default).
