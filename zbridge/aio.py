@@ -24,6 +24,8 @@ from .calls import (
     HUB_GRACE,
     STREAM_WINDOW,
     ClientCore,
+    closed_error,
+    closed_while_waiting,
     configure_dealer,
     read_stream_message,
     reply_id,
@@ -101,7 +103,7 @@ class AsyncClient(ClientCore, AsyncHandles):
         if self._closed:
             return
         self._closed = True
-        gone = plans.closed_while_waiting()
+        gone = closed_while_waiting()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(gone)
@@ -214,7 +216,7 @@ class AsyncClient(ClientCore, AsyncHandles):
                             error = exc
                     case plans.Receive(deadline, timeout):
                         if self._closed:  # items still queued are not wanted any more
-                            error = plans.closed_while_waiting()
+                            error = closed_while_waiting()
                         else:
                             try:
                                 outcome = await asyncio.wait_for(self._streams[request_id].get(),

@@ -39,10 +39,9 @@ class Bridge(Client):
         specs = tool_specs(tools)
         self._hub, self._thread, context, endpoint = start_embedded(settings, specs)
         super().__init__(endpoint, tools=specs, settings=settings, context=context)
-        self._own_context = True
-        self._bridge_lock = threading.Lock()
+        self._bridge_lock = threading.Lock()  # (the context is the hub's too: ended in close())
         if self._hub is not None and self._hub.direct:
-            self._transport = DirectTransport(self._hub, settings.timeout)
+            self._transport = DirectTransport(self._hub, settings.timeout, self._is_closed)
             shield.ensure()
         with _open_lock:
             _open += 1
@@ -75,11 +74,15 @@ class Bridge(Client):
                 self._hub = None
             first = not self._closed
             super().close()
+            self.context.destroy(linger=0)  # the hub's sockets and ours are closed by now
         if first:
             with _open_lock:
                 _open -= 1
                 if not _open:
                     shield.release()
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     @property
     def private_dir(self) -> str | None:

@@ -16,6 +16,7 @@ from .config import Settings, load_settings
 from .endpoints import check_endpoint, default_endpoint
 from .errors import (
     BridgeError,
+    Cancelled,
     InternalError,
     InvalidParams,
     InvalidRequest,
@@ -46,6 +47,11 @@ STREAM_WINDOW = DEFAULT_WINDOW  # items a stream may run ahead of its consumer
 def closed_error() -> PoolUnavailable:
     """A call on a closed client: it never left."""
     return PoolUnavailable("client is closed", {"closing": True, "cause": "closing"})
+
+
+def closed_while_waiting() -> Cancelled:
+    """A call whose client was closed while it waited: it may have run."""
+    return Cancelled("client closed while the call was waiting")
 
 
 def build_request(settings: Settings, request_id: int, tool: str, args: Any, timeout: float,

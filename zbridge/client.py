@@ -28,6 +28,7 @@ from .calls import (
     ClientCore,
     build_request,
     closed_error,
+    closed_while_waiting,
     configure_dealer,
     read_stream_message,
     reply_id,
@@ -337,7 +338,7 @@ class Client(ClientCore, SyncHandles):
                 if on_slice is not None:
                     on_slice()
                 if self._closed:
-                    raise plans.closed_while_waiting() from None
+                    raise closed_while_waiting() from None
                 if self._dropped(sock):
                     raise self._connection_lost() from None
                 if time.monotonic() >= deadline:

@@ -29,10 +29,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .actions import Action, Answered, Lease
 from .broker import new_job
+from .calls import closed_while_waiting
 from .errors import BridgeError
 from .protocol import Kind, read_header
 from .shield import checkpoint, protected, waiting
@@ -123,11 +124,13 @@ class Route:
     after: check out, check in, judge its deadline, cancel, give up. No waiting here: the
     blocking twin (``DirectTransport``) and the asyncio one (``direct_async``) wait."""
 
-    def __init__(self, hub: Hub, default_timeout: float) -> None:
+    def __init__(self, hub: Hub, default_timeout: float,
+                 closed: Callable[[], bool] = lambda: False) -> None:
         self.hub = hub
         self.broker = hub.broker
         self.guard = hub.guard
         self.default_timeout = default_timeout
+        self.closed = closed  # the client was closed: a waiting call gives up (Cancelled)
         self._jobs: dict[int, Job] = {}  # calls in flight, by request id (for cancel)
 
     def _check_out(self, frame: bytes, buffers: Sequence[Any], me: Any) -> Job:
@@ -162,6 +165,12 @@ class Route:
         job = self._jobs.get(request_id)
         if job is not None:
             self._decide(self.broker.cancel, None, job.client, job.id, time.monotonic())
+
+    def _check_closed(self) -> None:
+        """The client was closed while this call waited: it ends Cancelled (it may have run;
+        the caller's clean-up cancels it in the pool)."""
+        if self.closed():
+            raise closed_while_waiting()
 
     def _decide(self, event: Any, me: Any, *args: Any) -> None:
         with self.guard:
@@ -211,8 +220,9 @@ class Route:
 class DirectTransport(Route):
     """Plain calls of a ``Bridge``'s threads on the direct route."""
 
-    def __init__(self, hub: Hub, default_timeout: float) -> None:
-        super().__init__(hub, default_timeout)
+    def __init__(self, hub: Hub, default_timeout: float,
+                 closed: Callable[[], bool] = lambda: False) -> None:
+        super().__init__(hub, default_timeout, closed)
         self._local = threading.local()
 
     def _parking(self) -> Parking:
@@ -247,6 +257,7 @@ class DirectTransport(Route):
             if remaining <= 0:
                 self._expire(job, me)
                 continue
+            self._check_closed()
             with waiting():
                 me.wait(min(remaining, SLICE))
 
@@ -278,6 +289,7 @@ class DirectTransport(Route):
                     if job.answer is not None:  # cancelled (or judged) by another thread
                         return self._answered(job)
                     checkpoint()
+                    self._check_closed()
                     continue
                 except EOFError:
                     return self._after_exit(job, me)

@@ -20,6 +20,7 @@ from .calls import (
     ClientCore,
     build_request,
     closed_error,
+    closed_while_waiting,
     credit_due,
     not_ready_error,
     readiness,
@@ -123,11 +124,6 @@ def advance(plan: Plan, outcome: Any, error: BaseException | None) -> tuple[bool
 
 
 # --- plans -------------------------------------------------------------------------------
-
-def closed_while_waiting() -> Cancelled:
-    """A call whose client was closed while it waited: it may have run."""
-    return Cancelled("client closed while the call was waiting")
-
 
 def call(core: ClientCore, tool: str, args: Any, timeout: float | None,
          idempotent: bool, traceparent: str | None = None) -> Plan:
