@@ -345,13 +345,15 @@ def test_a_dead_hub_thread_fails_waiting_and_later_calls_at_once(bridge_factory)
 
 def test_under_64_threads_a_running_call_gets_call_timeout_at_its_deadline(bridge_factory):
     """Every caller judges its own deadline: a 1 s tool with timeout=0.2 never returns a
-    result, however many threads compete for the GIL (none waits for others to report)."""
+    result, however many threads compete for the GIL and however many late replies are on
+    their way (none waits for other callers to report theirs)."""
     bridge = bridge_factory(BASIC, workers=2, prewarm=True, kill_grace=10.0)
     bridge.wait_ready()
     outcomes: list[str] = []
+    until = time.monotonic() + 4.0
 
     def caller() -> None:
-        for _ in range(2):
+        while time.monotonic() < until:
             try:
                 bridge.call("span", [1.0], timeout=0.2)
                 outcomes.append("result")
@@ -365,7 +367,8 @@ def test_under_64_threads_a_running_call_gets_call_timeout_at_its_deadline(bridg
         thread.start()
     for thread in threads:
         thread.join()
-    assert outcomes == ["timeout"] * 128
+    print(f"{len(outcomes)} calls: {sorted(set(outcomes))}")
+    assert len(outcomes) > 128 and set(outcomes) == {"timeout"}
     assert wait_until(lambda: all(d["state"] == "idle" for d in bridge.status()["daemons"]))
     assert bridge.status()["counters"]["kills"] == 0  # late replies came back: daemons warm
 
