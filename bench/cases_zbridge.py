@@ -44,7 +44,7 @@ def wait_ready(client: zbridge.Client, workers: int, proc: subprocess.Popen | No
 
 @contextlib.contextmanager
 def embedded(workers: int, **options: Any) -> Iterator[Handle]:
-    """A Bridge; ``options``: direct=False (every call through the hub thread), prefetch=True."""
+    """A Bridge; ``options``: Bridge settings, e.g. direct=False (every call through the hub thread)."""
     with zbridge.Bridge(tools=TOOLS, workers=workers, prewarm=True, **POOL, **options) as bridge:
         wait_ready(bridge, workers)
         yield client_handle(bridge)
@@ -176,8 +176,6 @@ def targets(profile: Profile) -> list[Target]:
         # issue 14, measured in the same run
         Target(f"{w1}.hub", lambda: embedded(1, direct=False),
                (latency_case(f"{w1}.hub", profile, workers=1),)),
-        Target(f"{w2}.prefetch", lambda: embedded(2, prefetch=True),
-               tuple(throughput_cases(f"{w2}.prefetch", profile, workers=2, callers=(2, 8)))),
         Target("zbridge.serve", lambda: served(1),
                (latency_case("zbridge.serve", profile, workers=1), *memory_cases(1))),
         Target("zbridge.serve.w2", lambda: served(2),
