@@ -1,8 +1,9 @@
-"""zbridge's own cases: embedded Bridge, ``zbridge serve``, the stdio daemon, the per-call
-subprocess fallback, cold start and memory."""
+"""zbridge's own cases: embedded Bridge and AsyncBridge, ``zbridge serve``, the stdio daemon,
+the per-call subprocess fallback, cold start and memory."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import itertools
@@ -14,9 +15,9 @@ from typing import Any, Iterator
 import zbridge
 
 from . import procs
-from .cases import (COLD_START, MEMORY, Case, Handle, Sample, Target, huge_case, latency_case, sweep_cases,
-                    throughput_cases)
-from .profiles import Profile
+from .cases import (COLD_START, MEMORY, Case, Handle, Sample, Target, gather_case, gather_handle, huge_case,
+                    latency_case, sweep_cases, throughput_cases)
+from .profiles import GATHER, Profile
 from .timing import BenchError, clock, make_payload
 
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools.py")
@@ -48,6 +49,31 @@ def embedded(workers: int, **options: Any) -> Iterator[Handle]:
     with zbridge.Bridge(tools=TOOLS, workers=workers, prewarm=True, **POOL, **options) as bridge:
         wait_ready(bridge, workers)
         yield client_handle(bridge)
+
+
+async def open_async_bridge(workers: int) -> zbridge.AsyncBridge:
+    """An AsyncBridge made in the loop that will use it, its daemons ready."""
+    bridge = zbridge.AsyncBridge(tools=TOOLS, workers=workers, prewarm=True, **POOL)
+    try:
+        await bridge.wait_ready(count=workers)
+    except BaseException:
+        await bridge.close()
+        raise
+    return bridge
+
+
+@contextlib.contextmanager
+def async_embedded(workers: int) -> Iterator[Handle]:
+    """An AsyncBridge on an event loop of its own (``asyncio.Runner``); the caller gathers."""
+    with asyncio.Runner() as runner:
+        bridge = runner.run(open_async_bridge(workers))
+        try:
+            async def pids() -> dict[str, list[int]]:
+                return {"daemon": [d["pid"] for d in (await bridge.status())["daemons"] if d.get("pid")]}
+            yield gather_handle(runner, lambda payload: bridge.call("noop", [payload]),
+                                lambda: runner.run(pids()))
+        finally:
+            runner.run(bridge.close())
 
 
 @contextlib.contextmanager
@@ -176,6 +202,8 @@ def targets(profile: Profile) -> list[Target]:
         # issue 14, measured in the same run
         Target(f"{w1}.hub", lambda: embedded(1, direct=False),
                (latency_case(f"{w1}.hub", profile, workers=1),)),
+        Target("zbridge.async.w2", lambda: async_embedded(2),
+               (gather_case(f"zbridge.async.gather{GATHER}", profile, workers=2),)),
         Target("zbridge.serve", lambda: served(1),
                (latency_case("zbridge.serve", profile, workers=1), *memory_cases(1))),
         Target("zbridge.serve.w2", lambda: served(2),

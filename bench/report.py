@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from .cases import COLD_START, LATENCY, MEMORY, THROUGHPUT
+from .cases import COLD_START, GATHERED, LATENCY, MEMORY, THROUGHPUT
 from .goals import W1
-from .profiles import CALLERS, HUGE, POOL_SIZES, SMALL, SWEEP, size_label
+from .profiles import CALLERS, GATHER, HUGE, POOL_SIZES, SMALL, SWEEP, size_label
 from .runner import Outcome
 from .stats import aggregate
 
@@ -108,6 +108,14 @@ def throughput_table(result_rows: list[dict]) -> str:
     return table(headers, body)
 
 
+def gather_table(result_rows: list[dict]) -> str:
+    headers = ["case", "median", "max", "calls/s", "gathers", "spread"]
+    body = [[r["name"], f"{r['p50_us'] / 1e3:,.1f} ms", f"{r['max_us'] / 1e3:,.1f} ms",
+             num(r["calls_per_s"]), num(r["timed_calls"]), num(r["spread_pct"], ".0f", "%")]
+            for r in result_rows if r["kind"] == GATHERED and not r["skipped"]]
+    return table(headers, body)
+
+
 def startup_memory_table(result_rows: list[dict]) -> str:
     headers = ["case", "median", "max", "samples", "spread"]
     body = []
@@ -144,6 +152,8 @@ def render(result_rows: list[dict], goals: list[dict], meta: dict) -> str:
          throughput_table(result_rows), THROUGHPUT in kinds),
         ("Latency under load (µs; callers in the name after /c)", percentile_table(under_load),
          THROUGHPUT in kinds),
+        (f"asyncio.gather of {GATHER:,} calls (wall time of one gather; median over repeats of "
+         "each repeat's median)", gather_table(result_rows), GATHERED in kinds),
         ("Cold start and memory", startup_memory_table(result_rows), bool(kinds & {COLD_START, MEMORY})),
         ("Targets (from the issue; reported, not asserted)", "\n".join(goals_lines(goals)), True),
         ("Skipped", "\n".join(f"  {r['name']}: {r['skipped']}" for r in result_rows if r["skipped"]),
