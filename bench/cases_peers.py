@@ -11,7 +11,7 @@ import signal
 from typing import Any, Iterator
 
 from . import procs
-from .cases import Handle, Target, gather_case, gather_handle, latency_case, sweep_cases
+from .cases import Handle, Target, gather_case, gather_handle, latency_case, sweep_cases, throughput_cases
 from .profiles import GATHER, Profile
 from .tools import noop
 
@@ -100,6 +100,9 @@ def targets(profile: Profile) -> list[Target]:
     return [
         Target(ppe, process_pool_executor,
                (latency_case(ppe, profile, workers=1), *sweep_cases(ppe, profile, workers=1))),
+        # beside zbridge.embedded.w2/c8 and floor.zmq_proxy.w2/c8: 2 workers, 8 caller threads
+        Target(f"{ppe}.w2", lambda: process_pool_executor(2),
+               tuple(throughput_cases(f"{ppe}.w2", profile, workers=2, callers=(8,)))),
         Target(f"{ppe}.gather", lambda: process_pool_gather(2),
                (gather_case(f"{ppe}.gather{GATHER}", profile, workers=2),)),
         Target("peer.multiprocessing_pool", multiprocessing_pool,

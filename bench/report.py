@@ -100,8 +100,8 @@ def throughput_table(result_rows: list[dict]) -> str:
             zb, floor = rate(f"zbridge.embedded.w{w}/c{n}"), rate(f"floor.zmq_proxy.w{w}/c{n}")
             share = 100 * zb / floor if zb and floor else None
             line += [num(zb), num(floor), num(share, ".0f", "%")]
-    for title, base in (("serve w2", "zbridge.serve.w2"),):
-        headers += [title, f"{title.split()[0][:2]}/floor"]  # against floor w2
+    for title, base in (("serve w2", "zbridge.serve.w2"), ("ppe w2", "peer.process_pool_executor.w2")):
+        headers += [title, f"{title.split()[0]}/floor"]  # against floor w2
         for line, n in zip(body, CALLERS):
             zb, floor = rate(f"{base}/c{n}"), rate(f"floor.zmq_proxy.w2/c{n}")
             line += [num(zb), num(100 * zb / floor if zb and floor else None, ".0f", "%")]
