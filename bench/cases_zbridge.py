@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import subprocess
+from dataclasses import replace
 from typing import Any, Iterator
 
 import zbridge
@@ -18,12 +19,13 @@ from . import procs
 from .cases import (COLD_START, MEMORY, Case, Handle, Sample, Target, gather_case, gather_handle, huge_case,
                     latency_case, sweep_cases, throughput_cases)
 from .profiles import GATHER, Profile
-from .timing import BenchError, clock, make_payload
+from .timing import BenchError, clock, make_payload, measure_latency
 
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools.py")
 # No fallback: a failing pool must fail the case, not silently measure a subprocess per call.
 # (Other ZBRIDGE_* variables still apply; meta["zbridge_env"] records them.)
 POOL = {"fallback": False, "timeout": 30.0}
+RECYCLE = 200  # max_calls of the recycling case: a daemon is replaced every ~200 calls
 
 
 def client_handle(client: zbridge.Client, hub_pid: int | None = None) -> Handle:
@@ -168,6 +170,17 @@ def first_call_prewarmed(handle: Handle, case: Case) -> Sample:
     return Sample(durations)  # no calls/s: each sample is a separate start
 
 
+def recycling_latency(handle: Handle, case: Case) -> Sample:
+    """The latency loop, checked to have replaced a daemon on the way (else it measured no
+    recycling): a daemon past ``max_calls`` serves on until its replacement is ready."""
+    before = set(handle.pids()["daemon"])
+    sample = measure_latency(handle, case)
+    if set(handle.pids()["daemon"]) == before:
+        raise BenchError(f"no daemon was replaced during {case.warmup + case.calls} calls with "
+                         f"max_calls={RECYCLE}")
+    return sample
+
+
 def rss(handle: Handle, case: Case, *, role: str) -> Sample:
     """Median RSS of the target's processes in ``role`` ("hub" or "daemon"), after its calls."""
     values = [procs.rss_kib(pid) for pid in handle.pids().get(role, [])]
@@ -202,6 +215,10 @@ def targets(profile: Profile) -> list[Target]:
         # issue 14, measured in the same run
         Target(f"{w1}.hub", lambda: embedded(1, direct=False),
                (latency_case(f"{w1}.hub", profile, workers=1),)),
+        # the w1 case while daemons are replaced every ~RECYCLE calls (respawns must not stall callers)
+        Target(f"{w1}.recycle{RECYCLE}", lambda: embedded(1, max_calls=RECYCLE),
+               (replace(latency_case(f"{w1}.recycle{RECYCLE}", profile, workers=1),
+                        measure=recycling_latency),)),
         Target("zbridge.async.w2", lambda: async_embedded(2),
                (gather_case(f"zbridge.async.gather{GATHER}", profile, workers=2),)),
         Target("zbridge.serve", lambda: served(1),
