@@ -18,14 +18,13 @@ import zbridge
 from . import procs
 from .cases import (COLD_START, MEMORY, Case, Handle, Sample, Target, gather_case, gather_handle, huge_case,
                     latency_case, sweep_cases, throughput_cases)
-from .profiles import GATHER, Profile
+from .profiles import GATHER, RECYCLE, Profile
 from .timing import BenchError, clock, make_payload, measure_latency
 
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools.py")
 # No fallback: a failing pool must fail the case, not silently measure a subprocess per call.
 # (Other ZBRIDGE_* variables still apply; meta["zbridge_env"] records them.)
 POOL = {"fallback": False, "timeout": 30.0}
-RECYCLE = 200  # max_calls of the recycling case: a daemon is replaced every ~200 calls
 
 
 def client_handle(client: zbridge.Client, hub_pid: int | None = None) -> Handle:

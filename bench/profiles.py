@@ -1,4 +1,4 @@
-"""How much to measure: the default run (~4-5 min) and ``--quick`` (< 60 s)."""
+"""How much to measure: the default run (~5 min) and ``--quick`` (about a minute)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ HUGE = 16 * MIB                   # a bytes payload: out of band in zbridge (buf
 CALLERS = (1, 2, 4, 8)            # concurrent callers for throughput
 POOL_SIZES = (1, 2)               # daemons / workers for throughput
 GATHER = 2000                     # calls in one asyncio.gather (the gather cases)
+RECYCLE = 200                     # max_calls of the recycling case: a daemon replaced every ~200 calls
 
 
 @dataclass(frozen=True)
