@@ -102,14 +102,13 @@ def gather_case(name: str, profile: Profile, *, workers: int) -> Case:
                 batch=GATHER)
 
 
-def gather_handle(runner: asyncio.Runner, call: Callable[[Any], Awaitable[Any]],
-                  pids: Callable[[], dict[str, list[int]]] = no_pids) -> Handle:
+def gather_handle(runner: asyncio.Runner, call: Callable[[Any], Awaitable[Any]]) -> Handle:
     """A Handle whose caller runs one ``asyncio.gather`` of GATHER ``call(payload)`` on
     ``runner``'s loop; it returns the payload if every call returned it, else a wrong result."""
     async def gather(payload: Any) -> Any:
         results = await asyncio.gather(*[call(payload) for _ in range(GATHER)])
         return payload if results.count(payload) == GATHER else next(r for r in results if r != payload)
-    return Handle(lambda payload: lambda: runner.run(gather(payload)), pids)
+    return Handle(lambda payload: lambda: runner.run(gather(payload)))
 
 
 def throughput_cases(base: str, profile: Profile, *, workers: int,

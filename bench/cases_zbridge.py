@@ -69,10 +69,7 @@ def async_embedded(workers: int) -> Iterator[Handle]:
     with asyncio.Runner() as runner:
         bridge = runner.run(open_async_bridge(workers))
         try:
-            async def pids() -> dict[str, list[int]]:
-                return {"daemon": [d["pid"] for d in (await bridge.status())["daemons"] if d.get("pid")]}
-            yield gather_handle(runner, lambda payload: bridge.call("noop", [payload]),
-                                lambda: runner.run(pids()))
+            yield gather_handle(runner, lambda payload: bridge.call("noop", [payload]))
         finally:
             runner.run(bridge.close())
 
