@@ -8,12 +8,14 @@ interleaved across repeats by the runner.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager
+from typing import Any, Awaitable, Callable, ContextManager
 
-from .profiles import CALLERS, HUGE, SMALL, SWEEP, Profile, size_label
+from .profiles import CALLERS, GATHER, HUGE, SMALL, SWEEP, Profile, size_label
 
 LATENCY, THROUGHPUT, COLD_START, MEMORY = "latency", "throughput", "cold_start", "memory"
+GATHERED = "gather"   # each timed item is one asyncio.gather of GATHER calls
 
 
 def no_pids() -> dict[str, list[int]]:
@@ -23,7 +25,8 @@ def no_pids() -> dict[str, list[int]]:
 @dataclass
 class Handle:
     """A ready target. ``make_caller(payload)`` is called in the thread that will make the
-    calls and returns a zero-argument function doing one round trip with that payload."""
+    calls and returns a zero-argument function doing one round trip with that payload (for
+    a gather target: one ``asyncio.gather`` of GATHER round trips, see ``gather_handle``)."""
     make_caller: Callable[[Any], Callable[[], Any]]
     pids: Callable[[], dict[str, list[int]]] = no_pids   # role ("hub", "daemon") -> pids
 
@@ -34,6 +37,7 @@ class Sample:
     latencies_ns: list[int]
     elapsed_ns: int = 0
     rss_kib: float | None = None
+    batch: int = 1          # calls per timed item (a gather: GATHER)
 
     @property
     def calls(self) -> int:
@@ -55,6 +59,7 @@ class Case:
     calls: int = 0          # latency: timed calls; cold start: constructions
     warmup: int = 0
     seconds: float = 0.0    # throughput duration
+    batch: int = 1          # calls per timed item (a gather: GATHER)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,23 @@ def huge_case(base: str, profile: Profile, *, workers: int | None = None) -> Cas
     from .timing import measure_latency
     return Case(f"{base}/{size_label(HUGE)}", LATENCY, measure_latency, workers=workers,
                 payload_bytes=HUGE, binary=True, calls=profile.huge_calls, warmup=3)
+
+
+def gather_case(name: str, profile: Profile, *, workers: int) -> Case:
+    """``name``: the wall time of one ``asyncio.gather`` of GATHER calls, ``profile.gathers``
+    times per repeat after one checked and one warm-up gather."""
+    from .timing import measure_latency
+    return Case(name, GATHERED, measure_latency, workers=workers, calls=profile.gathers, warmup=1,
+                batch=GATHER)
+
+
+def gather_handle(runner: asyncio.Runner, call: Callable[[Any], Awaitable[Any]]) -> Handle:
+    """A Handle whose caller runs one ``asyncio.gather`` of GATHER ``call(payload)`` on
+    ``runner``'s loop; it returns the payload if every call returned it, else a wrong result."""
+    async def gather(payload: Any) -> Any:
+        results = await asyncio.gather(*[call(payload) for _ in range(GATHER)])
+        return payload if results.count(payload) == GATHER else next(r for r in results if r != payload)
+    return Handle(lambda payload: lambda: runner.run(gather(payload)))
 
 
 def throughput_cases(base: str, profile: Profile, *, workers: int,

@@ -1,5 +1,5 @@
 """The floors: raw pyzmq through ``zmq.proxy``, raw pyzmq straight to the worker (no broker),
-and a raw os.pipe ping-pong.
+a raw round trip over a Unix socketpair, and a raw os.pipe ping-pong.
 
 They do the least any broker-shaped (proxy) or pipe-shaped (pipe) design could do on this
 machine, so zbridge's cost above them is its own.
@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import socket
+import struct
 import threading
 from typing import Any, Iterator
 
@@ -19,7 +21,7 @@ import zmq
 from . import procs
 from .cases import Handle, Target, huge_case, latency_case, sweep_cases, throughput_cases
 from .profiles import Profile
-from .servers import read_message, write_message
+from .servers import read_message, recv_message, send_message, write_message
 
 RECV_TIMEOUT_MS = 30_000
 
@@ -120,6 +122,29 @@ def zmq_direct() -> Iterator[Handle]:
         context.term()
 
 
+def unix_call(sock: socket.socket, method: str, params: Any) -> Any:
+    send_message(sock, msgpack.packb({"method": method, "params": params}, use_bin_type=True))
+    return msgpack.unpackb(recv_message(sock), raw=False)["result"]
+
+
+@contextlib.contextmanager
+def unix_pair() -> Iterator[Handle]:
+    """One end of a Unix socketpair here, the other inherited by a worker process (the shape
+    of zbridge's embedded channel): a length-prefixed msgpack round trip, nothing else."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # a kernel receive timeout (the socket stays blocking): a hung worker fails the case
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", RECV_TIMEOUT_MS // 1000, 0))
+        argv = procs.python_module(procs.SERVERS, "unix", str(theirs.fileno()))
+        with procs.child(argv, pass_fds=(theirs.fileno(),)) as proc:
+            theirs.close()  # only the child holds its end now, so its exit means EOF here
+            yield Handle(lambda payload: functools.partial(unix_call, ours, "noop", [payload]),
+                         lambda: {"daemon": [proc.pid]})
+    finally:
+        theirs.close()
+        ours.close()
+
+
 def pipe_call(write: int, read: int, message: bytes) -> bytes:
     write_message(write, message)
     return read_message(read)
@@ -149,6 +174,8 @@ def pipe_pair() -> Iterator[Handle]:
 def targets(profile: Profile) -> list[Target]:
     name = "floor.zmq_proxy"
     return [
+        # first: the runner interleaves groups, so this floor lands beside zbridge.embedded.w1
+        Target("floor.unix", unix_pair, (latency_case("floor.unix", profile, workers=1),)),
         Target(f"{name}.w1", lambda: zmq_proxy(1),
                (latency_case(name, profile, workers=1), *sweep_cases(name, profile, workers=1),
                 *throughput_cases(f"{name}.w1", profile, workers=1))),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import functools
@@ -10,8 +11,8 @@ import signal
 from typing import Any, Iterator
 
 from . import procs
-from .cases import Handle, Target, latency_case, sweep_cases
-from .profiles import Profile
+from .cases import Handle, Target, gather_case, gather_handle, latency_case, sweep_cases, throughput_cases
+from .profiles import GATHER, Profile
 from .tools import noop
 
 # spawn: a clean child even though this process holds threads and zmq contexts
@@ -32,14 +33,28 @@ def executor_handle(executor: concurrent.futures.Executor) -> Handle:
 
 
 @contextlib.contextmanager
-def process_pool_executor() -> Iterator[Handle]:
+def process_pool(workers: int = 1) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
     context = multiprocessing.get_context(START_METHOD)
-    executor = concurrent.futures.ProcessPoolExecutor(1, mp_context=context,
+    executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
                                                         initializer=ignore_sigint)
     try:
-        yield executor_handle(executor)
+        yield executor
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def process_pool_executor(workers: int = 1) -> Iterator[Handle]:
+    with process_pool(workers) as executor:
+        yield executor_handle(executor)
+
+
+@contextlib.contextmanager
+def process_pool_gather(workers: int) -> Iterator[Handle]:
+    """The pool's workers behind an event loop: ``loop.run_in_executor(pool, noop, payload)``."""
+    with asyncio.Runner() as runner, process_pool(workers) as executor:
+        loop = runner.get_loop()
+        yield gather_handle(runner, lambda payload: loop.run_in_executor(executor, noop, payload))
 
 
 @contextlib.contextmanager
@@ -85,6 +100,11 @@ def targets(profile: Profile) -> list[Target]:
     return [
         Target(ppe, process_pool_executor,
                (latency_case(ppe, profile, workers=1), *sweep_cases(ppe, profile, workers=1))),
+        # beside zbridge.embedded.w2/c8 and floor.zmq_proxy.w2/c8: 2 workers, 8 caller threads
+        Target(f"{ppe}.w2", lambda: process_pool_executor(2),
+               tuple(throughput_cases(f"{ppe}.w2", profile, workers=2, callers=(8,)))),
+        Target(f"{ppe}.gather", lambda: process_pool_gather(2),
+               (gather_case(f"{ppe}.gather{GATHER}", profile, workers=2),)),
         Target("peer.multiprocessing_pool", multiprocessing_pool,
                (latency_case("peer.multiprocessing_pool", profile, workers=1),)),
         Target("peer.loky", loky_executor, (latency_case("peer.loky", profile, workers=1),),

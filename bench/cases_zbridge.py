@@ -1,23 +1,25 @@
-"""zbridge's own cases: embedded Bridge, ``zbridge serve``, the stdio daemon, the per-call
-subprocess fallback, cold start and memory."""
+"""zbridge's own cases: embedded Bridge and AsyncBridge, ``zbridge serve``, the stdio daemon,
+the per-call subprocess fallback, cold start and memory."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import itertools
 import json
 import os
 import subprocess
+from dataclasses import replace
 from typing import Any, Iterator
 
 import zbridge
 
 from . import procs
-from .cases import (COLD_START, MEMORY, Case, Handle, Sample, Target, huge_case, latency_case, sweep_cases,
-                    throughput_cases)
-from .profiles import Profile
-from .timing import BenchError, clock, make_payload
+from .cases import (COLD_START, MEMORY, Case, Handle, Sample, Target, gather_case, gather_handle, huge_case,
+                    latency_case, sweep_cases, throughput_cases)
+from .profiles import GATHER, RECYCLE, Profile
+from .timing import BenchError, clock, make_payload, measure_latency
 
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools.py")
 # No fallback: a failing pool must fail the case, not silently measure a subprocess per call.
@@ -44,10 +46,32 @@ def wait_ready(client: zbridge.Client, workers: int, proc: subprocess.Popen | No
 
 @contextlib.contextmanager
 def embedded(workers: int, **options: Any) -> Iterator[Handle]:
-    """A Bridge; ``options``: direct=False (every call through the hub thread), prefetch=True."""
+    """A Bridge; ``options``: Bridge settings, e.g. direct=False (every call through the hub thread)."""
     with zbridge.Bridge(tools=TOOLS, workers=workers, prewarm=True, **POOL, **options) as bridge:
         wait_ready(bridge, workers)
         yield client_handle(bridge)
+
+
+async def open_async_bridge(workers: int) -> zbridge.AsyncBridge:
+    """An AsyncBridge made in the loop that will use it, its daemons ready."""
+    bridge = zbridge.AsyncBridge(tools=TOOLS, workers=workers, prewarm=True, **POOL)
+    try:
+        await bridge.wait_ready(count=workers)
+    except BaseException:
+        await bridge.close()
+        raise
+    return bridge
+
+
+@contextlib.contextmanager
+def async_embedded(workers: int) -> Iterator[Handle]:
+    """An AsyncBridge on an event loop of its own (``asyncio.Runner``); the caller gathers."""
+    with asyncio.Runner() as runner:
+        bridge = runner.run(open_async_bridge(workers))
+        try:
+            yield gather_handle(runner, lambda payload: bridge.call("noop", [payload]))
+        finally:
+            runner.run(bridge.close())
 
 
 @contextlib.contextmanager
@@ -142,6 +166,17 @@ def first_call_prewarmed(handle: Handle, case: Case) -> Sample:
     return Sample(durations)  # no calls/s: each sample is a separate start
 
 
+def recycling_latency(handle: Handle, case: Case) -> Sample:
+    """The latency loop, checked to have replaced a daemon on the way (else it measured no
+    recycling): a daemon past ``max_calls`` serves on until its replacement is ready."""
+    before = set(handle.pids()["daemon"])
+    sample = measure_latency(handle, case)
+    if set(handle.pids()["daemon"]) == before:
+        raise BenchError(f"no daemon was replaced during {case.warmup + case.calls} calls with "
+                         f"max_calls={RECYCLE}")
+    return sample
+
+
 def rss(handle: Handle, case: Case, *, role: str) -> Sample:
     """Median RSS of the target's processes in ``role`` ("hub" or "daemon"), after its calls."""
     values = [procs.rss_kib(pid) for pid in handle.pids().get(role, [])]
@@ -176,8 +211,12 @@ def targets(profile: Profile) -> list[Target]:
         # issue 14, measured in the same run
         Target(f"{w1}.hub", lambda: embedded(1, direct=False),
                (latency_case(f"{w1}.hub", profile, workers=1),)),
-        Target(f"{w2}.prefetch", lambda: embedded(2, prefetch=True),
-               tuple(throughput_cases(f"{w2}.prefetch", profile, workers=2, callers=(2, 8)))),
+        # the w1 case while daemons are replaced every ~RECYCLE calls (respawns must not stall callers)
+        Target(f"{w1}.recycle{RECYCLE}", lambda: embedded(1, max_calls=RECYCLE),
+               (replace(latency_case(f"{w1}.recycle{RECYCLE}", profile, workers=1),
+                        measure=recycling_latency),)),
+        Target("zbridge.async.w2", lambda: async_embedded(2),
+               (gather_case(f"zbridge.async.gather{GATHER}", profile, workers=2),)),
         Target("zbridge.serve", lambda: served(1),
                (latency_case("zbridge.serve", profile, workers=1), *memory_cases(1))),
         Target("zbridge.serve.w2", lambda: served(2),

@@ -19,7 +19,7 @@ def parse(argv: list[str], prog: str | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog or f"python -m {__package__}", description=(
         "Latency and throughput of zbridge against floors (raw pyzmq, os.pipe) and peers "
         "(process pools, loky, zerorpc). Progress goes to stderr, the table to stdout."))
-    parser.add_argument("--quick", action="store_true", help="fewer calls and shorter runs (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer calls and shorter runs (about a minute)")
     parser.add_argument("--json", metavar="PATH", help="write meta, every case and the targets as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of latency CDFs (needs matplotlib)")
     parser.add_argument("--repeats", type=int, metavar="N", help="rounds (default 3; fewer is for debugging)")

@@ -1,4 +1,4 @@
-"""How much to measure: the default run (~4-5 min) and ``--quick`` (< 60 s)."""
+"""How much to measure: the default run (~5 min) and ``--quick`` (about a minute)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ SWEEP = (SMALL, 10 * KIB, MIB)    # the payload sweep (100 B is the headline mea
 HUGE = 16 * MIB                   # a bytes payload: out of band in zbridge (buffer frames)
 CALLERS = (1, 2, 4, 8)            # concurrent callers for throughput
 POOL_SIZES = (1, 2)               # daemons / workers for throughput
+GATHER = 2000                     # calls in one asyncio.gather (the gather cases)
+RECYCLE = 200                     # max_calls of the recycling case: a daemon replaced every ~200 calls
 
 
 @dataclass(frozen=True)
@@ -24,12 +26,13 @@ class Profile:
     huge_calls: int          # timed calls for the 16 MiB bytes payload (after 3 warm-up calls)
     seconds: float           # duration of each throughput measurement
     cold_starts: int         # Bridge() constructions timed per cold-start case per repeat
+    gathers: int             # gathers of GATHER calls timed per gather case per repeat
 
 
 DEFAULT = Profile("default", repeats=3, calls=5000, warmup=300, subprocess_calls=30,
-                  big_calls=200, huge_calls=20, seconds=2.0, cold_starts=3)
+                  big_calls=200, huge_calls=20, seconds=2.0, cold_starts=3, gathers=10)
 QUICK = Profile("quick", repeats=3, calls=1000, warmup=100, subprocess_calls=10,
-                big_calls=20, huge_calls=5, seconds=0.25, cold_starts=1)
+                big_calls=20, huge_calls=5, seconds=0.25, cold_starts=1, gathers=3)
 
 
 def choose(quick: bool, repeats: int | None = None, calls: int | None = None) -> Profile:

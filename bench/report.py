@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from .cases import COLD_START, LATENCY, MEMORY, THROUGHPUT
+from .cases import COLD_START, GATHERED, LATENCY, MEMORY, THROUGHPUT
 from .goals import W1
-from .profiles import CALLERS, HUGE, POOL_SIZES, SMALL, SWEEP, size_label
+from .profiles import CALLERS, GATHER, HUGE, POOL_SIZES, SMALL, SWEEP, size_label
 from .runner import Outcome
 from .stats import aggregate
 
@@ -100,11 +100,19 @@ def throughput_table(result_rows: list[dict]) -> str:
             zb, floor = rate(f"zbridge.embedded.w{w}/c{n}"), rate(f"floor.zmq_proxy.w{w}/c{n}")
             share = 100 * zb / floor if zb and floor else None
             line += [num(zb), num(floor), num(share, ".0f", "%")]
-    for title, base in (("serve w2", "zbridge.serve.w2"), ("prefetch w2", "zbridge.embedded.w2.prefetch")):
-        headers += [title, f"{title.split()[0][:2]}/floor"]  # against floor w2
+    for title, base in (("serve w2", "zbridge.serve.w2"), ("ppe w2", "peer.process_pool_executor.w2")):
+        headers += [title, f"{title.split()[0]}/floor"]  # against floor w2
         for line, n in zip(body, CALLERS):
             zb, floor = rate(f"{base}/c{n}"), rate(f"floor.zmq_proxy.w2/c{n}")
             line += [num(zb), num(100 * zb / floor if zb and floor else None, ".0f", "%")]
+    return table(headers, body)
+
+
+def gather_table(result_rows: list[dict]) -> str:
+    headers = ["case", "median", "max", "calls/s", "gathers", "spread"]
+    body = [[r["name"], f"{r['p50_us'] / 1e3:,.1f} ms", f"{r['max_us'] / 1e3:,.1f} ms",
+             num(r["calls_per_s"]), num(r["timed_calls"]), num(r["spread_pct"], ".0f", "%")]
+            for r in result_rows if r["kind"] == GATHERED and not r["skipped"]]
     return table(headers, body)
 
 
@@ -144,6 +152,8 @@ def render(result_rows: list[dict], goals: list[dict], meta: dict) -> str:
          throughput_table(result_rows), THROUGHPUT in kinds),
         ("Latency under load (µs; callers in the name after /c)", percentile_table(under_load),
          THROUGHPUT in kinds),
+        (f"asyncio.gather of {GATHER:,} calls (wall time of one gather; median over repeats of "
+         "each repeat's median)", gather_table(result_rows), GATHERED in kinds),
         ("Cold start and memory", startup_memory_table(result_rows), bool(kinds & {COLD_START, MEMORY})),
         ("Targets (from the issue; reported, not asserted)", "\n".join(goals_lines(goals)), True),
         ("Skipped", "\n".join(f"  {r['name']}: {r['skipped']}" for r in result_rows if r["skipped"]),

@@ -53,6 +53,10 @@ class Progress:
         summary = summarize(sample)
         if "rss_kib" in summary:
             figures = f"rss {summary['rss_kib'] / 1024:.1f} MiB"
+        elif sample.batch > 1:
+            figures = (f"median {summary['p50_us'] / 1e3:,.1f} ms, max {summary['max_us'] / 1e3:,.1f} ms "
+                       f"per gather  {summary['calls_per_s']:,.0f} calls/s  "
+                       f"({sample.calls} gathers of {sample.batch} calls)")
         else:
             rate = summary["calls_per_s"]
             figures = (f"p50 {summary['p50_us']:,.1f} µs  p99 {summary['p99_us']:,.1f} µs  "

@@ -4,6 +4,8 @@
     zmq_worker ENDPOINT   DEALER connected to a zmq.proxy backend; msgpack dict in and out
     zmq_router ENDPOINT   the same worker on a ROUTER it binds itself: callers talk to it direct
     pipe RFD WFD          length-prefixed echo over two os.pipe file descriptors
+    unix FD               the zmq_worker's msgpack dicts, length-prefixed, over one end of a
+                          Unix socketpair (FD, inherited)
     zerorpc ENDPOINT      a zerorpc server exposing noop
     zmq_echo ENDPOINT     a ROUTER bound at ENDPOINT echoing every message, frames zero-copy
 
@@ -13,12 +15,14 @@ Each runs until killed (the benchmark TERMs its process group) or its input ends
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import sys
 
 from .tools import noop
 
 LENGTH = struct.Struct("!I")
+CHUNK = 65536  # bytes asked of one recv(): a small message arrives in one system call
 
 
 def zmq_worker(endpoint: str, direct: bool = False) -> None:
@@ -70,6 +74,34 @@ def pipe(rfd: str, wfd: str) -> None:
         pass
 
 
+def recv_message(sock: socket.socket) -> bytes:
+    """One length-prefixed message from a stream socket (one recv() when it is small)."""
+    data, need = b"", LENGTH.size
+    while len(data) < need:
+        chunk = sock.recv(CHUNK)
+        if not chunk:
+            raise EOFError
+        data += chunk
+        if need == LENGTH.size and len(data) >= need:
+            need += LENGTH.unpack_from(data)[0]
+    return data[LENGTH.size:]
+
+
+def send_message(sock: socket.socket, body: bytes) -> None:
+    sock.sendall(LENGTH.pack(len(body)) + body)
+
+
+def unix(fd: str) -> None:
+    import msgpack
+    sock = socket.socket(fileno=int(fd))
+    try:
+        while True:
+            request = msgpack.unpackb(recv_message(sock), raw=False)
+            send_message(sock, msgpack.packb({"result": noop(*request["params"])}, use_bin_type=True))
+    except (EOFError, ConnectionResetError):
+        pass
+
+
 def zerorpc_server(endpoint: str) -> None:
     import zerorpc
 
@@ -97,8 +129,8 @@ def zmq_echo(endpoint: str) -> None:
         sock.send_multipart(sock.recv_multipart(copy=False), copy=False)
 
 
-MODES = {"zmq_worker": zmq_worker, "zmq_router": zmq_router, "pipe": pipe, "zerorpc": zerorpc_server,
-         "zmq_echo": zmq_echo}
+MODES = {"zmq_worker": zmq_worker, "zmq_router": zmq_router, "pipe": pipe, "unix": unix,
+         "zerorpc": zerorpc_server, "zmq_echo": zmq_echo}
 
 if __name__ == "__main__":
     MODES[sys.argv[1]](*sys.argv[2:])

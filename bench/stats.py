@@ -24,7 +24,8 @@ def summarize(sample: Sample) -> dict[str, float | None]:
     values = sorted(sample.latencies_ns)
     summary: dict[str, float | None] = {key: percentile(values, q) / 1e3 for key, q in PERCENTILES}
     summary["max_us"] = values[-1] / 1e3
-    summary["calls_per_s"] = len(values) / (sample.elapsed_ns / 1e9) if sample.elapsed_ns else None
+    calls = sample.batch * len(values)
+    summary["calls_per_s"] = calls / (sample.elapsed_ns / 1e9) if sample.elapsed_ns else None
     return summary
 
 

@@ -55,7 +55,7 @@ def measure_latency(handle: Handle, case: Case) -> Sample:
     call = prepare(handle, case_payload(case), case.warmup)
     start = clock()
     durations = timed_loop(call, count=case.calls)
-    return Sample(durations, elapsed_ns=clock() - start)
+    return Sample(durations, elapsed_ns=clock() - start, batch=case.batch)
 
 
 def measure_throughput(handle: Handle, case: Case) -> Sample:
