@@ -45,6 +45,8 @@ from .streaming import send_stream
 log = logging.getLogger("zbridge.daemon")
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 LINK_CHECK_MS = 200  # how soon an idle reconnecting daemon notices that its link was lost
+SPIN = 0.0001  # after an answer on the channel, how long to look for the next call awake
+               # before sleeping (a wake-up costs more than that on a virtual machine)
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,7 @@ class Inbox:
         if channel is not None:
             self.poller.register(channel.fileno(), select.POLLIN)
         self.dirty = True  # ask the zmq socket before sleeping
+        self.spin = False  # we just answered on the channel: look for the next call awake
 
     def touched(self) -> None:
         """We sent on the zmq socket: ask it for news before the next sleep."""
@@ -258,6 +261,8 @@ class Inbox:
         except OSError as exc:  # the hub's end is gone: so is the hub (the lifeline says so)
             log.warning("cannot answer on the channel (%s)", exc)
             self._drop_channel()
+            return
+        self.spin = True  # a caller making calls back to back sends the next one at once
 
     def _drop_channel(self) -> None:
         if self.channel is not None:
@@ -270,8 +275,9 @@ class Inbox:
             frame = sock.recv()
             return frame, recv_buffers(sock), False
         while True:
-            if self.channel is not None and self.channel.pending():
-                message = self._from_channel(self.channel)
+            if self.channel is not None and (self.spin or self.channel.pending()):
+                message = self._from_channel(self.channel, SPIN if self.spin else 0.0)
+                self.spin = False
                 if message is not None:
                     return message
             if self.dirty:  # the hub's messages first
@@ -291,13 +297,14 @@ class Inbox:
             if self.check_link and self.link.lost.is_set():
                 return None
 
-    def _from_channel(self, channel: Channel) -> tuple[bytes, list[Any], bool] | None:
+    def _from_channel(self, channel: Channel, spin: float = 0.0) -> tuple[bytes, list[Any], bool] | None:
+        """A message on the channel now (or within ``spin`` seconds, awake), if any."""
         try:
-            frame, buffers = channel.recv(socket.MSG_DONTWAIT)
+            message = channel.recv_soon(spin)
         except BlockingIOError:
             return None
         except EOFError as exc:
             log.warning("channel closed: %s", exc)
             self._drop_channel()
             return None
-        return frame, buffers, True
+        return None if message is None else (message[0], message[1], True)
