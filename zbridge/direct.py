@@ -274,7 +274,10 @@ class DirectTransport(Route):
         thread gets to run (a host holding the GIL); none there by then is CallTimeout."""
         channel = job.channel
         if len(self._jobs) == 1:  # the only call out: wait for a quick reply awake
-            message = channel.recv_soon(SPIN)
+            try:
+                message = channel.recv_soon(SPIN)
+            except EOFError:
+                return self._after_exit(job, me)
             if message is not None and self._check_in(job, message[0], message[1], me):
                 assert job.answer is not None
                 return job.answer
