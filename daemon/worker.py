@@ -21,6 +21,7 @@ from zbridge.wire import Channel, oversized, recv_buffers, send
 from zbridge.procinfo import rss_bytes
 from zbridge.protocol import (
     DEFAULT_MAX_MESSAGE,
+    FLAG_LONE,
     FLAG_PICKLE,
     FLAG_RETIRE,
     FLAG_STREAM,
@@ -215,7 +216,7 @@ def _connection(context: zmq.Context[Any], registry: Registry, executor: Executo
             if _over_rss(options.max_rss_mb):  # ask to be replaced, after answering
                 reply = add_flags(reply, FLAG_RETIRE)
             if on_channel:
-                inbox.answer(reply, reply_buffers)
+                inbox.answer(reply, reply_buffers, bool(header.flags & FLAG_LONE))
             else:  # after a lost link: dropped, or ignored as late
                 send(sock, reply, reply_buffers)
                 inbox.touched()
@@ -253,8 +254,9 @@ class Inbox:
         """We sent on the zmq socket: ask it for news before the next sleep."""
         self.dirty = True
 
-    def answer(self, reply: bytes, buffers: Sequence[Any]) -> None:
-        """A reply on the channel (to its caller, or to the hub that took over its wait)."""
+    def answer(self, reply: bytes, buffers: Sequence[Any], lone: bool = False) -> None:
+        """A reply on the channel (to its caller, or to the hub that took over its wait);
+        ``lone``: its caller is the only one out, and likely to call again at once."""
         assert self.channel is not None
         try:
             self.channel.send(reply, buffers)
@@ -262,7 +264,7 @@ class Inbox:
             log.warning("cannot answer on the channel (%s)", exc)
             self._drop_channel()
             return
-        self.spin = True  # a caller making calls back to back sends the next one at once
+        self.spin = lone  # a lone caller making calls back to back sends the next one at once
 
     def _drop_channel(self) -> None:
         if self.channel is not None:

@@ -171,7 +171,10 @@ class Broker:
         if self.queued:  # nobody idle took it: maybe start another daemon
             if self.wanted < self.s.workers:  # (else the pool is already wanted whole)
                 self.wanted = max(self.wanted, min(self.s.workers, self._live() + self._demand()))
-            actions += self._scale(now) + self._fail_hopeless(now)
+            if len(self.daemons) < self.wanted:  # (a cheap test first: the pool is busy, not short)
+                actions += self._scale(now)
+            if self.start_failures or self.spawn_allowed_at > now or not self.daemons:
+                actions += self._fail_hopeless(now)
         return actions
 
     def _refusal(self, job: Job, header: Header, now: float) -> BridgeError | None:

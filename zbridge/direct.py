@@ -35,7 +35,7 @@ from .actions import Action, Answered, Lease
 from .broker import new_job
 from .calls import closed_while_waiting
 from .errors import BridgeError
-from .protocol import Kind, read_header
+from .protocol import FLAG_LONE, Kind, add_flags, read_header
 from .shield import checkpoint, protected, waiting
 from .state import Job
 from .wire import SMALL
@@ -107,11 +107,12 @@ def lend(hub: Hub, job: Job) -> None:
     job.owner.wake()
 
 
-def send_request(hub: Hub, job: Job) -> bool:
-    """A leased request on its daemon's channel; False (and the broker told) if the
-    daemon's end is gone."""
+def send_request(hub: Hub, job: Job, lone: bool = False) -> bool:
+    """A leased request on its daemon's channel (``lone``: its caller is the only one out,
+    so the daemon may wait for the next request awake); False (and the broker told) if
+    the daemon's end is gone."""
     try:
-        job.channel.send(job.frame, job.extra)
+        job.channel.send(add_flags(job.frame, FLAG_LONE) if lone else job.frame, job.extra)
     except OSError:
         with hub.guard:
             actions = hub.broker.daemon_unreachable(job.daemon or b"", job.frame, time.monotonic(),
@@ -254,7 +255,7 @@ class DirectTransport(Route):
                 return self._answered(job)
             if job.channel is not None and (job.sent or job.owner_sends):
                 # leased (and sent, or ours to send): the daemon is ours until it answers
-                if not job.sent and not send_request(self.hub, job):
+                if not job.sent and not send_request(self.hub, job, len(self._jobs) == 1):
                     continue  # it never left: queued again, or answered
                 return self._read(job, me)
             remaining = job.deadline - time.monotonic()

@@ -44,6 +44,8 @@ FLAG_RETIRE = 0x02      # replies: the daemon asks to be replaced (e.g. over max
 FLAG_STREAM = 0x04      # requests: the caller takes a generator tool's items one by one
 FLAG_PREWARM = 0x08     # status requests: start every daemon up to `workers` now
 FLAG_PICKLE = 0x10      # requests, replies, partials: the body is pickle, not msgpack (local only)
+FLAG_LONE = 0x20        # requests on a daemon's channel only: the caller is the only one out, so
+                        # the daemon may wait for its next request awake (never sent to a hub)
 REQUEST_FLAGS = FLAG_IDEMPOTENT | FLAG_STREAM | FLAG_PICKLE  # every other bit of a request must be zero
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 DEFAULT_MAX_QUEUE_BYTES = 256 * 1024 * 1024

@@ -17,6 +17,7 @@ This module does not import zmq: the pipe daemon uses the stream half and must s
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
@@ -37,6 +38,7 @@ _SNDMORE = 2         # zmq.SNDMORE (libzmq's ABI), so this module needs no zmq i
 _WAITALL = socket.MSG_WAITALL
 _DONTWAIT = socket.MSG_DONTWAIT
 _clock = time.perf_counter
+_yield = os.sched_yield
 LARGE_TIMEOUT = 5.0    # seconds a large message may pause between two reads
 
 
@@ -226,6 +228,7 @@ class Channel:
             except BlockingIOError:
                 if _clock() >= end:
                     return None
+                _yield()  # the peer may be waiting for this very CPU
 
     def _fill(self, data: bytes, want: int, flags: int) -> bytes:
         """``data`` and more read until it holds ``want`` bytes; what was read is kept
