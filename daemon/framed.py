@@ -17,6 +17,7 @@ import sys
 from zbridge.errors import BridgeError, InternalError, InvalidRequest
 from zbridge.framing import LENGTH, MORE, message_chunks, read_frame, read_message, write_frame  # noqa: F401 - re-exported
 from zbridge.execution import Executor, as_items
+from zbridge.frames import oversized
 from zbridge.protocol import (
     DEFAULT_MAX_MESSAGE,
     Kind,
@@ -38,10 +39,9 @@ def _encoded(what: str, encode: Any, max_message: int) -> tuple[bytes, list[Any]
         frame: bytes = encode(buffers)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InternalError(f"{what} cannot be encoded: {type(exc).__name__}: {exc}"[:500]) from None
-    for size in [len(frame)] + [memoryview(b).nbytes for b in buffers]:
-        if size > max_message:
-            raise InternalError(f"{what} has a frame of {size} bytes, over the "
-                                f"{max_message}-byte limit")
+    size = oversized(frame, buffers, max_message)
+    if size is not None:
+        raise InternalError(f"{what} is {size} bytes, over the {max_message}-byte limit")
     return frame, buffers
 
 

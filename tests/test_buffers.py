@@ -233,12 +233,15 @@ def test_streamed_arrays_through_bridge(bridge_factory):
     assert all(x.shape == (BIG // 2,) and x.dtype == np.float64 for x in items)
 
 
-def test_a_buffer_frame_over_max_message_size_is_refused_before_sending(bridge_factory):
+def test_a_message_over_max_message_size_is_refused_before_sending(bridge_factory):
+    """The limit bounds the whole message: the body and every buffer frame together."""
     bridge = bridge_factory(VALUES_TOOLS, workers=1, max_message_size=4 * BIG)
-    with pytest.raises(zbridge.InvalidRequest, match="buffer frame of the request"):
+    with pytest.raises(zbridge.InvalidRequest, match="before encoding"):
         bridge.call("echo", [np.zeros(BIG)])  # 8 x BIG bytes in one frame
-    for got in bridge.call("echo", [[np.zeros(BIG // 2)] * 3]):  # each frame fits
-        same_array(np.zeros(BIG // 2), got)
+    with pytest.raises(zbridge.InvalidRequest, match="before encoding"):
+        bridge.call("echo", [[np.zeros(BIG // 4)] * 3])  # each frame fits, not all three
+    for got in bridge.call("echo", [[np.zeros(BIG // 8)] * 3]):  # 3 x BIG bytes in all
+        same_array(np.zeros(BIG // 8), got)
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -255,7 +258,7 @@ def test_the_hub_does_not_copy_a_large_array(tmp_path):
     size = 64 << 20
     array = np.random.default_rng(0).random(size // 8)
     with served(tmp_path, "--tools", VALUES_TOOLS, "--max-message-size", str(2 * size)) as (endpoint, proc):
-        with zbridge.Client(endpoint, fallback=False, timeout=120) as client:
+        with zbridge.Client(endpoint, fallback=False, timeout=120, max_message_size=2 * size) as client:
             client.call("echo", [np.zeros(BIG)])  # daemon up, numpy loaded, paths warmed
             idle = _status_kib(proc.pid, "VmRSS")
             with open(f"/proc/{proc.pid}/clear_refs", "w") as f:

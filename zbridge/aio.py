@@ -22,6 +22,7 @@ from .calls import (
     HUB_GRACE,
     STREAM_WINDOW,
     ClientCore,
+    asked_pickle,
     configure_dealer,
     read_stream_message,
     reply_id,
@@ -168,7 +169,7 @@ class AsyncClient(ClientCore):
             if future is None or future.done():
                 continue  # the caller gave up (timeout, cancel): dropped
             try:
-                future.set_result(result_of(reply, self.settings.max_message_size, buffers))
+                future.set_result(result_of(reply, self.settings.max_message_size, buffers, self.pickle))
             except BridgeError as exc:
                 future.set_exception(exc)
 
@@ -178,7 +179,7 @@ class AsyncClient(ClientCore):
         except BridgeError:
             return False
         queue = self._streams.get(request_id)
-        message = (read_stream_message(frame, request_id, self.settings.max_message_size, buffers)
+        message = (read_stream_message(frame, request_id, self.settings.max_message_size, buffers, self.pickle)
                    if queue else None)
         if queue is None or message is None:
             return False
@@ -346,7 +347,7 @@ class AsyncBridge(AsyncClient):
             reply, extra = await self._direct.roundtrip(frame, buffers, timeout)
         except NoVerdict:
             raise plans.timed_out(timeout) from None
-        return result_of(reply, self.settings.max_message_size, extra)
+        return result_of(reply, self.settings.max_message_size, extra, asked_pickle(frame))
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Refuse new calls, let running ones finish (up to drain_timeout), stop daemons."""

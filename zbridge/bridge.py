@@ -8,7 +8,7 @@ import weakref
 from typing import Any, Sequence
 
 from . import plans
-from .calls import result_of
+from .calls import asked_pickle, result_of
 from .client import CallFuture, Client
 from .direct import Closed, DirectCaller, NoVerdict, Slot
 from .protocol import Kind
@@ -73,7 +73,7 @@ class Bridge(Client):
         finally:
             if tracker is not None:
                 tracker.bind_cancel(None)
-        return result_of(reply, self.settings.max_message_size, extra)
+        return result_of(reply, self.settings.max_message_size, extra, asked_pickle(frame))
 
     def _is_closed(self) -> bool:
         return self._closed

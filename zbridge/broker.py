@@ -34,9 +34,12 @@ from .errors import (
     WorkerLost,
 )
 from .inflight import InFlight
+from .pickling import foreign_error as pickle_refused
+from .pickling import foreign_pickle
 from .prefetch import Prefetch
-from .protocol import (EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, REQUEST_FLAGS, Header, encode_disconnect,
-                       encode_error, peek_error_code, peek_method, without_flags)
+from .protocol import (EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, HEADER_SIZE, REQUEST_FLAGS, Header,
+                       encode_disconnect, encode_error, peek_error_code, peek_method, too_large,
+                       without_flags)
 from .state import (EXIT_KINDS, SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, Process, _secret_ident,
                     first_line, last_line)
 from .stats import ToolTable
@@ -95,6 +98,8 @@ class Broker(InFlight, Prefetch):
         """The call's one reply (``code``: its error code, None for a result; ``extra``:
         its buffer frames). Asserting here makes "exactly once" hold by construction."""
         assert job.state is not _DONE, f"call {job.id} would be answered twice"
+        if foreign_pickle(job.frame, frame):  # a daemon's pickle never reaches a caller that did not ask
+            frame, code, extra = encode_error(job.id, pickle_refused()), -32603, ()
         self._end(job)
         if job.stats is not None:
             job.stats.answered(code)
@@ -123,7 +128,10 @@ class Broker(InFlight, Prefetch):
         if self.closing:
             return self._refuse(client, header.id, SHUTTING_DOWN(), tool)
         extra_size = sum(len(part) for part in extra) if extra else 0
-        refusal = self._invalid(client, header) or self._overloaded(len(frame) + extra_size)
+        size = len(frame) - HEADER_SIZE + extra_size  # the whole message, as every receiver judges it
+        refusal = (self._invalid(client, header)
+                   or (size > self.s.max_message_size and too_large(size, self.s.max_message_size, len(extra)))
+                   or self._overloaded(len(frame) + extra_size))
         if refusal is not None:
             self.tools.get(tool).answered(refusal.code)
             return [ToClient(client, encode_error(header.id, refusal))]

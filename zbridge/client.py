@@ -21,6 +21,7 @@ from .calls import (
     HUB_GRACE,
     STREAM_WINDOW,
     ClientCore,
+    asked_pickle,
     build_request,
     configure_dealer,
     read_stream_message,
@@ -128,7 +129,7 @@ class Client(ClientCore):
                 sock = self._socket()
                 replies = iter(fanout.pipeline(
                     sock, frames, timeout + HUB_GRACE,
-                    lambda r, b: result_of(r, self.settings.max_message_size, b),
+                    lambda r, b: result_of(r, self.settings.max_message_size, b, self.pickle),
                     window=self.settings.max_in_flight,
                     lost=lambda: self._connection_lost() if self._dropped(sock) else None))
             finally:
@@ -278,7 +279,7 @@ class Client(ClientCore):
                              timeout: float) -> tuple[str, Any]:
         while True:
             frame, buffers = self._receive(sock, deadline, timeout)
-            message = read_stream_message(frame, request_id, self.settings.max_message_size, buffers)
+            message = read_stream_message(frame, request_id, self.settings.max_message_size, buffers, self.pickle)
             if message is not None:
                 return message
 
@@ -380,7 +381,7 @@ class Client(ClientCore):
                 reply, reply_buffers = self._receive(sock, deadline, timeout, on_slice)
                 if reply_id(reply) != request_id:
                     continue  # a late reply to an earlier call on this socket
-                return result_of(reply, self.settings.max_message_size, reply_buffers)
+                return result_of(reply, self.settings.max_message_size, reply_buffers, asked_pickle(frame))
         except KeyboardInterrupt:  # Ctrl-C: the call must not keep running in the daemon
             self._send_cancel(sock, request_id)
             raise

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import zmq
 
-from .protocol import MAX_BUFFERS, OOB_THRESHOLD
+from .protocol import MAX_BUFFERS, OOB_THRESHOLD, body_of, message_size
 
 _RCVMORE, _SNDMORE = int(zmq.RCVMORE), int(zmq.SNDMORE)
 
@@ -38,16 +38,9 @@ def send_message(sock: zmq.Socket[Any], frame: bytes, buffers: Sequence[Any] = (
         sock.send(buffer, flags if i == last else flags | _SNDMORE, copy=False)
 
 
-def buffer_sizes(buffers: Sequence[Any]) -> list[int]:
-    return [memoryview(b).nbytes for b in buffers]
-
-
 def oversized(frame: bytes, buffers: Sequence[Any], limit: int) -> int | None:
-    """The size of the first frame over ``limit`` bytes (libzmq's MAXMSGSIZE is per frame:
-    a peer drops the whole connection for one), or None."""
-    if len(frame) > limit:
-        return len(frame)
-    for size in buffer_sizes(buffers):
-        if size > limit:
-            return size
-    return None
+    """The bytes of a message's body and buffer frames together when over ``limit`` (what
+    every receiver refuses; it also keeps each frame under libzmq's per-frame MAXMSGSIZE),
+    or None."""
+    size = message_size(body_of(frame), buffers)
+    return size if size > limit else None

@@ -10,6 +10,7 @@ import socket
 import struct
 
 from .protocol import MAX_BUFFERS
+from .protocol import message_size as message_size  # re-exported: one definition
 
 _WAITALL = socket.MSG_WAITALL
 SMALL = 64 * 1024  # frames up to this size are read into a bytes object at once
@@ -17,9 +18,6 @@ SMALL = 64 * 1024  # frames up to this size are read into a bytes object at once
 # there a large message moves in socket-buffer-sized steps between two busy threads.
 STREAM_MAX = 1024 * 1024
 
-
-def message_size(frame: Any, buffers: Sequence[Any] = ()) -> int:
-    return len(frame) + sum(memoryview(b).nbytes for b in buffers)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -53,19 +51,22 @@ def write_frame(out: BinaryIO, frame: bytes, buffers: Sequence[Any] = ()) -> Non
 
 def read_message(inp: Readable, max_size: int) -> tuple[bytes, list[bytes]] | None:
     """The next message (its frame and buffer frames), None at a clean EOF; a short read,
-    an oversized length or more than MAX_BUFFERS buffer frames is an error."""
+    frames over ``max_size`` bytes in all or more than MAX_BUFFERS buffer frames is an
+    error, raised before the frame that would pass the limit is read."""
     first = _read_one(inp, max_size, at_start=True)
     if first is None:
         return None
     frame, more = first
     buffers: list[bytes] = []
+    left = max_size - len(frame)
     while more:
         if len(buffers) == MAX_BUFFERS:
             raise ValueError(f"message of more than {MAX_BUFFERS} buffer frames")
-        part = _read_one(inp, max_size, at_start=False)
+        part = _read_one(inp, left, at_start=False)
         assert part is not None  # EOF inside a message raises
         buffer, more = part
         buffers.append(buffer)
+        left -= len(buffer)
     return frame, buffers
 
 

@@ -148,7 +148,8 @@ class Hub:
         try:
             self.security = HubSecurity(settings, self.context, self.private_dir, frontend)
             expose = expose_tracebacks(settings, frontend)
-            refuse_remote(settings.serializer, frontend)  # pickle never crosses a network
+            # pickle never crosses a network: no endpoint of a pickle hub may be tcp
+            refuse_remote(settings.serializer, frontend, settings.daemon_bind, settings.heartbeat_bind)
             pickle = ["--allow-pickle"] if settings.serializer == "pickle" else []
             self.supervisor = Supervisor(
                 daemon_command(settings, self.backend_endpoint, self.heartbeat_endpoint, tools,

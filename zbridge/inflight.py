@@ -16,6 +16,7 @@ from logging import INFO
 from .actions import Action, Interrupt, Note, ToClient, ToDaemon
 from .config import Settings
 from .errors import BridgeError, Cancelled
+from .pickling import foreign_pickle
 from .protocol import (
     Header,
     Kind,
@@ -63,7 +64,7 @@ class InFlight:
         daemon = self.daemons.get(ident)
         job = daemon.job if daemon is not None else None
         if daemon is None or job is None or job.id != header.id or not job.stream \
-                or daemon.state is not DaemonState.BUSY:
+                or daemon.state is not DaemonState.BUSY or foreign_pickle(job.frame, frame):
             return []
         job.delivered += 1
         job.touched = now

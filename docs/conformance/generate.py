@@ -275,13 +275,27 @@ def headers() -> None:
          send(frame(STATUS, 5, None), b"x"), expect(err(5, -32600)),
          send(good), expect(ok(9, "still here")))
     ref = msgpack.ExtType(11, msgpack.packb([0, "b", None]))  # "buffer frame 0, as bytes"
+    ref1 = msgpack.ExtType(11, msgpack.packb([1, "b", None]))
     case("buffer_frame_round_trip", "Values: a REQUEST may carry buffer frames, referenced from "
          "the body by extension type 11 [index, kind, meta]; a receiver accepts any size (small "
          "values come back in band)",
          send(req(4, "echo", [ref]), b"\x00\xffzb"), expect(ok(4, {"$bin": "00ff7a62"})),
-         send(req(5, "echo", [[ref, ref]]), b"\x01"), expect(ok(5, [{"$bin": "01"}, {"$bin": "01"}])),
-         send(req(6, "echo", [msgpack.ExtType(11, msgpack.packb([1, "b", None]))]), b"\x01"),
+         send(req(5, "echo", [[ref1, ref]]), b"\x01", b"\x02"),
+         expect(ok(5, [{"$bin": "02"}, {"$bin": "01"}])),
+         send(req(6, "echo", [ref1]), b"\x01"),
          expect(err(6, -32602, message=contains("buffer reference 1"))))
+    case("buffer_frame_referenced_once", "Values: each buffer frame may be referenced at most "
+         "once per message; a second reference is -32602 with the request's id",
+         send(req(1, "echo", [[ref, ref]]), b"\x01"),
+         expect(err(1, -32602, message=contains("referenced more than once"))),
+         send(good), expect(ok(9, "still here")))
+    case("message_over_max_message_size_in_all", "Frames: max_message_size (8192 here) bounds "
+         "a message's body and buffer frames together; over it is -32700 with the request's "
+         "id, though each frame fits",
+         send(req(1, "echo", [[ref, ref1]]), b"\x00" * 5000, b"\x00" * 5000),
+         expect(err(1, -32700, message=contains("limit"))),
+         send(req(2, "echo", [[ref, ref1]]), b"\x00" * 3000, b"\x00" * 3000),
+         expect(ok(2, [{"$bin": "00" * 3000}, {"$bin": "00" * 3000}])), hub="small")
 
 
 def bodies() -> None:
@@ -298,6 +312,13 @@ def bodies() -> None:
          send(req(2, "", body={"method": 5})), expect(err(2, -32600)),
          send(req(3, "", body={"params": []})), expect(err(3, -32600)),
          send(req(4, "echo", "x")), expect(err(4, -32600)))
+    case("duplicate_map_key", "Errors: a map with a repeated key, at any depth, is -32600 "
+         "with the request's id (no two readers may take different values from it)",
+         send(frame(REQUEST, 1, raw=b"\x82\xa6method\xa4echo\xa6method\xa4boom", timeout_ms=TIMEOUT)),
+         expect(err(1, -32600, message=contains("'method'"))),
+         send(frame(REQUEST, 2, raw=b"\x82\xa6method\xa4echo\xa6params\x91\x82\xa1a\x01\xa1a\x02",
+                    timeout_ms=TIMEOUT)),
+         expect(err(2, -32600, message=contains("'a'"))))
     case("unknown_tool", "Errors: -32601 for a method no tool has",
          send(req(1, "no_such_tool", [])), expect(err(1, -32601, no_data=True)))
     case("bad_params", "Errors: arguments that do not fit the signature are -32602",
