@@ -285,6 +285,7 @@ class Broker(InFlight, Prefetch):
         daemon.last_beat, daemon.idle_since = now, now
         daemon.call_limit = health.call_limit(self.s, self.rng)
         daemon.pid, daemon.tools = info.get("pid"), list(info.get("tools") or [])
+        self.tools.serve(daemon.tools)  # per-tool numbers only for names a daemon serves
         self.start_failures = 0
         self.last_start_error, self.last_start_tail = None, ""
         self.ready.append(ident)

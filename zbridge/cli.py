@@ -26,6 +26,7 @@ import click
 from .config import Settings, _parse, env_name, load_settings
 from .endpoints import default_endpoint, ipc_path
 from .errors import BridgeError
+from .logs import TextFormatter
 from .watch import cell as _cell
 
 DEFAULT_HELP = "an ipc socket in $XDG_RUNTIME_DIR/zbridge, else in <tempdir>/zbridge-<uid>"
@@ -86,7 +87,9 @@ def _set_log_level(ctx: click.Context, _param: click.Parameter, value: str | Non
             raise ValueError
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)") from None
-    logging.basicConfig(stream=sys.stderr, format="zbridge %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)  # values in messages cannot forge lines
+    handler.setFormatter(TextFormatter("zbridge %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(handlers=[handler])
     logging.getLogger().setLevel(level)
 
 
@@ -141,8 +144,10 @@ def serve(tools: tuple[str, ...], bind: str | None, drain_timeout: float, **valu
     """Run a hub and its daemons in this process until SIGTERM/SIGINT (twice: at once)."""
     from .hub import Hub
     from .tools import tool_specs
+    from .fdguard import raise_limit
     settings = _settings(values)
     bind = resolve(bind)
+    raise_limit()  # a process of its own: as many connections as the system lets it hold
     try:
         hub = Hub(settings, tool_specs(list(tools)), frontend=bind)
     except (ValueError, OSError) as exc:

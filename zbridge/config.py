@@ -60,7 +60,9 @@ class Settings:
     daemon_bind: str = _setting("", "Hub: extra endpoint for daemons on other hosts, e.g. tcp://0.0.0.0:5556.")
     heartbeat_bind: str = _setting("", "Hub: heartbeat endpoint for daemons on other hosts (with daemon_bind).")
     log_format: str = _setting("text", "Hub log records: text (for people) or json (one object per line).")
-    metrics: str = _setting("", "Hub: serve Prometheus metrics on this loopback ADDRESS:PORT, e.g. 127.0.0.1:9464 (needs zbridge[metrics]).")
+    metrics: str = _setting("", "Hub: serve Prometheus metrics on HOST:PORT (with metrics_token_file, or metrics_allow_anyone) or on unix:PATH (this user only); needs zbridge[metrics].")
+    metrics_token_file: str = _setting("", "Hub: file holding the bearer token a metrics scrape must send (Prometheus: authorization.credentials_file).")
+    metrics_allow_anyone: bool = _setting(False, "Hub: serve tcp metrics without a token: anyone who reaches the port reads tool names, call rates and memory (on loopback: every local user).")
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -41,6 +41,7 @@ from .endpoints import (
     remove_private_dir,
 )
 from .errors import BridgeError, InvalidRequest
+from .fdguard import FdGuard, guard_hub
 from .logs import configure as configure_logs
 from .logs import note_text
 from .pickling import refuse_remote
@@ -133,6 +134,7 @@ class Hub:
         self.snapshot: dict[str, Any] | None = None    # status() + histograms for the metrics thread
         self.loop_lag = 0.0                  # worst late wake-up since the last snapshot
         self._exporter = None
+        self.fd_guard: FdGuard | None = None  # refuses connections near the fd limit
         # the embedded direct path (zbridge/direct.py): callers use the broker under this
         # lock, which the hub thread holds except while it waits in poll
         self.lock = threading.Lock()
@@ -163,10 +165,11 @@ class Hub:
                                  direct_prefix=f"ipc://{self.private_dir}/" if direct else None)
             self.directory = Directory(self.broker.daemons) if direct else None
             self._bind()
+            self.fd_guard = guard_hub(self)
             if settings.metrics:
                 from .metrics import start_exporter
                 self.snapshot = self.publish_snapshot()
-                self._exporter = start_exporter(settings.metrics, self)
+                self._exporter = start_exporter(settings, self, self.fd_guard)
         except BaseException:
             self._close_sockets()
             if self.security is not None:
@@ -719,6 +722,9 @@ class Hub:
     # --- teardown ----------------------------------------------------------------------
 
     def _close_sockets(self) -> None:
+        guard = getattr(self, "fd_guard", None)
+        if guard is not None:  # its listeners restored before the sockets go
+            guard.stop()
         exporter = getattr(self, "_exporter", None)
         if exporter is not None:
             exporter.stop()
