@@ -19,7 +19,7 @@ from zbridge.config import Settings
 from zbridge.protocol import Header, Kind, encode_result, read_header
 
 from conftest import TOOLSETS
-from helpers import raw_dealer, served
+from helpers import raw_dealer, reset_peak_rss, served, status_kib
 
 VALUES_TOOLS = str(TOOLSETS / "values.py")
 BIG = codec.OOB_THRESHOLD  # bytes: from here a value is its own frame
@@ -244,14 +244,6 @@ def test_a_message_over_max_message_size_is_refused_before_sending(bridge_factor
         same_array(np.zeros(BIG // 8), got)
 
 
-def _status_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
-
-
 def test_the_hub_does_not_copy_a_large_array(tmp_path):
     """Peak RSS of the `zbridge serve` process during a 64 MiB round trip: one message's
     worth at most in flight (a copying hub holds two or more)."""
@@ -260,11 +252,10 @@ def test_the_hub_does_not_copy_a_large_array(tmp_path):
     with served(tmp_path, "--tools", VALUES_TOOLS, "--max-message-size", str(2 * size)) as (endpoint, proc):
         with zbridge.Client(endpoint, fallback=False, timeout=120, max_message_size=2 * size) as client:
             client.call("echo", [np.zeros(BIG)])  # daemon up, numpy loaded, paths warmed
-            idle = _status_kib(proc.pid, "VmRSS")
-            with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current RSS
+            idle = status_kib(proc.pid, "VmRSS")
+            reset_peak_rss(proc.pid)
             same_array(array, client.call("echo", [array]))
-            peak = _status_kib(proc.pid, "VmHWM")
+            peak = status_kib(proc.pid, "VmHWM")
     grew = (peak - idle) * 1024
     assert grew < 1.2 * size, f"hub grew by {grew / size:.2f} x 64 MiB"
 

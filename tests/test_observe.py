@@ -25,7 +25,7 @@ from zbridge.actions import Note
 from zbridge.broker import Broker
 from zbridge.calls import build_request
 from zbridge.config import Settings
-from zbridge.logs import JsonFormatter, note_text
+from zbridge.logs import JsonFormatter, TextFormatter, escape, note_text
 from zbridge.metrics import check_access, parse_address
 from zbridge.protocol import (Header, Kind, encode_error, encode_request, encode_result, peek_error_code,
                               peek_method, read_header)
@@ -58,6 +58,28 @@ def test_tool_table_is_bounded():
         table.get(f"t{i}").answered(None)
     assert len(table.by_name) <= 5 and table.by_name[OTHER].calls == 96
     assert MAX_TOOLS >= 64
+
+
+def test_only_served_names_get_an_entry_and_none_is_evicted():
+    table = ToolTable(limit=4)
+    table.get("early").answered(None)  # before any daemon is ready: a provisional entry
+    table.serve(["real", "other_real"])
+    for i in range(5000):
+        table.get(f"made_up_{i}").answered(-32601)
+    table.get("real").answered(None)
+    table.get("health").answered(None)  # every daemon answers it
+    assert table.by_name["real"].calls == 1 and table.by_name[OTHER].calls == 5000
+    assert set(table.by_name) == {"early", "real", "health", OTHER}
+
+
+def test_text_logs_escape_control_characters_in_values():
+    forged = "x\n\x1b[2Kzbridge INFO zbridge.hub: forged"
+    line = note_text("call_cancelled", {"tool": forged, "why": "a b\nc"})
+    assert "\n" not in line and "\x1b" not in line and "tool='x\\n\\x1b[2K" in line
+    record = logging.LogRecord("zbridge.hub", logging.WARNING, __file__, 1, "unknown tool %s", (forged,), None)
+    text = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert text.count("\n") == 0 and "\x1b" not in text and text.startswith("WARNING unknown tool x\\n")
+    assert escape("tab\tdel\x7fc1\x85 é ✓") == "tab\\tdel\\x7fc1\\x85 é ✓"
 
 
 def test_peek_method_reads_only_the_start_of_the_body():

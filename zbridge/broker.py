@@ -35,9 +35,10 @@ from .errors import (
 )
 from .inflight import InFlight
 from .pickling import foreign_error as pickle_refused
+from .pickling import remote_error as pickle_refused_remote
 from .pickling import foreign_pickle
 from .prefetch import Prefetch
-from .protocol import (EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, HEADER_SIZE, REQUEST_FLAGS, Header,
+from .protocol import (EXIT_LOAD_FAILED, FLAG_PICKLE, FLAG_RETIRE, FLAG_STREAM, HEADER_SIZE, REQUEST_FLAGS, Header,
                        encode_disconnect, encode_error, peek_error_code, peek_method, too_large,
                        without_flags)
 from .state import (EXIT_KINDS, SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, Process, _secret_ident,
@@ -169,6 +170,8 @@ class Broker(InFlight, Prefetch):
             return InvalidRequest(f"request id {header.id} is already in flight on this connection")
         if header.flags & ~REQUEST_FLAGS:
             return InvalidRequest(f"undefined request flag bits set: {header.flags & ~REQUEST_FLAGS:#04x}")
+        if self.remote_ok and header.flags & FLAG_PICKLE:  # its daemon may be on another host
+            return pickle_refused_remote()
         return None
 
     def _overloaded(self, size: int) -> Overloaded | None:

@@ -26,7 +26,7 @@ import pickle
 from typing import Any, Sequence
 
 from .codec import MAX_BUFFERS, OOB_THRESHOLD
-from .errors import InternalError
+from .errors import InternalError, InvalidRequest
 
 SERIALIZERS = ("msgpack", "pickle")
 FLAG = 0x10  # protocol.FLAG_PICKLE (header byte 4)
@@ -95,6 +95,12 @@ def dumps(obj: Any, buffers: list[Any] | None = None) -> bytes:
         return pickle.dumps(obj, protocol=5)
     except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError) as exc:
         raise TypeError(f"cannot pickle: {type(exc).__name__}: {exc}") from None
+
+
+def remote_error() -> InvalidRequest:
+    """What a pickle request gets from a hub that admits daemons from other hosts."""
+    return InvalidRequest("pickle requests are refused by this hub: it admits daemons from other "
+                          "hosts (daemon_bind), and pickle stays on one host; use msgpack")
 
 
 def foreign_error() -> InternalError:
