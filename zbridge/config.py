@@ -42,7 +42,7 @@ class Settings:
     min_workers: int = _setting(0, "Daemons idle_action=stop keeps running.")
     max_calls: int = _setting(0, "Replace a daemon after this many calls, plus up to 10% jitter (0: never).")
     max_rss_mb: int = _setting(0, "Replace a daemon whose RSS exceeds this after a call (0: never).")
-    max_message_size: int = _setting(DEFAULT_MAX_MESSAGE, "Largest request or reply in bytes.")
+    max_message_size: int = _setting(DEFAULT_MAX_MESSAGE, "Largest request or reply in bytes: its body and buffer frames together.")
     pool_enabled: bool = _setting(True, "Use warm daemons; false runs each call in a fresh --stdio subprocess.")
     direct: bool = _setting(True, "Embedded Bridge: plain calls go from the calling thread straight to an idle daemon (the hub thread only supervises); false routes them through the hub thread.")
     prefetch: bool = _setting(False, "Let one more call wait in each busy daemon's own queue, so it starts the moment the daemon is free (more calls/s under load); if that daemon dies, the waiting call gets WorkerLost too.")

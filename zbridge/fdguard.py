@@ -81,7 +81,15 @@ class Headroom:
 
     @classmethod
     def for_hub(cls, limit: int, workers: int) -> Headroom:
-        return cls(limit, BACKLOG + BURST + PER_DAEMON * (workers + 2) + METRICS_CONNECTIONS + SPARE)
+        """The reserve a hub with ``workers`` daemons needs, at most half its limit (a
+        limit that low is warned about: clients get half of it)."""
+        need = BACKLOG + BURST + PER_DAEMON * (workers + 2) + METRICS_CONNECTIONS + SPARE
+        return cls(limit, min(need, limit // 2))
+
+    @property
+    def cramped(self) -> bool:
+        """The limit leaves clients less room than the hub's own reserve."""
+        return self.reserve == self.limit // 2
 
     @property
     def pause_at(self) -> int:
@@ -365,4 +373,9 @@ def guard_hub(hub: _Hub) -> FdGuard | None:
         return None
     # each socket's last bind is its outside endpoint, with a wildcard port resolved
     endpoints = [sock.getsockopt_string(zmq.LAST_ENDPOINT) for sock in sockets]
-    return FdGuard(hub.context, sockets, endpoints, Headroom.for_hub(limit, hub.settings.workers))
+    headroom = Headroom.for_hub(limit, hub.settings.workers)
+    if headroom.cramped:
+        log.warning("only %d file descriptors for a hub with %d workers: new connections are "
+                    "refused beyond %d (raise `ulimit -n`)", limit, hub.settings.workers,
+                    headroom.pause_at)
+    return FdGuard(hub.context, sockets, endpoints, headroom)
