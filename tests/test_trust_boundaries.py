@@ -388,3 +388,29 @@ def test_five_thousand_made_up_names_do_not_hide_a_real_tool(tmp_path):
     assert tools["echo"]["calls"] == 4  # and the call the hub fixture made at start
     assert tools["(other)"]["calls"] == 5000 and tools["(other)"]["errors"] == {"-32601": 5000}
     assert len(tools) <= 3, sorted(tools)
+
+
+def test_the_fd_reserve_leaves_room_for_the_hub_itself():
+    from zbridge.fdguard import Headroom
+    small, roomy = Headroom.for_hub(256, 1), Headroom.for_hub(20_000, 4)
+    assert 0 < small.resume_at < small.pause_at < 256 and not small.cramped
+    assert roomy.limit - roomy.pause_at == roomy.reserve < 200
+    cramped = Headroom.for_hub(256, 64)  # a limit too low for the pool: clients get half
+    assert cramped.cramped and cramped.pause_at == 128
+
+
+def test_a_paused_ipc_listener_refuses_connects_and_resumes_as_it_was(tmp_path):
+    from zbridge.fdguard import IpcListener
+    path = str(tmp_path / "hub.sock")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen(4)
+        listener = IpcListener(path)
+        listener.pause()
+        with socket.socket(socket.AF_UNIX) as client, pytest.raises(FileNotFoundError):
+            client.connect(path)
+        listener.resume()
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+            conn, _ = server.accept()
+            conn.close()

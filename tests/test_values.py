@@ -278,14 +278,17 @@ def test_broker_forwards_a_pickled_reply_only_to_a_pickle_request():
     from zbridge.broker import Broker
     from zbridge.config import load_settings
     from zbridge.actions import ToClient
+    from zbridge.actions import Spawn
     for asked in (False, True):
-        broker = Broker(load_settings(workers=1), remote_ok=True)
-        broker.daemon_ready(b"d", {"pid": 1, "tools": ["f"]}, 0.0)
+        broker = Broker(load_settings(workers=1, prewarm=True))
+        [daemon] = [a.daemon for a in broker.start(0.0) if isinstance(a, Spawn)]
+        broker.daemon_spawned(daemon, 4242)
+        broker.daemon_ready(daemon, {"pid": 4242, "tools": ["f"]}, 0.0)
         request = protocol.encode_request(1, "f", [], pickle=asked)
         broker.submit(b"c", protocol.read_header(request), request, 0.0)
         reply = protocol.pack_header(Kind.REPLY, 1, 0, protocol.FLAG_PICKLE) + pickle.dumps(
             {"result": 1})
-        [answer] = [a for a in broker.daemon_reply(b"d", protocol.read_header(reply), reply, 0.1)
+        [answer] = [a for a in broker.daemon_reply(daemon, protocol.read_header(reply), reply, 0.1)
                     if isinstance(a, ToClient)]
         if asked:
             assert answer.frame == reply

@@ -99,7 +99,7 @@ class Broker(InFlight, Prefetch):
         """The call's one reply (``code``: its error code, None for a result; ``extra``:
         its buffer frames). Asserting here makes "exactly once" hold by construction."""
         assert job.state is not _DONE, f"call {job.id} would be answered twice"
-        if foreign_pickle(job.frame, frame):  # a daemon's pickle never reaches a caller that did not ask
+        if frame[4] & FLAG_PICKLE and foreign_pickle(job.frame, frame):  # never to a caller that did not ask
             frame, code, extra = encode_error(job.id, pickle_refused()), -32603, ()
         self._end(job)
         if job.stats is not None:

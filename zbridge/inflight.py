@@ -18,6 +18,7 @@ from .config import Settings
 from .errors import BridgeError, Cancelled
 from .pickling import foreign_pickle
 from .protocol import (
+    FLAG_PICKLE,
     Header,
     Kind,
     encode_cancel,
@@ -64,7 +65,8 @@ class InFlight:
         daemon = self.daemons.get(ident)
         job = daemon.job if daemon is not None else None
         if daemon is None or job is None or job.id != header.id or not job.stream \
-                or daemon.state is not DaemonState.BUSY or foreign_pickle(job.frame, frame):
+                or daemon.state is not DaemonState.BUSY \
+                or (frame[4] & FLAG_PICKLE and foreign_pickle(job.frame, frame)):  # not to a caller that did not ask
             return []
         job.delivered += 1
         job.touched = now
