@@ -132,9 +132,9 @@ def unpackb(data: bytes | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE,
     unpackb already bounds every declared length by the size of the input, so a lying
     length prefix cannot make it allocate more than the frame it was given.
     """
-    error = too_large(message_size(data, buffers) if buffers else len(data), max_size, len(buffers))
-    if error is not None:
-        raise error
+    size = message_size(data, buffers) if buffers else len(data)
+    if size > max_size:
+        raise too_large(size, max_size, len(buffers))
     try:
         if buffers:
             return codec.unpack_value(data, buffers, strict_map_key=strict_map_key)
@@ -157,12 +157,10 @@ def message_size(body: Any, buffers: Sequence[Any] = ()) -> int:
     return len(body) + sum(memoryview(b).nbytes for b in buffers)
 
 
-def too_large(size: int, max_size: int, buffers: int = 0) -> ParseError | None:
+def too_large(size: int, max_size: int, buffers: int = 0) -> ParseError:
     """The error for a message whose body and ``buffers`` buffer frames hold ``size`` bytes
-    in all, over ``max_size``; None when it fits. Every receiver (hub, daemon, client)
-    refuses such a message, whatever each frame's size."""
-    if size <= max_size:
-        return None
+    in all, over ``max_size``: every receiver (hub, daemon, client) refuses such a message,
+    whatever each frame's size."""
     return ParseError(f"message of {size} bytes exceeds the {max_size}-byte limit"
                       + (f" (body and {buffers} buffer frames)" if buffers else ""))
 
@@ -170,9 +168,9 @@ def too_large(size: int, max_size: int, buffers: int = 0) -> ParseError | None:
 def _unpickle(data: bytes | memoryview, max_size: int, buffers: Sequence[Any], allowed: bool) -> Any:
     """A pickle body (and its out-of-band buffers), only where this very decode may take
     pickle (``allowed``); InvalidRequest otherwise."""
-    error = too_large(message_size(data, buffers), max_size, len(buffers))
-    if error is not None:
-        raise error
+    size = message_size(data, buffers)
+    if size > max_size:
+        raise too_large(size, max_size, len(buffers))
     if not allowed:
         raise InvalidRequest(pickling.REFUSED)
     try:
