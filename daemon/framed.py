@@ -18,6 +18,7 @@ from zbridge.errors import BridgeError, InternalError, InvalidRequest
 from zbridge.wire import read as read_message
 from zbridge.wire import write as write_frame
 from zbridge.execution import Executor, as_items
+from zbridge.wire import oversized
 from zbridge.protocol import (
     DEFAULT_MAX_MESSAGE,
     Kind,
@@ -39,10 +40,9 @@ def _encoded(what: str, encode: Any, max_message: int) -> tuple[bytes, list[Any]
         frame: bytes = encode(buffers)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InternalError(f"{what} cannot be encoded: {type(exc).__name__}: {exc}"[:500]) from None
-    for size in [len(frame)] + [memoryview(b).nbytes for b in buffers]:
-        if size > max_message:
-            raise InternalError(f"{what} has a frame of {size} bytes, over the "
-                                f"{max_message}-byte limit")
+    size = oversized(frame, buffers, max_message)
+    if size is not None:
+        raise InternalError(f"{what} is {size} bytes, over the {max_message}-byte limit")
     return frame, buffers
 
 

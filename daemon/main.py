@@ -114,7 +114,7 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
         return
     from zbridge.security import client_keys
     if allow_pickle:
-        _allow_pickle(endpoint or "")
+        _allow_pickle(endpoint or "", heartbeat)
 
     from .link import OnSilence
     from .worker import WorkerOptions
@@ -134,10 +134,10 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
         channel=channel), structured=log_format == "json")
 
 
-def _allow_pickle(endpoint: str) -> None:
+def _allow_pickle(endpoint: str, heartbeat: str | None) -> None:
     from zbridge import pickling
     try:
-        pickling.refuse_remote("pickle", endpoint)
+        pickling.refuse_remote("pickle", endpoint, heartbeat)
     except ValueError as exc:
         raise click.UsageError(f"--allow-pickle: {exc}") from None
     pickling.allow()

@@ -70,7 +70,7 @@ def _partial(request: Request, item: object, seq: int, max_message: int) -> tupl
                             f"{type(exc).__name__}: {exc}"[:500]) from None
     size = oversized(frame, buffers, max_message)
     if size is not None:
-        raise InternalError(f"item {seq} of {request.method!r} has a frame of {size} bytes, "
+        raise InternalError(f"item {seq} of {request.method!r} is {size} bytes, "
                             f"over the {max_message}-byte limit")
     return frame, buffers
 

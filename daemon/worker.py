@@ -116,7 +116,7 @@ def _final_reply(request: Request, result: Any, max_message: int) -> Reply:
     size = oversized(reply, buffers, max_message)
     if size is not None:
         return encode_error(request_id, InternalError(
-            f"result of {request.method!r} has a frame of {size} bytes, over the "
+            f"result of {request.method!r} is {size} bytes, over the "
             f"{max_message}-byte limit")), []
     return reply, buffers
 

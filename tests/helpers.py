@@ -154,6 +154,21 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def status_kib(pid: int, field: str) -> int:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM...)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Set VmHWM back to the current RSS, so a later VmHWM is the peak from now on."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 

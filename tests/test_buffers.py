@@ -19,7 +19,7 @@ from zbridge.config import Settings
 from zbridge.protocol import Header, Kind, encode_result, read_header
 
 from conftest import TOOLSETS
-from helpers import raw_dealer, served
+from helpers import raw_dealer, reset_peak_rss, served, status_kib
 
 VALUES_TOOLS = str(TOOLSETS / "values.py")
 BIG = codec.OOB_THRESHOLD  # bytes: from here a value is its own frame
@@ -233,20 +233,15 @@ def test_streamed_arrays_through_bridge(bridge_factory):
     assert all(x.shape == (BIG // 2,) and x.dtype == np.float64 for x in items)
 
 
-def test_a_buffer_frame_over_max_message_size_is_refused_before_sending(bridge_factory):
+def test_a_message_over_max_message_size_is_refused_before_sending(bridge_factory):
+    """The limit bounds the whole message: the body and every buffer frame together."""
     bridge = bridge_factory(VALUES_TOOLS, workers=1, max_message_size=4 * BIG)
-    with pytest.raises(zbridge.InvalidRequest, match="buffer frame of the request"):
+    with pytest.raises(zbridge.InvalidRequest, match="before encoding"):
         bridge.call("echo", [np.zeros(BIG)])  # 8 x BIG bytes in one frame
-    for got in bridge.call("echo", [[np.zeros(BIG // 2)] * 3]):  # each frame fits
-        same_array(np.zeros(BIG // 2), got)
-
-
-def _status_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
+    with pytest.raises(zbridge.InvalidRequest, match="before encoding"):
+        bridge.call("echo", [[np.zeros(BIG // 4)] * 3])  # each frame fits, not all three
+    for got in bridge.call("echo", [[np.zeros(BIG // 8)] * 3]):  # 3 x BIG bytes in all
+        same_array(np.zeros(BIG // 8), got)
 
 
 def test_the_hub_does_not_copy_a_large_array(tmp_path):
@@ -255,13 +250,12 @@ def test_the_hub_does_not_copy_a_large_array(tmp_path):
     size = 64 << 20
     array = np.random.default_rng(0).random(size // 8)
     with served(tmp_path, "--tools", VALUES_TOOLS, "--max-message-size", str(2 * size)) as (endpoint, proc):
-        with zbridge.Client(endpoint, fallback=False, timeout=120) as client:
+        with zbridge.Client(endpoint, fallback=False, timeout=120, max_message_size=2 * size) as client:
             client.call("echo", [np.zeros(BIG)])  # daemon up, numpy loaded, paths warmed
-            idle = _status_kib(proc.pid, "VmRSS")
-            with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current RSS
+            idle = status_kib(proc.pid, "VmRSS")
+            reset_peak_rss(proc.pid)
             same_array(array, client.call("echo", [array]))
-            peak = _status_kib(proc.pid, "VmHWM")
+            peak = status_kib(proc.pid, "VmHWM")
     grew = (peak - idle) * 1024
     assert grew < 1.2 * size, f"hub grew by {grew / size:.2f} x 64 MiB"
 

@@ -9,8 +9,11 @@ import logging
 import os
 import random
 import signal
+import socket
+import stat
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -22,8 +25,8 @@ from zbridge.actions import Note
 from zbridge.broker import Broker
 from zbridge.calls import build_request
 from zbridge.config import Settings
-from zbridge.logs import JsonFormatter, note_text
-from zbridge.metrics import parse_address
+from zbridge.logs import JsonFormatter, TextFormatter, escape, note_text
+from zbridge.metrics import check_access, parse_address
 from zbridge.protocol import (Header, Kind, encode_error, encode_request, encode_result, peek_error_code,
                               peek_method, read_header)
 from zbridge.stats import BOUNDS, MAX_TOOLS, OTHER, Histogram, ToolTable
@@ -55,6 +58,28 @@ def test_tool_table_is_bounded():
         table.get(f"t{i}").answered(None)
     assert len(table.by_name) <= 5 and table.by_name[OTHER].calls == 96
     assert MAX_TOOLS >= 64
+
+
+def test_only_served_names_get_an_entry_and_none_is_evicted():
+    table = ToolTable(limit=4)
+    table.get("early").answered(None)  # before any daemon is ready: a provisional entry
+    table.serve(["real", "other_real"])
+    for i in range(5000):
+        table.get(f"made_up_{i}").answered(-32601)
+    table.get("real").answered(None)
+    table.get("health").answered(None)  # every daemon answers it
+    assert table.by_name["real"].calls == 1 and table.by_name[OTHER].calls == 5000
+    assert set(table.by_name) == {"early", "real", "health", OTHER}
+
+
+def test_text_logs_escape_control_characters_in_values():
+    forged = "x\n\x1b[2Kzbridge INFO zbridge.hub: forged"
+    line = note_text("call_cancelled", {"tool": forged, "why": "a b\nc"})
+    assert "\n" not in line and "\x1b" not in line and "tool='x\\n\\x1b[2K" in line
+    record = logging.LogRecord("zbridge.hub", logging.WARNING, __file__, 1, "unknown tool %s", (forged,), None)
+    text = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert text.count("\n") == 0 and "\x1b" not in text and text.startswith("WARNING unknown tool x\\n")
+    assert escape("tab\tdel\x7fc1\x85 é ✓") == "tab\\tdel\\x7fc1\\x85 é ✓"
 
 
 def test_peek_method_reads_only_the_start_of_the_body():
@@ -180,13 +205,19 @@ def test_json_formatter_writes_extras_on_one_line():
         ("WARNING", "zbridge.hub", "daemon_exit", 12, 9)
 
 
-def test_metrics_bind_only_to_loopback():
+def test_metrics_are_private_unless_the_operator_says_otherwise():
     assert parse_address("127.0.0.1:9464") == ("127.0.0.1", 9464)
     assert parse_address("[::1]:9464") == ("::1", 9464)
-    assert parse_address("localhost:1") == ("localhost", 1)
-    for bad in ["0.0.0.0:9464", "10.1.2.3:9464", "example.com:80", "9464", "127.0.0.1:", "127.0.0.1:99999"]:
+    assert parse_address("0.0.0.0:9464") == ("0.0.0.0", 9464)
+    for bad in ["9464", "127.0.0.1:", "127.0.0.1:99999", "unix"]:
         with pytest.raises(ValueError):
             parse_address(bad)
+    check_access("unix:/run/zbridge/metrics.sock", "", False)  # this user only: always fine
+    for address, who in (("127.0.0.1:9464", "every local user"), ("0.0.0.0:9464", "anyone")):
+        with pytest.raises(ValueError, match=who):
+            check_access(address, "", False)
+        check_access(address, "token.txt", False)
+        check_access(address, "", True)
     with pytest.raises(ValueError, match="log_format"):
         Settings(log_format="xml")
 
@@ -245,9 +276,12 @@ def test_json_log_of_a_daemon_crash_carries_pid_reason_and_exit_code(tmp_path):
     assert all(line.startswith("zbridge hub") for line in others), others
 
 
-def scrape(port):
+def scrape(port, token=None):
     from prometheus_client.parser import text_string_to_metric_families
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=5) as response:
         text = response.read().decode()
     samples = {}
     for family in text_string_to_metric_families(text):
@@ -258,7 +292,7 @@ def scrape(port):
 
 def test_metrics_endpoint_counts_known_calls_exactly(tmp_path):
     port = free_port()
-    with serving(tmp_path, "--metrics", f"127.0.0.1:{port}") as (endpoint, _):
+    with serving(tmp_path, "--metrics", f"127.0.0.1:{port}", "--metrics-allow-anyone") as (endpoint, _):
         with zbridge.Client(endpoint, fallback=False) as client:
             for i in range(3):
                 client.call("noop", [i])
@@ -278,7 +312,8 @@ def test_metrics_endpoint_counts_known_calls_exactly(tmp_path):
         s = scrape(port)
         assert s[("zbridge_calls_total", (("outcome", "tool_error"), ("tool", "fail")))] == 2
         assert s[("zbridge_calls_total", (("outcome", "ok"), ("tool", "fail")))] == 0
-        assert s[("zbridge_calls_total", (("outcome", "tool_not_found"), ("tool", "nosuch")))] == 1
+        # a name no daemon serves counts under "(other)": made-up names cannot add series
+        assert s[("zbridge_calls_total", (("outcome", "tool_not_found"), ("tool", "(other)")))] == 1
         assert s[("zbridge_calls_total", (("outcome", "worker_lost"), ("tool", "crash")))] == 1
         assert s[("zbridge_call_duration_seconds_count", (("tool", "noop"),))] == 4
         assert s[("zbridge_call_duration_seconds_bucket", (("le", "+Inf"), ("tool", "noop")))] == 4
@@ -298,23 +333,63 @@ def test_metrics_endpoint_counts_known_calls_exactly(tmp_path):
         assert fail_row.split()[1] == "2" and "-32000:2" in fail_row
 
 
-def test_metrics_in_an_embedded_bridge_and_refused_off_loopback(bridge_factory):
-    with pytest.raises(ValueError, match="loopback"):
-        zbridge.Bridge([OBSERVE], metrics="0.0.0.0:9464")
+def test_metrics_in_an_embedded_bridge_need_the_token(bridge_factory, tmp_path):
+    with pytest.raises(ValueError, match="every local user"):
+        zbridge.Bridge([OBSERVE], metrics="127.0.0.1:9464")
+    token = "s3cret-" + "x" * 24
+    (tmp_path / "token").write_text(token + "\n")
     port = free_port()
-    bridge = bridge_factory([OBSERVE], metrics=f"127.0.0.1:{port}")
+    bridge = bridge_factory([OBSERVE], metrics=f"127.0.0.1:{port}", metrics_token_file=str(tmp_path / "token"))
     assert bridge.call("noop", [1]) == 1
-    assert wait_until(lambda: scrape(port).get(
+    assert wait_until(lambda: scrape(port, token).get(
         ("zbridge_calls_total", (("outcome", "ok"), ("tool", "noop")))) == 1, timeout=10)
+    for wrong in (None, "s3cret-" + "y" * 24):
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            scrape(port, wrong)
+    samples = scrape(port, token)
+    assert samples[("zbridge_daemons_wanted", ())] == 1
+    assert samples[("zbridge_hub_info", (("protocol", str(protocol.VERSION)), ("version", zbridge.__version__)))] == 1
+    assert samples[("process_open_fds", ())] > 0 and samples[("process_resident_memory_bytes", ())] > 0
     bridge.close(drain_timeout=1.0)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
 
 
-def test_serve_refuses_metrics_off_loopback(tmp_path):
+def test_metrics_on_a_unix_socket_only_this_user_can_reach(tmp_path):
+    path = tmp_path / "metrics.sock"
+    with serving(tmp_path, "--metrics", f"unix:{path}"):
+        assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(path))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and b"zbridge_hub_info" in reply
+    assert not path.exists()
+
+
+def test_metrics_endpoint_drops_idle_connections_and_caps_them(tmp_path):
+    """A connection that sends nothing is closed after the request timeout; at most
+    MAX_CONNECTIONS are open at once, and a scrape gets through once one frees."""
+    from zbridge import scrape as server
+    port = free_port()
+    with serving(tmp_path, "--metrics", f"127.0.0.1:{port}", "--metrics-allow-anyone") as (_, _log):
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(server.MAX_CONNECTIONS)]
+        try:
+            idle[0].settimeout(server.REQUEST_TIMEOUT + 5)
+            assert idle[0].recv(1) == b""  # closed by the server, not by us
+            assert wait_until(lambda: "zbridge_hub_info" in str(scrape(port)), timeout=server.REQUEST_TIMEOUT + 5)
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_serve_refuses_open_metrics_without_a_token_or_the_flag(tmp_path):
     out = subprocess.run(ZBRIDGE + ["serve", "--tools", OBSERVE, "--bind", f"ipc://{tmp_path}/hub.sock",
                                     "--metrics", "0.0.0.0:9464"], capture_output=True, text=True, timeout=30)
-    assert out.returncode != 0 and "loopback" in out.stderr
+    assert out.returncode != 0 and "--metrics-allow-anyone" in out.stderr and "anyone" in out.stderr
 
 
 def test_traceparent_reaches_the_tool_through_a_raw_dealer(tmp_path):

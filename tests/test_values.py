@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import importlib.util
 import json
+import pickle
 import subprocess
 import sys
 import uuid
@@ -26,6 +27,7 @@ from hypothesis.extra import numpy as hnp
 import zbridge
 from zbridge import codec, pickling, protocol, usertypes
 from zbridge.errors import InvalidParams, InvalidRequest
+from zbridge.protocol import Kind
 
 from conftest import TOOLSETS
 
@@ -251,14 +253,48 @@ def test_pickle_request_is_refused_unless_allowed(monkeypatch):
     assert protocol.decode_request(frame).params == [Fraction(1, 3)]
 
 
-def test_pickled_reply_is_refused_by_a_client_that_did_not_opt_in(monkeypatch):
+def test_pickled_reply_is_decoded_only_for_a_request_sent_as_pickle(monkeypatch):
     from zbridge.calls import result_of
+    monkeypatch.setattr(pickling, "_allowed", True)  # a daemon with --allow-pickle sends it
     reply = protocol.encode_result(1, Fraction(1, 2), protocol.FLAG_PICKLE)
-    monkeypatch.setattr(pickling, "_allowed", False)
-    with pytest.raises(zbridge.InternalError, match="did not opt in to pickle"):
+    monkeypatch.setattr(pickling, "_allowed", False)  # the process's switch plays no part
+    with pytest.raises(zbridge.InternalError, match="did not ask for pickle"):
         result_of(reply, protocol.DEFAULT_MAX_MESSAGE)
-    monkeypatch.setattr(pickling, "_allowed", True)
-    assert result_of(reply, protocol.DEFAULT_MAX_MESSAGE) == Fraction(1, 2)
+    assert result_of(reply, protocol.DEFAULT_MAX_MESSAGE, pickle=True) == Fraction(1, 2)
+    monkeypatch.setattr(pickling, "_allowed", True)  # a daemon's switch opens no client
+    with pytest.raises(zbridge.InternalError, match="did not ask for pickle"):
+        result_of(reply, protocol.DEFAULT_MAX_MESSAGE)
+
+
+def test_daemon_without_allow_pickle_sends_no_pickle(monkeypatch):
+    monkeypatch.setattr(pickling, "_allowed", False)
+    with pytest.raises(ValueError, match="--allow-pickle"):
+        protocol.encode_result(1, Fraction(1, 2), protocol.FLAG_PICKLE)
+    with pytest.raises(ValueError, match="--allow-pickle"):
+        protocol.encode_partial(1, Fraction(1, 2), protocol.FLAG_PICKLE)
+
+
+def test_broker_forwards_a_pickled_reply_only_to_a_pickle_request():
+    from zbridge.broker import Broker
+    from zbridge.config import load_settings
+    from zbridge.actions import ToClient
+    from zbridge.actions import Spawn
+    for asked in (False, True):
+        broker = Broker(load_settings(workers=1, prewarm=True))
+        [daemon] = [a.daemon for a in broker.start(0.0) if isinstance(a, Spawn)]
+        broker.daemon_spawned(daemon, 4242)
+        broker.daemon_ready(daemon, {"pid": 4242, "tools": ["f"]}, 0.0)
+        request = protocol.encode_request(1, "f", [], pickle=asked)
+        broker.submit(b"c", protocol.read_header(request), request, 0.0)
+        reply = protocol.pack_header(Kind.REPLY, 1, 0, protocol.FLAG_PICKLE) + pickle.dumps(
+            {"result": 1})
+        [answer] = [a for a in broker.daemon_reply(daemon, protocol.read_header(reply), reply, 0.1)
+                    if isinstance(a, ToClient)]
+        if asked:
+            assert answer.frame == reply
+        else:
+            assert answer.frame[4] & protocol.FLAG_PICKLE == 0
+            assert protocol.decode_reply_body(answer.frame)["error"]["code"] == -32603
 
 
 def test_daemon_refuses_allow_pickle_with_tcp():

@@ -26,6 +26,7 @@ from .calls import (
     ClientCore,
     closed_error,
     closed_while_waiting,
+    asked_pickle,
     configure_dealer,
     read_stream_message,
     reply_id,
@@ -183,7 +184,7 @@ class AsyncClient(ClientCore, AsyncHandles):
         except BridgeError:
             return False
         queue = self._streams.get(request_id)
-        message = (read_stream_message(frame, request_id, self.settings.max_message_size, buffers)
+        message = (read_stream_message(frame, request_id, self.settings.max_message_size, buffers, self.pickle)
                    if queue else None)
         if queue is None or message is None:
             return False
@@ -256,7 +257,7 @@ class AsyncClient(ClientCore, AsyncHandles):
             case plans.Roundtrip(frame, timeout, buffers, _):
                 async with self._in_flight():
                     reply, reply_buffers = await self._transport.roundtrip(frame, buffers, timeout)
-                return result_of(reply, self.settings.max_message_size, reply_buffers)
+                return result_of(reply, self.settings.max_message_size, reply_buffers, asked_pickle(frame))
             case plans.Ask(frame, timeout):
                 reply, reply_buffers = await self._hub_route.roundtrip(frame, (), timeout)
                 return result_of(reply, self.settings.max_message_size, reply_buffers)

@@ -44,9 +44,13 @@ from .errors import (
     PoolUnavailable,
     WorkerLost,
 )
-from .protocol import (EXIT_LOAD_FAILED, FLAG_RETIRE, FLAG_STREAM, REQUEST_FLAGS, Header, Kind,
-                       encode_cancel, encode_credit, encode_disconnect, encode_error,
-                       encode_heartbeat, peek_error_code, peek_method, read_header, without_flags)
+from .pickling import foreign_error as pickle_refused
+from .pickling import foreign_pickle
+from .pickling import remote_error as pickle_refused_remote
+from .protocol import (EXIT_LOAD_FAILED, FLAG_PICKLE, FLAG_RETIRE, FLAG_STREAM, HEADER_SIZE, REQUEST_FLAGS,
+                       Header, Kind, encode_cancel, encode_credit, encode_disconnect, encode_error,
+                       encode_heartbeat, peek_error_code, peek_method, read_header, too_large,
+                       without_flags)
 from .state import (EXIT_KINDS, SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, Process, _secret_ident,
                     first_line, last_line)
 from .stats import ToolTable
@@ -109,6 +113,8 @@ class Broker:
         """The call's one reply (``code``: its error code, None for a result; ``extra``:
         its buffer frames). Asserting here makes "exactly once" hold by construction."""
         assert job.state is not _DONE, f"call {job.id} would be answered twice"
+        if frame[4] & FLAG_PICKLE and foreign_pickle(job.frame, frame):  # never to a caller that did not ask
+            frame, code, extra = encode_error(job.id, pickle_refused()), -32603, ()
         self._end(job)
         if job.stats is not None:
             job.stats.answered(code)
@@ -181,13 +187,15 @@ class Broker:
         """Why a new job cannot be accepted, or None; refusals that say the pool cannot
         serve count as ``unavailable``."""
         if self.ready and not self.queued and not self.closing and self.broken is None:
-            return self._invalid(job.client, header)  # an idle daemon takes it: nothing else to judge
+            # an idle daemon takes it: nothing else to judge
+            return self._invalid(job.client, header) or self._too_large(job)
         if self.broken is not None:
             error: BridgeError | None = PoolUnavailable(
                 f"the pool is broken: {self.broken}", {"cause": "broken"})
         elif self.closing:
             error = SHUTTING_DOWN()
-        elif (error := self._invalid(job.client, header) or self._overloaded(job.size)) is not None:
+        elif (error := self._invalid(job.client, header) or self._too_large(job)
+                       or self._overloaded(job.size)) is not None:
             return error
         elif self._unavailable(now):
             error = self._unavailable_error()
@@ -202,6 +210,15 @@ class Broker:
             return InvalidRequest(f"request id {header.id} is already in flight on this connection")
         if header.flags & ~REQUEST_FLAGS:
             return InvalidRequest(f"undefined request flag bits set: {header.flags & ~REQUEST_FLAGS:#04x}")
+        if self.remote_ok and header.flags & FLAG_PICKLE:  # its daemon may be on another host
+            return pickle_refused_remote()
+        return None
+
+    def _too_large(self, job: Job) -> BridgeError | None:
+        """The whole message (body and buffer frames), as every receiver judges it."""
+        size = job.size - HEADER_SIZE
+        if size > self.s.max_message_size:
+            return too_large(size, self.s.max_message_size, len(job.extra))
         return None
 
     def _overloaded(self, size: int) -> Overloaded | None:
@@ -307,6 +324,7 @@ class Broker:
         daemon.last_beat, daemon.idle_since = now, now
         daemon.call_limit = health.call_limit(self.s, self.rng)
         daemon.pid, daemon.tools = info.get("pid"), list(info.get("tools") or [])
+        self.tools.serve(daemon.tools)  # per-tool numbers only for names a daemon serves
         self.start_failures = 0
         self.last_start_error, self.last_start_tail = None, ""
         self.ready.append(ident)
@@ -578,7 +596,8 @@ class Broker:
         daemon = self.daemons.get(ident)
         job = daemon.job if daemon is not None else None
         if daemon is None or job is None or job.id != header.id or not job.stream \
-                or daemon.state is not DaemonState.BUSY:
+                or daemon.state is not DaemonState.BUSY \
+                or (frame[4] & FLAG_PICKLE and foreign_pickle(job.frame, frame)):  # not to a caller that did not ask
             return []
         job.delivered += 1
         job.touched = now

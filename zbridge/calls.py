@@ -25,16 +25,20 @@ from .errors import (
 )
 from .protocol import (
     DEFAULT_WINDOW,
+    FLAG_PICKLE,
     MAX_TIMEOUT_MS,
     MAX_WINDOW,
     check_traceparent,
     Kind,
+    body_of,
     decode_partial,
     decode_reply_body,
     encode_request,
+    message_size,
     read_header,
 )
 from .security import client_keys, make_client
+from .sizing import lower_bound
 from .tools import tool_specs
 
 HUB_GRACE = 1.0       # how long past a deadline to wait for the hub's own CallTimeout
@@ -69,18 +73,27 @@ def build_request(settings: Settings, request_id: int, tool: str, args: Any, tim
     if trace is not None:
         check_traceparent(trace)
     timeout_ms = max(1, min(MAX_TIMEOUT_MS, int(timeout * 1000)))
+    limit = settings.max_message_size
+    least = lower_bound(args, limit)
+    if least > limit:  # fail fast: never spend the time and memory to encode it
+        raise InvalidRequest(f"arguments of at least {least} bytes cannot fit max_message_size="
+                             f"{limit} (refused before encoding them)")
     try:
         frame = encode_request(request_id, tool, args, timeout_ms=timeout_ms, idempotent=idempotent,
                                window=window, trace=trace, pickle=settings.serializer == "pickle",
                                oob=oob)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidParams(f"arguments cannot be encoded: {exc}") from None
-    size = oversized(frame, oob or (), settings.max_message_size)
-    if size is not None:  # libzmq's limit is per frame: each buffer frame is bounded alike
-        what = "request" if size == len(frame) else "a buffer frame of the request"
-        raise InvalidRequest(f"{what} is {size} bytes, over max_message_size="
-                             f"{settings.max_message_size}")
+    size = message_size(body_of(frame), oob or ())
+    if size > limit:  # the whole message (body and buffer frames) is bounded
+        raise InvalidRequest(f"request is {size} bytes" + (f" (body and {len(oob)} buffer frames)" if oob else "")
+                             + f", over max_message_size={limit}")
     return frame
+
+
+def asked_pickle(request: bytes) -> bool:
+    """Whether ``request`` was sent as pickle: only then may its reply be one."""
+    return bool(request[4] & FLAG_PICKLE)
 
 
 def reply_id(frame: bytes, any_kind: bool = False) -> int | None:
@@ -93,10 +106,11 @@ def reply_id(frame: bytes, any_kind: bool = False) -> int | None:
     return header.id if any_kind or header.kind is Kind.REPLY else None
 
 
-def result_of(reply: bytes, max_size: int, buffers: Sequence[Any] = ()) -> Any:
-    """The result in a REPLY (``buffers``: its buffer frames), or its error raised."""
+def result_of(reply: bytes, max_size: int, buffers: Sequence[Any] = (), pickle: bool = False) -> Any:
+    """The result in a REPLY (``buffers``: its buffer frames), or its error raised;
+    ``pickle``: this reply answers a request sent as pickle (else a pickled one is refused)."""
     try:
-        body = decode_reply_body(reply, max_size=max_size, buffers=buffers)
+        body = decode_reply_body(reply, max_size=max_size, buffers=buffers, pickle=pickle)
     except BridgeError as exc:
         raise InternalError(f"undecodable reply: {exc}") from None
     if "error" in body:
@@ -123,9 +137,9 @@ class ClientCore:
         # no endpoint: the one `zbridge serve` listens on by default
         self.endpoint = endpoint or (default_endpoint() if self.settings.pool_enabled else None)
         check_endpoint(self.endpoint)  # before zmq, which only says "Invalid argument"
-        if self.settings.serializer == "pickle":
-            pickling.refuse_remote("pickle", self.endpoint)  # ValueError over tcp
-            pickling.allow()  # this process then decodes the pickled replies it asked for
+        # this object (not the process) decodes the pickled replies to its pickle requests
+        self.pickle = self.settings.serializer == "pickle"
+        pickling.refuse_remote(self.settings.serializer, self.endpoint)  # ValueError over tcp
         self.tools = tool_specs(tools)
         self.connect_timeout = connect_timeout
         self._ids = itertools.count(1)
@@ -190,9 +204,10 @@ def credit_due(consumed: int, window: int) -> bool:
 
 
 def read_stream_message(frame: bytes, request_id: int, max_size: int,
-                        buffers: Sequence[Any] = ()) -> tuple[str, Any] | None:
+                        buffers: Sequence[Any] = (), pickle: bool = False) -> tuple[str, Any] | None:
     """A message for stream ``request_id`` as ("item", value), ("end", None) or
-    ("error", BridgeError); None when it belongs to something else."""
+    ("error", BridgeError); None when it belongs to something else. ``pickle`` as for
+    ``result_of``."""
     try:
         header = read_header(frame)
     except BridgeError:
@@ -201,12 +216,12 @@ def read_stream_message(frame: bytes, request_id: int, max_size: int,
         return None
     if header.kind is Kind.PARTIAL:
         try:
-            return "item", decode_partial(frame, max_size=max_size, buffers=buffers)
+            return "item", decode_partial(frame, max_size=max_size, buffers=buffers, pickle=pickle)
         except BridgeError as exc:
             return "error", InternalError(f"undecodable stream item: {exc}")
     if header.kind is Kind.REPLY:
         try:
-            result_of(frame, max_size)
+            result_of(frame, max_size, buffers, pickle)
         except BridgeError as exc:
             return "error", exc
         return "end", None

@@ -27,6 +27,7 @@ from . import logs
 from .config import Settings, _parse, env_name, load_settings
 from .endpoints import default_endpoint, ipc_path
 from .errors import BridgeError, CallTimeout
+from .logs import TextFormatter
 from .watch import cell as _cell, duration
 
 STATUS_TIMEOUT = 5.0  # seconds `zbridge status` waits for the hub's answer
@@ -88,7 +89,9 @@ def _set_log_level(ctx: click.Context, _param: click.Parameter, value: str | Non
             raise ValueError
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)") from None
-    logging.basicConfig(stream=sys.stderr, format="zbridge %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)  # values in messages cannot forge lines
+    handler.setFormatter(TextFormatter("zbridge %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(handlers=[handler])
     logging.getLogger().setLevel(level)
 
 
@@ -162,6 +165,7 @@ def run_hub(settings: Settings, tools: tuple[str, ...], bind: str | None, drain_
     """``zbridge serve`` once its settings are known."""
     from .hub import Hub
     from .tools import tool_specs
+    from .fdguard import raise_limit
     if stdio:  # the pool behind one pipe: no endpoint (a --bind is not used)
         from .pipefront import serve_stdio
         try:
@@ -169,6 +173,7 @@ def run_hub(settings: Settings, tools: tuple[str, ...], bind: str | None, drain_
         except (ValueError, OSError) as exc:
             raise click.ClickException(str(exc)) from None
     bind = resolve(bind)
+    raise_limit()  # a process of its own: as many connections as the system lets it hold
     fmt = settings.log_format
     try:
         hub = Hub(settings, tool_specs(list(tools)), frontend=bind)

@@ -26,6 +26,7 @@ from .calls import (
     HUB_GRACE,
     STREAM_WINDOW,
     ClientCore,
+    asked_pickle,
     build_request,
     closed_error,
     closed_while_waiting,
@@ -139,7 +140,7 @@ class Client(ClientCore, SyncHandles):
                 sock = self._socket()
                 replies = iter(fanout.pipeline(
                     sock, frames, timeout + HUB_GRACE,
-                    lambda r, b: result_of(r, self.settings.max_message_size, b),
+                    lambda r, b: result_of(r, self.settings.max_message_size, b, self.pickle),
                     window=self.settings.max_in_flight,
                     lost=lambda: self._connection_lost() if self._dropped(sock) else None))
             finally:
@@ -284,7 +285,7 @@ class Client(ClientCore, SyncHandles):
         finally:
             if tracker is not None:
                 tracker.bind_cancel(None)
-        return result_of(reply, self.settings.max_message_size, reply_buffers)
+        return result_of(reply, self.settings.max_message_size, reply_buffers, asked_pickle(frame))
 
     def _io(self, action: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking socket operation that close() must wait for."""
@@ -306,7 +307,7 @@ class Client(ClientCore, SyncHandles):
                              timeout: float) -> tuple[str, Any]:
         while True:
             frame, buffers = self._receive(sock, deadline, timeout)
-            message = read_stream_message(frame, request_id, self.settings.max_message_size, buffers)
+            message = read_stream_message(frame, request_id, self.settings.max_message_size, buffers, self.pickle)
             if message is not None:
                 return message
 

@@ -31,7 +31,15 @@ code   Python value         extension body
 Out of band (``pack_value`` / ``unpack_value``): a numpy array or bytes-like value of at
 least ``OOB_THRESHOLD`` bytes is not copied into the body; it becomes its own buffer (the
 array's memory itself, made contiguous only if it was neither C- nor F-contiguous), and
-the receiver rebuilds arrays with ``numpy.frombuffer`` over the received buffer. Arrays
+the receiver rebuilds arrays with ``numpy.frombuffer`` over the received buffer. A
+receiver never amplifies: each buffer frame may be referenced **once** per message (a
+second reference is a ``BufferReferenceError``), so references are bounded by frames; an
+array is a view of its frame, a bytes value is the frame itself when it arrived as
+``bytes`` (the pipe paths) and one copy of it otherwise (a zmq frame).
+
+One reading of a message: a map with the same key twice is refused (``DuplicateKeyError``)
+at any depth, so no two readers can take different values from it (msgpack itself would
+keep the last one). Arrays
 are found by msgpack's ``default`` hook (no cost for values without arrays). msgpack packs
 bytes itself, so large bytes are looked for: among a body's values and their items first
 (cheap, every message), then, when the in-band body still came out at least
@@ -82,15 +90,37 @@ class ValueDecodeError(ValueError):
     malformed body). Its message names the type."""
 
 
+class BufferReferenceError(ValueDecodeError):
+    """A buffer reference to a frame the message lacks, or to one already referenced."""
+
+
+class DuplicateKeyError(ValueError):
+    """A msgpack map holds the same key twice."""
+
+
+def unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """msgpack's ``object_pairs_hook``: the map as a dict, refused if a key repeats
+    (~0.3 µs per map: a small request pays it once)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[Any] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(f"map key {key!r:.80} appears more than once")
+            seen.add(key)
+    return out
+
+
 def packb(obj: Any) -> bytes:
     """msgpack with zbridge's extension types; TypeError names a type that cannot be sent."""
     return _pack(obj, None)
 
 
 def unpackb(data: bytes | memoryview, *, strict_map_key: bool = True) -> Any:
-    """The value in ``data``; msgpack's own errors and ValueDecodeError propagate."""
+    """The value in ``data``; msgpack's own errors, ValueDecodeError and DuplicateKeyError
+    propagate."""
     return msgpack.unpackb(data, raw=False, strict_map_key=strict_map_key, timestamp=3,
-                           ext_hook=_HOOKS[strict_map_key])
+                           ext_hook=_HOOKS[strict_map_key], object_pairs_hook=unique_keys)
 
 
 def pack_value(obj: Any) -> tuple[bytes, list[Any]]:
@@ -112,12 +142,39 @@ def pack_value(obj: Any) -> tuple[bytes, list[Any]]:
 def unpack_value(data: bytes | memoryview, buffers: Sequence[Any], *,
                  strict_map_key: bool = True) -> Any:
     """The value in ``data`` whose buffer references point into ``buffers`` (objects with
-    the buffer protocol, e.g. ``zmq.Frame.buffer``); arrays view them without a copy."""
+    the buffer protocol, e.g. ``zmq.Frame.buffer``); arrays view them without a copy, and
+    each buffer may be referenced once."""
     if not buffers:
         return unpackb(data, strict_map_key=strict_map_key)
-    hook = partial(_ext_hook, strict=strict_map_key, buffers=buffers)
-    return msgpack.unpackb(data, raw=False, strict_map_key=strict_map_key, timestamp=3,
-                           ext_hook=hook)
+    return _unpack(data, strict_map_key, _Refs(buffers))
+
+
+class _Refs:
+    """One message's buffer frames and which of them a reference already took."""
+    __slots__ = ("buffers", "taken")
+
+    def __init__(self, buffers: Sequence[Any]) -> None:
+        self.buffers = buffers
+        self.taken = bytearray(len(buffers))
+
+    def take(self, index: int) -> Any:
+        if not 0 <= index < len(self.buffers):
+            raise BufferReferenceError(f"buffer reference {index} but the message has "
+                                       f"{len(self.buffers)} buffer frame(s)")
+        if self.taken[index]:
+            raise BufferReferenceError(f"buffer frame {index} is referenced more than once: "
+                                       "each buffer frame may be referenced once per message")
+        self.taken[index] = 1
+        return self.buffers[index]
+
+
+_NO_REFS = _Refs(())
+
+
+def _unpack(data: bytes | memoryview, strict: bool, refs: _Refs) -> Any:
+    hook = _HOOKS[strict] if refs is _NO_REFS else partial(_ext_hook, strict=strict, refs=refs)
+    return msgpack.unpackb(data, raw=False, strict_map_key=strict, timestamp=3,
+                           ext_hook=hook, object_pairs_hook=unique_keys)
 
 
 class _Sink:
@@ -290,8 +347,8 @@ def _text(data: bytes) -> str:
     return data.decode()
 
 
-def _user(data: bytes, strict: bool, buffers: Sequence[Any]) -> Any:
-    value = unpack_value(data, buffers, strict_map_key=strict)
+def _user(data: bytes, strict: bool, refs: _Refs) -> Any:
+    value = _unpack(data, strict, refs)
     if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
         raise ValueDecodeError("a user type's body must be [name, value]")
     name, wire = value
@@ -307,21 +364,20 @@ def _user(data: bytes, strict: bool, buffers: Sequence[Any]) -> Any:
                                f"{type(exc).__name__}: {exc}") from None
 
 
-def _buffer(data: bytes, buffers: Sequence[Any]) -> Any:
-    """The value of a buffer reference ``[index, kind, meta]``."""
+def _buffer(data: bytes, refs: _Refs) -> Any:
+    """The value of a buffer reference ``[index, kind, meta]``: the frame itself (bytes
+    that arrived as bytes), one copy of it (bytes from a zmq frame), or a view (arrays)."""
     ref = msgpack.unpackb(data, raw=False)
     if not (isinstance(ref, list) and len(ref) == 3 and type(ref[0]) is int and ref[1] in ("a", "b")):
         raise ValueDecodeError("a buffer reference must be [index, 'a'|'b', meta]")
     index, kind, meta = ref
-    if not 0 <= index < len(buffers):
-        raise ValueDecodeError(f"buffer reference {index} but the message has "
-                               f"{len(buffers)} buffer frame(s)")
+    buffer = refs.take(index)
     if kind == "b":
-        return bytes(buffers[index])
-    return arrays.from_buffer(meta, buffers[index])
+        return buffer if type(buffer) is bytes else bytes(buffer)
+    return arrays.from_buffer(meta, buffer)
 
 
-_DECODERS: dict[int, tuple[str, Callable[[bytes, bool, Sequence[Any]], Any]]] = {
+_DECODERS: dict[int, tuple[str, Callable[[bytes, bool, _Refs], Any]]] = {
     EXT_USER: ("user type", _user),
     EXT_DATETIME: ("datetime", lambda d, s, b: dt.datetime.fromisoformat(_text(d))),
     EXT_NAIVE_DATETIME: ("datetime", lambda d, s, b: dt.datetime.fromisoformat(_text(d))),
@@ -337,8 +393,8 @@ _DECODERS: dict[int, tuple[str, Callable[[bytes, bool, Sequence[Any]], Any]]] = 
 }
 
 
-def _array(data: bytes, strict: bool, buffers: Sequence[Any]) -> list[Any]:
-    items = unpack_value(data, buffers, strict_map_key=strict)
+def _array(data: bytes, strict: bool, refs: _Refs) -> list[Any]:
+    items = _unpack(data, strict, refs)
     if not isinstance(items, list):
         raise ValueDecodeError("body must be a msgpack array")
     return items
@@ -348,18 +404,18 @@ MAX_EXT_DEPTH = 32  # each level decodes a copy of its body: bound the copies of
 _depth = threading.local()
 
 
-def _ext_hook(code: int, data: bytes, *, strict: bool, buffers: Sequence[Any] = ()) -> Any:
+def _ext_hook(code: int, data: bytes, *, strict: bool, refs: _Refs = _NO_REFS) -> Any:
     level = getattr(_depth, "level", 0)
     if level >= MAX_EXT_DEPTH:
         raise ValueDecodeError(f"extension values nested deeper than {MAX_EXT_DEPTH} levels")
     _depth.level = level + 1
     try:
-        return _decode_ext(code, data, strict, buffers)
+        return _decode_ext(code, data, strict, refs)
     finally:
         _depth.level = level
 
 
-def _decode_ext(code: int, data: bytes, strict: bool, buffers: Sequence[Any]) -> Any:
+def _decode_ext(code: int, data: bytes, strict: bool, refs: _Refs) -> Any:
     known = _DECODERS.get(code)
     if known is None:
         raise ValueDecodeError(
@@ -367,8 +423,8 @@ def _decode_ext(code: int, data: bytes, strict: bool, buffers: Sequence[Any]) ->
             f"{max(_DECODERS)} (is the sender a newer zbridge?)")
     kind, decode = known
     try:
-        return decode(data, strict, buffers)
-    except ValueDecodeError:
+        return decode(data, strict, refs)
+    except (ValueDecodeError, DuplicateKeyError):
         raise
     except (ValueError, TypeError, InvalidOperation, UnicodeDecodeError, RecursionError,
             msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:

@@ -42,7 +42,7 @@ class Settings:
     min_workers: int = _setting(0, "Daemons idle_action=stop keeps running.")
     max_calls: int = _setting(0, "Replace a daemon after this many calls, plus up to 10% jitter (0: never).")
     max_rss_mb: int = _setting(0, "Replace a daemon whose RSS exceeds this after a call (0: never).")
-    max_message_size: int = _setting(DEFAULT_MAX_MESSAGE, "Largest request or reply in bytes.")
+    max_message_size: int = _setting(DEFAULT_MAX_MESSAGE, "Largest request or reply in bytes: its body and buffer frames together.")
     pool_enabled: bool = _setting(True, "Use warm daemons; false runs each call in a fresh --stdio subprocess.")
     direct: bool = _setting(True, "Embedded Bridge: plain calls go from the calling thread straight to an idle daemon (the hub thread only supervises); false routes them through the hub thread.")
     fallback: bool = _setting(True, "Use a one-shot subprocess when the pool cannot serve a call that never ran.")
@@ -59,7 +59,9 @@ class Settings:
     daemon_bind: str = _setting("", "Hub: extra endpoint for daemons on other hosts, e.g. tcp://0.0.0.0:5556.")
     heartbeat_bind: str = _setting("", "Hub: heartbeat endpoint for daemons on other hosts (with daemon_bind).")
     log_format: str = _setting("text", "Hub log records: text (for people) or json (one object per line).")
-    metrics: str = _setting("", "Hub: serve Prometheus metrics on this loopback ADDRESS:PORT, e.g. 127.0.0.1:9464 (needs zbridge[metrics]).")
+    metrics: str = _setting("", "Hub: serve Prometheus metrics on HOST:PORT (with metrics_token_file, or metrics_allow_anyone) or on unix:PATH (this user only); needs zbridge[metrics].")
+    metrics_token_file: str = _setting("", "Hub: file holding the bearer token a metrics scrape must send (Prometheus: authorization.credentials_file).")
+    metrics_allow_anyone: bool = _setting(False, "Hub: serve tcp metrics without a token: anyone who reaches the port reads tool names, call rates and memory (on loopback: every local user).")
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -156,7 +156,7 @@ def sweep_stale() -> None:
             remove_private_dir(directory)
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     host = host.strip("[]")
     if host == "localhost":
         return True
@@ -183,7 +183,7 @@ def check_bindable(endpoint: str, *, authenticated: bool = False) -> None:
     """Refuse to expose the hub to other hosts without CURVE, or to steal a live ipc path."""
     if endpoint.startswith("tcp://"):
         host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
-        if not _loopback(host) and not authenticated:
+        if not is_loopback(host) and not authenticated:
             raise ValueError(f"refusing to bind {endpoint} without CURVE keys: a non-loopback tcp "
                              "endpoint would let any host that reaches it run tools "
                              "(bind 127.0.0.1, or give --curve-secret and --curve-clients)")

@@ -10,6 +10,11 @@ A record's structured fields arrive as ``extra`` (``daemon``, ``pid``, ``tool``,
 zbridge's logger has a ``NullHandler``, as a library's should: a program that configured no
 logging does not get the pool's warnings printed by logging's last-resort handler (its
 errors reach it as exceptions that say the same).
+
+Values that reach a line come from peers (a tool name is whatever a caller sent), so the
+text forms escape control characters in every value (``escape``: a newline or ESC becomes
+``\\n`` or ``\\x1b``) and a value can never start a forged line or drive the terminal;
+JSON escapes them by itself.
 """
 
 from __future__ import annotations
@@ -29,6 +34,28 @@ logging.getLogger("zbridge").addHandler(logging.NullHandler())
 
 def _stamp(created: float, msecs: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(msecs):03d}Z"
+
+
+# C0 controls, DEL and C1 controls, as Python escapes (what repr() would print)
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``...)."""
+    return text.translate(_ESCAPES)
+
+
+class TextFormatter(logging.Formatter):
+    """A ``logging.Formatter`` whose message part has its control characters escaped (the
+    traceback of ``exc_info`` keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        record.message = escape(message)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = message
 
 
 class JsonFormatter(logging.Formatter):
@@ -103,9 +130,9 @@ def configure(log_format: str, stream: Any = None) -> None:
 
 def note_text(event: str, fields: dict[str, Any]) -> str:
     """``daemon_exit daemon=w1 pid=123 reason=crashed ...``: the human form of a note."""
-    parts = [event]
+    parts = [escape(event)]
     for key, value in fields.items():
         if value is not None:
-            text = str(value)
-            parts.append(f"{key}={text!r}" if " " in text else f"{key}={text}")
+            text = str(value)  # repr() escapes control characters too
+            parts.append(f"{key}={text!r}" if " " in text else f"{key}={escape(text)}")
     return " ".join(parts)

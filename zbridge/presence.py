@@ -24,7 +24,7 @@ import stat
 import struct
 from typing import Any
 
-from .endpoints import HUB_SOCKET, PID_FILE, _loopback, ipc_path, user_dir
+from .endpoints import HUB_SOCKET, PID_FILE, ipc_path, is_loopback, user_dir
 from .procinfo import run_state
 
 PROBE_TIMEOUT = 0.5  # seconds a loopback connect may take before we let zmq judge
@@ -78,7 +78,7 @@ def _ipc_absent(path: str) -> str | None:
 
 def _tcp_absent(address: str) -> str | None:
     host, _, port = address.rpartition(":")
-    if not _loopback(host) or not port.isdigit():
+    if not is_loopback(host) or not port.isdigit():
         return None  # another host: a refused probe there proves less, and costs a round trip
     host = host.strip("[]")
     try:

@@ -43,7 +43,7 @@ FLAG_IDEMPOTENT = 0x01  # requests: the caller allows a retry
 FLAG_RETIRE = 0x02      # replies: the daemon asks to be replaced (e.g. over max_rss_mb)
 FLAG_STREAM = 0x04      # requests: the caller takes a generator tool's items one by one
 FLAG_PREWARM = 0x08     # status requests: start every daemon up to `workers` now
-FLAG_PICKLE = 0x10      # requests, replies, partials: the body is pickle, not msgpack (local only)
+FLAG_PICKLE = pickling.FLAG  # 0x10 requests, replies, partials: the body is pickle, not msgpack (local only)
 FLAG_LONE = 0x20        # requests on a daemon's channel only: the caller is the only one out, so
                         # the daemon may wait for its next request awake (never sent to a hub)
 REQUEST_FLAGS = FLAG_IDEMPOTENT | FLAG_STREAM | FLAG_PICKLE  # every other bit of a request must be zero
@@ -161,46 +161,69 @@ def _packb_plain(obj: Any) -> bytes:
 
 def unpackb(data: bytes | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE,
             strict_map_key: bool = True, values: bool = True, buffers: Sequence[Any] = ()) -> Any:
-    """Decode msgpack with size limits; a malformed body is a ParseError, an extension
-    value this side cannot rebuild (e.g. an unregistered user type) an InvalidParams
-    naming it. ``values=False`` (control messages) leaves extension values undecoded.
-    ``buffers``: the message's buffer frames, which buffer references point into.
+    """Decode msgpack with size limits; a malformed body is a ParseError, a map with a
+    repeated key an InvalidRequest, an extension value this side cannot rebuild (e.g. an
+    unregistered user type, a second reference to a buffer frame) an InvalidParams naming
+    it. ``values=False`` (control messages) leaves extension values undecoded.
+    ``buffers``: the message's buffer frames, which buffer references point into;
+    ``max_size`` bounds the body and its buffer frames together (``message_size``).
 
     unpackb already bounds every declared length by the size of the input, so a lying
     length prefix cannot make it allocate more than the frame it was given.
     """
-    if len(data) > max_size:
-        raise ParseError(f"body of {len(data)} bytes exceeds the {max_size}-byte limit")
+    size = message_size(data, buffers) if buffers else len(data)
+    if size > max_size:
+        raise too_large(size, max_size, len(buffers))
     try:
         if buffers:
             return codec.unpack_value(data, buffers, strict_map_key=strict_map_key)
         if values:
             return codec.unpackb(data, strict_map_key=strict_map_key)
-        return msgpack.unpackb(data, raw=False, strict_map_key=strict_map_key)
+        return msgpack.unpackb(data, raw=False, strict_map_key=strict_map_key,
+                               object_pairs_hook=codec.unique_keys)
     except codec.ValueDecodeError as exc:
         raise InvalidParams(f"cannot decode a value: {exc}"[:500]) from None
+    except codec.DuplicateKeyError as exc:
+        raise InvalidRequest(f"ambiguous body: {exc}"[:300]) from None
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
             TypeError, UnicodeDecodeError, RecursionError, OverflowError) as exc:
         raise ParseError(f"undecodable msgpack body: {type(exc).__name__}: {exc}"[:300]) from None
 
 
-def _unpickle(data: bytes | memoryview, max_size: int, buffers: Sequence[Any] = ()) -> Any:
-    """A pickle body (and its out-of-band buffers), only in a process that opted in;
-    InvalidRequest otherwise."""
-    if len(data) > max_size:
-        raise ParseError(f"body of {len(data)} bytes exceeds the {max_size}-byte limit")
+def message_size(body: Any, buffers: Sequence[Any] = ()) -> int:
+    """Bytes of a body (or frame) and its buffer frames together: what ``max_message_size``
+    bounds."""
+    return len(body) + sum(memoryview(b).nbytes for b in buffers)
+
+
+def too_large(size: int, max_size: int, buffers: int = 0) -> ParseError:
+    """The error for a message whose body and ``buffers`` buffer frames hold ``size`` bytes
+    in all, over ``max_size``: every receiver (hub, daemon, client) refuses such a message,
+    whatever each frame's size."""
+    return ParseError(f"message of {size} bytes exceeds the {max_size}-byte limit"
+                      + (f" (body and {buffers} buffer frames)" if buffers else ""))
+
+
+def _unpickle(data: bytes | memoryview, max_size: int, buffers: Sequence[Any], allowed: bool) -> Any:
+    """A pickle body (and its out-of-band buffers), only where this very decode may take
+    pickle (``allowed``); InvalidRequest otherwise."""
+    size = message_size(data, buffers)
+    if size > max_size:
+        raise too_large(size, max_size, len(buffers))
+    if not allowed:
+        raise InvalidRequest(pickling.REFUSED)
     try:
         return pickling.loads(data, buffers)
-    except PermissionError as exc:
-        raise InvalidRequest(str(exc)) from None
     except ValueError as exc:
         raise InvalidParams(str(exc)) from None
 
 
-def _body(frame: bytes, max_size: int, strict_map_key: bool, buffers: Sequence[Any] = ()) -> Any:
-    """The body of a value-carrying frame, pickle or msgpack as its header flag says."""
+def _body(frame: bytes, max_size: int, strict_map_key: bool, buffers: Sequence[Any] = (),
+          pickle: bool = False) -> Any:
+    """The body of a value-carrying frame, pickle or msgpack as its header flag says;
+    pickle only when ``pickle`` (this side asked for it)."""
     if len(frame) > 4 and frame[4] & FLAG_PICKLE:
-        return _unpickle(body_of(frame), max_size, buffers)
+        return _unpickle(body_of(frame), max_size, buffers, pickle)
     return unpackb(body_of(frame), max_size=max_size, strict_map_key=strict_map_key,
                    buffers=buffers)
 
@@ -275,7 +298,8 @@ def decode_request(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
     header = header or read_header(frame)
     if header.kind is not Kind.REQUEST:
         raise InvalidRequest(f"expected a request, got {header.kind.name}")
-    body = _body(frame, max_size, strict_map_key=True, buffers=buffers)
+    # pickle requests: only in a daemon started with --allow-pickle (never over tcp)
+    body = _body(frame, max_size, strict_map_key=True, buffers=buffers, pickle=pickling.allowed())
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a map")
     method = body.get("method")
@@ -363,9 +387,11 @@ def peek_error_code(frame: bytes | memoryview) -> int | None:
 
 def encode_result(id: int, result: Any, flags: int = 0, oob: list[Any] | None = None) -> bytes:
     """Raises TypeError/ValueError/OverflowError if the result cannot be encoded; with
-    FLAG_PICKLE in ``flags`` (the answer to a pickle request) the body is pickle; ``oob``
-    as for ``encode_request``."""
+    FLAG_PICKLE in ``flags`` (the answer to a pickle request) the body is pickle, which
+    only a daemon that opted in (``--allow-pickle``, never over tcp) sends; ``oob`` as for
+    ``encode_request``."""
     flags &= ~FLAG_IDEMPOTENT & ~FLAG_STREAM  # only reply bits travel back
+    pickling.check_send(flags & FLAG_PICKLE)
     return pack_header(Kind.REPLY, id, 0, flags) + _pack_body({"result": result}, flags, oob)
 
 
@@ -374,10 +400,11 @@ def encode_error(id: int, error: BridgeError) -> bytes:
 
 
 def decode_reply_body(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
-                      buffers: Sequence[Any] = ()) -> dict[str, Any]:
+                      buffers: Sequence[Any] = (), pickle: bool = False) -> dict[str, Any]:
     """Body of a REPLY frame (``buffers``: the frames after it); the caller already
-    checked the header."""
-    body = _body(frame, max_size, strict_map_key=False, buffers=buffers)
+    checked the header. ``pickle``: the caller sent this very request as pickle, so a
+    pickled reply may be decoded (every other caller refuses one)."""
+    body = _body(frame, max_size, strict_map_key=False, buffers=buffers, pickle=pickle)
     if not isinstance(body, dict) or ("result" not in body and "error" not in body):
         raise ParseError("reply body must be a map with 'result' or 'error'")
     return body
@@ -415,12 +442,13 @@ def encode_partial(id: int, item: Any, flags: int = 0, oob: list[Any] | None = N
     """Raises TypeError/ValueError/OverflowError if the item cannot be encoded; ``oob``
     as for ``encode_request``."""
     flags &= FLAG_PICKLE
+    pickling.check_send(flags)
     return pack_header(Kind.PARTIAL, id, 0, flags) + _pack_body({"item": item}, flags, oob)
 
 
 def decode_partial(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
-                   buffers: Sequence[Any] = ()) -> Any:
-    body = _body(frame, max_size, strict_map_key=False, buffers=buffers)
+                   buffers: Sequence[Any] = (), pickle: bool = False) -> Any:
+    body = _body(frame, max_size, strict_map_key=False, buffers=buffers, pickle=pickle)
     if not isinstance(body, dict) or "item" not in body:
         raise ParseError("partial body must be a map with 'item'")
     return body["item"]

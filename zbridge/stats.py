@@ -7,8 +7,9 @@ within ``RELATIVE_ACCURACY`` (1.2 %) of a value that was really observed, from a
 microsecond to a day alike. Sketches merge by adding bucket counts (several hubs, several
 intervals). Memory is bounded three times: buckets exist only for values seen and only
 inside ``[MIN_VALUE, MAX_VALUE]`` (values outside are clamped, so at most
-``MAX_BUCKETS`` of them); no sample is kept; at most ``MAX_TOOLS`` tool names get their
-own entry (a caller may send any method name; the rest share ``OTHER``). Recording a call
+``MAX_BUCKETS`` of them); no sample is kept; only names the daemons serve get their own
+entry (``ToolTable``: a caller may send any method name; names no daemon serves share
+``OTHER``, so a flood of made-up names can neither grow the table nor hide a real tool). Recording a call
 costs a ``log10``, a dict update and a bisect, so the hot path does not notice it.
 
 Beside the sketch, each histogram counts its values exactly per Prometheus bucket
@@ -34,9 +35,11 @@ MAX_BUCKETS = _HIGH - _LOW + 1
 BOUNDS: tuple[float, ...] = tuple(
     float(f"{m}e{e}") for e in range(-6, 3) for m in ("1", "2.5", "5")) + (1000.0,)
 QUANTILES = (0.5, 0.9, 0.99)
-MAX_TOOLS = 256
-OTHER = "(other)"
-UNKNOWN = "(unknown)"  # a request whose body did not start with a "method" string
+MAX_TOOLS = 256         # entries for names seen before any daemon said which it serves
+MAX_SERVED = 10_000     # served names with their own entry, at most (a READY lists them)
+OTHER = "(other)"       # every name no daemon serves
+UNKNOWN = "(unknown)"   # a request whose body did not start with a "method" string
+BUILTIN = ("health", "execute_tool")  # every daemon answers these besides its tools
 
 
 def bucket_of(seconds: float) -> int:
@@ -149,17 +152,33 @@ class ToolStats:
 
 
 class ToolTable:
-    """``ToolStats`` by tool name, bounded in size."""
+    """``ToolStats`` by tool name. A name has its own entry once a daemon lists it in READY
+    (``serve``); before any daemon did, the first ``limit`` names get provisional entries
+    (the first calls come before the first daemon is ready). Every other name counts under
+    ``OTHER``, and no entry is ever evicted."""
 
     def __init__(self, limit: int = MAX_TOOLS) -> None:
         self.by_name: dict[str, ToolStats] = {}
         self.limit = limit
+        self.served: set[str] | None = None  # None until a daemon said what it serves
+
+    def serve(self, names: list[str]) -> None:
+        """A daemon is ready with these tools (from its READY; other types are ignored)."""
+        if self.served is None:
+            self.served = set(BUILTIN)
+        for name in names[:MAX_SERVED]:
+            if isinstance(name, str) and len(self.served) < MAX_SERVED:
+                self.served.add(name)
 
     def get(self, tool: str | None) -> ToolStats:
-        stats = self.by_name.get(tool or UNKNOWN)
+        name = tool or UNKNOWN
+        stats = self.by_name.get(name)
         if stats is None:
-            name = tool or UNKNOWN
-            if len(self.by_name) >= self.limit:
+            served = self.served
+            if served is None:
+                if len(self.by_name) >= self.limit:
+                    name = OTHER
+            elif name not in served and name != UNKNOWN:
                 name = OTHER
             stats = self.by_name.get(name)
             if stats is None:

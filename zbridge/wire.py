@@ -23,6 +23,7 @@ import struct
 import time
 
 from .codec import MAX_BUFFERS, OOB_THRESHOLD
+from .protocol import body_of, message_size
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,20 +43,12 @@ _yield = os.sched_yield
 LARGE_TIMEOUT = 5.0    # seconds a large message may pause between two reads
 
 
-def size(frame: Any, buffers: Sequence[Any] = ()) -> int:
-    """The bytes of a message: its frame and buffer frames."""
-    return len(frame) + sum(memoryview(b).nbytes for b in buffers)
-
-
 def oversized(frame: bytes, buffers: Sequence[Any], limit: int) -> int | None:
-    """The size of the first frame over ``limit`` bytes (libzmq's MAXMSGSIZE is per frame:
-    a peer drops the whole connection for one), or None."""
-    if len(frame) > limit:
-        return len(frame)
-    for buffer in buffers:
-        if memoryview(buffer).nbytes > limit:
-            return memoryview(buffer).nbytes
-    return None
+    """The bytes of a message's body and buffer frames together when over ``limit`` (what
+    every receiver refuses; it also keeps each frame under libzmq's per-frame MAXMSGSIZE),
+    or None."""
+    size = message_size(body_of(frame), buffers)
+    return size if size > limit else None
 
 
 # --- zmq ------------------------------------------------------------------------------------
@@ -108,20 +101,23 @@ def write(out: BinaryIO, frame: bytes, buffers: Sequence[Any] = ()) -> None:
 
 def read(inp: Readable, max_size: int) -> tuple[bytes, list[bytes]] | None:
     """The next message from a file (its frame and buffer frames), None at a clean EOF; a
-    short read, an oversized length or more than MAX_BUFFERS buffer frames is an error
-    (EOFError, ValueError)."""
+    short read, frames over ``max_size`` bytes in all or more than MAX_BUFFERS buffer
+    frames is an error (EOFError, ValueError), raised before the frame that would pass the
+    limit is read."""
     first = _read_frame(inp, max_size, at_start=True)
     if first is None:
         return None
     frame, more = first
     buffers: list[bytes] = []
+    left = max_size - len(frame)
     while more:
         if len(buffers) == MAX_BUFFERS:
             raise ValueError(f"message of more than {MAX_BUFFERS} buffer frames")
-        part = _read_frame(inp, max_size, at_start=False)
+        part = _read_frame(inp, left, at_start=False)
         assert part is not None  # EOF inside a message raises
         buffer, more = part
         buffers.append(buffer)
+        left -= len(buffer)
     return frame, buffers
 
 
