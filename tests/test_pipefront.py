@@ -223,7 +223,7 @@ def test_sigterm_drains_the_calls_in_flight(front):
 
 def test_the_pool_behind_the_pipe_exports_metrics(front):
     port = free_port()
-    f = front("--workers", "1", "--metrics", f"127.0.0.1:{port}")
+    f = front("--workers", "1", "--metrics", f"127.0.0.1:{port}", "--metrics-allow-anyone")
     assert f.ask("add", [1, 2])["result"] == 3
 
     def scraped() -> str:
