@@ -38,6 +38,8 @@ from .calls import (
 from .config import Settings
 from .errors import BridgeError, ConnectionLost
 from .handles import SyncHandles
+from .leased import LeaseTransport
+from .leasedesk import desk_path
 from .protocol import encode_cancel, encode_credit
 from .statusmap import Status
 from .wire import recv_buffers
@@ -68,6 +70,10 @@ class Client(ClientCore, SyncHandles):
         self._busy = 0
         self._hub_route = HubTransport(self)
         self._transport: Any = self._hub_route  # where plain calls go
+        desk = desk_path(self.endpoint) if self.settings.direct and self.endpoint else None
+        if desk is not None:  # a local hub lends us its daemons (leased.py)
+            self._transport = LeaseTransport(desk, self.settings.max_message_size + 4096,
+                                             self._hub_route, self._io, lambda: self._closed)
 
     # --- public API --------------------------------------------------------------------
 
@@ -187,6 +193,9 @@ class Client(ClientCore, SyncHandles):
             sockets, self._sockets = self._sockets, []
         for _, sock in sockets:
             self._close_socket(sock)
+        close = getattr(self._transport, "close", None)
+        if close is not None:  # the route's own connections (a lease desk's)
+            close()
         if self._own_context:
             self.context.destroy(linger=0)  # never waits on a socket another frame still holds
 

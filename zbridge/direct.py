@@ -64,7 +64,7 @@ class Parking:
         self.lock.acquire()
         self.thread = threading.current_thread()
 
-    def wake(self) -> None:
+    def wake(self, job: Job | None = None) -> None:
         try:
             self.lock.release()
         except RuntimeError:
@@ -83,7 +83,7 @@ def carry_out(hub: Hub, actions: list[Action], me: Any) -> None:
         if kind is Answered:
             owner = action.job.owner  # type: ignore[union-attr]
             if owner is not me:
-                owner.wake()
+                owner.wake(action.job)  # type: ignore[union-attr]
         elif kind is Lease:
             job = action.job  # type: ignore[union-attr]
             if job.owner is me:
@@ -104,7 +104,7 @@ def lend(hub: Hub, job: Job) -> None:
         job.owner_sends = True  # it may take a while: the owner's own time, not ours
     elif not send_request(hub, job):
         return
-    job.owner.wake()
+    job.owner.wake(job)
 
 
 def send_request(hub: Hub, job: Job, lone: bool = False) -> bool:
@@ -118,7 +118,7 @@ def send_request(hub: Hub, job: Job, lone: bool = False) -> bool:
             actions = hub.broker.daemon_unreachable(job.daemon or b"", job.frame, time.monotonic(),
                                                     job.extra)
         carry_out(hub, actions, None)
-        job.owner.wake()
+        job.owner.wake(job)
         return False
     job.sent, job.extra = True, ()
     return True

@@ -36,7 +36,7 @@ class LoopOwner:
         self.future: asyncio.Future[Any] = loop.create_future()
         self.thread = threading.get_ident()
 
-    def wake(self) -> None:
+    def wake(self, job: Job | None = None) -> None:
         if threading.get_ident() == self.thread:
             self._set()
             return

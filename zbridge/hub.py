@@ -52,6 +52,7 @@ from .endpoints import (
 )
 from .errors import BridgeError, InvalidRequest
 from .fdguard import FdGuard, guard_hub
+from .leasedesk import LeaseDesk, desk_path
 from .logs import configure as configure_logs
 from .logs import note_text
 from .pickling import refuse_remote
@@ -175,7 +176,9 @@ class Hub:
         # the pool's lock: this thread and direct callers (zbridge/direct.py) hold it only
         # while the broker decides
         self.guard = Guard()
-        self.direct = direct
+        self.desk: LeaseDesk | None = None         # local served clients borrow daemons here
+        lending = settings.direct and desk_path(frontend) is not None
+        self.direct = direct or lending            # daemons get channels
         self.thread_ident: int | None = None       # the thread running the loop
         self._waker = Waker()
         self._posted: deque[Action] = deque()      # broker actions from calling threads
@@ -195,11 +198,14 @@ class Hub:
                                self.security.local_daemon_args +
                                ["--expose-tracebacks" if expose else "--no-expose-tracebacks"] + pickle),
                 self._notify_exit, stop_timeout=settings.stop_timeout,
-                channels=settings.max_message_size + 4096 if direct else 0)
+                channels=settings.max_message_size + 4096 if self.direct else 0)
             # daemons not spawned by us are admitted only where they can connect at all
             self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind),
                                  probe=self.supervisor.process_state, expose_errors=expose)
             self._bind()
+            path = desk_path(frontend)
+            if lending and path is not None:
+                self.desk = LeaseDesk(self, path)
             self.fd_guard = guard_hub(self)
             forks.register(self)
             if settings.metrics:
@@ -309,6 +315,8 @@ class Hub:
         if wake_fd is not None:
             poller.register(wake_fd, select.POLLIN)
         poller.register(self._waker.fd, select.POLLIN)
+        if self.desk is not None:
+            poller.register(self.desk.fileno(), select.POLLIN)
         next_reap = next_beat = next_snapshot = 0.0
         publish = self._exporter is not None
         backend, frontend, heartbeat, events = self.backend, self.frontend, self.heartbeat, self.events
@@ -354,6 +362,8 @@ class Hub:
             if wake_fd is not None and wake_fd in ready and on_wake is not None:
                 on_wake(self)
             self._serve_owners(ready, now)
+            if self.desk is not None:  # a borrower judges its own deadline: no timer to look at
+                others -= self._serve_desk(ready, now)
             look_heartbeat = bool(others) or now >= self._next_timer
             if look_heartbeat:
                 now = self._judge_time()
@@ -598,7 +608,7 @@ class Hub:
                     case Lease(job):
                         lend(self, job)
                     case Answered(job):
-                        job.owner.wake()
+                        job.owner.wake(job)
                     case Spawn(daemon):
                         self._spawn(daemon)
                     case Kill(daemon, reason, hard):
@@ -613,7 +623,7 @@ class Hub:
         """Only the wake-ups of a list of actions (when nothing else can be carried out)."""
         for action in actions:
             if isinstance(action, Answered):
-                action.job.owner.wake()
+                action.job.owner.wake(action.job)
 
     def _send(self, sock: zmq.Socket[Any], ident: bytes, frame: bytes, role: str,
               extra: tuple[Any, ...] = ()) -> None:
@@ -719,6 +729,30 @@ class Hub:
                 self._next_prune = now + REAP_INTERVAL
                 self._prune_orphans()
 
+    def _serve_desk(self, ready: dict[Any, int], now: float) -> int:
+        """Borrowers (local served clients, ``leasedesk.py``): new ones, and their messages.
+        Returns how many of the ready fds were the desk's."""
+        desk = self.desk
+        assert desk is not None
+        served = 0
+        if desk.fileno() in ready or (desk.paused_until and now >= desk.paused_until):
+            served += desk.fileno() in ready
+            desk.paused_until = 0.0
+            for fd in desk.accept(now):
+                self._poller.register(fd, select.POLLIN)
+                ready[fd] = _POLLIN  # its first message may be there already
+        for fd in [fd for fd in ready if fd in desk.borrowers]:
+            desk.on_readable(fd, now)
+            served += 1
+        return served
+
+    def forget_fd(self, fd: int) -> None:
+        """Stop polling ``fd`` (a borrower that left)."""
+        try:
+            self._poller.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
     def _read_orphans(self, now: float) -> None:
         """Before judging time: late replies already waiting on adopted channels."""
         if self._orphans:
@@ -783,6 +817,9 @@ class Hub:
     # --- teardown ----------------------------------------------------------------------
 
     def _close_sockets(self) -> None:
+        desk = getattr(self, "desk", None)
+        if desk is not None:
+            desk.close()
         guard = getattr(self, "fd_guard", None)
         if guard is not None:  # its listeners restored before the sockets go
             guard.stop()

@@ -68,6 +68,7 @@ class Kind(IntEnum):
     CANCEL = 7      # client -> hub: cancel request `id`; hub -> daemon (heartbeat socket): interrupt it
     PARTIAL = 8     # daemon -> hub -> client: one item of a streamed result
     CREDIT = 9      # client -> hub -> daemon: the consumer can take `n` more items
+    LEASE = 10      # hub -> a local borrower (the lease desk): a daemon's channel is yours for call `id`
 
 
 _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", re.IGNORECASE)
@@ -454,6 +455,19 @@ def decode_partial(frame: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE,
     return body["item"]
 
 
+def encode_lease(id: int, daemon: str, send: bool) -> bytes:
+    """LEASE for call ``id`` (the daemon's channel travels beside it, SCM_RIGHTS); ``send``:
+    the borrower writes the request itself (else the hub already did)."""
+    return pack_header(Kind.LEASE, id) + _packb_plain({"daemon": daemon, "send": send})
+
+
+def decode_lease(frame: bytes) -> dict[str, Any]:
+    body = unpackb(body_of(frame), max_size=1024, values=False)
+    if not isinstance(body, dict) or not isinstance(body.get("send"), bool):
+        raise InvalidRequest("lease body must be a map with a boolean 'send'")
+    return body
+
+
 def encode_credit(id: int, n: int) -> bytes:
     return pack_header(Kind.CREDIT, id) + _packb_plain({"n": n})
 
@@ -466,9 +480,9 @@ def decode_credit(frame: bytes) -> int:
     return n
 
 
-def encode_cancel(id: int) -> bytes:
+def encode_cancel(id: int, flags: int = 0) -> bytes:
     """Cancel request ``id``; honoured only from the connection that sent the request."""
-    return pack_header(Kind.CANCEL, id) + _packb_plain({})
+    return pack_header(Kind.CANCEL, id, 0, flags) + _packb_plain({})
 
 
 def without_flags(frame: bytes | memoryview, flags: int) -> bytes:
