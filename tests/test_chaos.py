@@ -12,16 +12,34 @@ import threading
 import pytest
 
 import zbridge
+from helpers import served
 
 CALLERS = 4
 CALLS_PER_CALLER = 500
 
 
-@pytest.mark.parametrize("options", [{}, {"direct": False}], ids=["direct", "hub"])
-def test_chaos_kills_lose_no_reply_and_run_nothing_twice(bridge_factory, basic_tools, tmp_path, options):
+POOL = {"backoff_base": 0.01, "backoff_cap": 0.2}
+CALLER = {"retries": 50, "timeout": 20, "fallback": False}
+
+
+@pytest.fixture(params=["direct", "hub", "leases"])
+def pool(request, bridge_factory, basic_tools, tmp_path):
+    """The pool under chaos: a Bridge on its direct route or through its hub thread, or a
+    `zbridge serve` whose local Client borrows its daemons (leases)."""
+    if request.param != "leases":
+        yield bridge_factory(basic_tools, workers=2, prewarm=True, direct=request.param == "direct",
+                             **POOL, **CALLER)
+        return
+    args = ["--tools", basic_tools, "--workers", "2", "--prewarm", "--backoff-base", "0.01",
+            "--backoff-cap", "0.2"]
+    with served(tmp_path, *args) as (endpoint, _), zbridge.Client(endpoint, **CALLER) as client:
+        assert type(client._transport).__name__ == "LeaseTransport"
+        yield client
+
+
+def test_chaos_kills_lose_no_reply_and_run_nothing_twice(pool, tmp_path):
     journal = str(tmp_path / "journal")
-    bridge = bridge_factory(basic_tools, workers=2, prewarm=True, backoff_base=0.01,
-                            backoff_cap=0.2, retries=50, timeout=20, fallback=False, **options)
+    bridge = pool
     outcomes: dict[str, object] = {}
     idempotent: set[str] = set()
     done = threading.Event()

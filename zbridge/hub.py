@@ -801,7 +801,7 @@ class Hub:
         status["endpoint"] = self.frontend_endpoint
         status["hub_pid"] = os.getpid()
         status["protocol"] = VERSION
-        status["capabilities"] = capabilities(self.settings.serializer == "pickle")
+        status["capabilities"] = capabilities(self.settings.serializer == "pickle", self.desk is not None)
         status["max_message_size"] = self.settings.max_message_size
         return status
 

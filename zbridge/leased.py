@@ -212,9 +212,8 @@ class LeaseTransport:
                     got = channel.recv()
                 except TimeoutError:
                     checkpoint()
-        except (EOFError, OSError):  # the daemon is gone: the desk says how
-            got = None
-            deadline = 0.0
+        except (EOFError, OSError):  # the daemon is gone: the desk says how (WorkerLost)
+            return self._verdict(desk, request_id, WorkerLost("the daemon's channel closed during the call"))
         finally:
             channel.sock.detach()
             socket.close(fd)
@@ -230,20 +229,27 @@ class LeaseTransport:
         """This call stops waiting: the desk is told, and its verdict awaited a moment (a
         lease granted meanwhile is honoured: the request goes on, the hub reads its reply)."""
         desk.send(encode_cancel(request_id, FLAG_EXPIRED if expired else 0))
+        error: BridgeError = (CallTimeout(f"call timed out after {timeout}s") if expired else
+                              Cancelled("cancelled while running"))
+        return self._verdict(desk, request_id, error, frame, buffers)
+
+    def _verdict(self, desk: Desk, request_id: int, otherwise: BridgeError, frame: bytes = b"",
+                 buffers: Sequence[Any] = ()) -> Reply:
+        """The desk's answer to a call this thread stopped waiting for (``otherwise`` if
+        none comes in time); a lease granted meanwhile is honoured: its request goes on,
+        and the hub reads the reply."""
         until = time.monotonic() + SETTLE
         while (message := desk.next(until)) is not None:
             answer, fd = message
             header = read_header(answer)
             if fd is not None:
-                if header.id == request_id and decode_lease(answer)["send"]:
+                if header.id == request_id and frame and decode_lease(answer)["send"]:
                     with socket.socket(fileno=socket.dup(fd)) as channel:
                         Channel(channel, self.max_size).send(frame, buffers)
                 socket.close(fd)
             elif header.id == request_id and header.kind is Kind.REPLY:
                 return answer, ()
-        error: BridgeError = (CallTimeout(f"call timed out after {timeout}s") if expired else
-                              Cancelled("cancelled while running"))
-        return encode_error(request_id, error), ()
+        return encode_error(request_id, otherwise), ()
 
     def _send_quietly(self, desk: Desk, frame: bytes) -> None:
         try:

@@ -140,13 +140,14 @@ def refusal(frame: bytes | memoryview, error: BridgeError) -> bytes:
     return encode_error(0, error)
 
 
-def capabilities(pickle: bool = False) -> list[str]:
+def capabilities(pickle: bool = False, lease: bool = False) -> list[str]:
     """What a client of this version may ask for, per message (STATUS ``capabilities``):
     ``stream`` (REQUEST flag bit 2 and CREDIT), ``prewarm`` (STATUS flag bit 3), ``trace``
-    (a REQUEST's ``trace`` member), and ``pickle`` (REQUEST flag bit 4) only where the
-    daemons decode pickle bodies. A later feature that changes what a client receives
+    (a REQUEST's ``trace`` member), ``pickle`` (REQUEST flag bit 4) only where the
+    daemons decode pickle bodies, ``lease`` where a lease desk lends daemons to local
+    clients (PROTOCOL.md §15). A later feature that changes what a client receives
     is listed here and takes effect only for a client that asks for it."""
-    return ["stream", "prewarm", "trace"] + (["pickle"] if pickle else [])
+    return ["stream", "prewarm", "trace"] + (["pickle"] if pickle else []) + (["lease"] if lease else [])
 
 
 def packb(obj: Any) -> bytes:

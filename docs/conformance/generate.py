@@ -26,7 +26,8 @@ REQUEST, REPLY, READY, HEARTBEAT, DISCONNECT, STATUS, CANCEL, PARTIAL, CREDIT = 
 IDEMPOTENT, RETIRE, STREAM, PREWARM, PICKLE = 0x01, 0x02, 0x04, 0x08, 0x10
 TIMEOUT = 10_000  # ms: every call's deadline unless a case is about deadlines
 U64 = 2**64 - 1
-CAPABILITIES = ["stream", "prewarm", "trace"]
+BASE_CAPABILITIES = ["stream", "prewarm", "trace"]
+CAPABILITIES = BASE_CAPABILITIES + ["lease"]  # the reference hubs serve ipc endpoints: a lease desk (§15)
 
 HUBS = {
     "default": {"args": ["--workers", "2"],
@@ -489,7 +490,7 @@ def versions() -> None:
     case("status_capabilities_with_pickle", "Versions/Status: a hub whose daemons decode "
          "pickle bodies lists the pickle capability",
          send(frame(STATUS, 1, None)),
-         expect(ok(1, {"protocol": PROTOCOL, "capabilities": {"$equals": CAPABILITIES + ["pickle"]}})),
+         expect(ok(1, {"protocol": PROTOCOL, "capabilities": {"$equals": BASE_CAPABILITIES + ["pickle", "lease"]}})),
          hub="pickle")
     case("trace_member", "Requests: a REQUEST may carry a W3C traceparent as trace (the "
          "trace capability); anything else there is -32600",
