@@ -430,7 +430,8 @@ def watch_status(endpoint: str, interval: float, curve_secret: str = "", curve_s
 def bench(args: tuple[str, ...]) -> None:
     """Measure zbridge on this machine against raw zmq, pipes and other pools
     (`zbridge bench --help`; the peers need `pip install 'zbridge[bench]'`)."""
-    from zbridge_bench.cli import main as run_bench  # type: ignore[import-not-found]
+    import importlib  # the bench package is its own (installed beside zbridge), untyped
+    run_bench = importlib.import_module("zbridge_bench.cli").main
     run_bench(list(args), prog="zbridge bench")
 
 
