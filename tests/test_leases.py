@@ -170,3 +170,48 @@ def test_the_desk_is_private_and_goes_with_the_hub(tmp_path):
         path = Path(endpoint[len("ipc://"):] + ".lease")
         assert path.exists() and (path.stat().st_mode & 0o077) == 0  # only the hub's user
     assert not path.exists()
+
+
+# --- the asyncio twin (zbridge/leased_async.py) --------------------------------------------
+
+def test_an_async_client_borrows_daemons_too(hub, tmp_path):
+    import asyncio
+
+    async def main() -> None:
+        async with zbridge.AsyncClient(hub, fallback=False) as c:
+            await c.wait_ready(timeout=30)
+            assert type(c._transport).__name__ == "AsyncLeaseTransport"
+            pid = await c.call("pid")
+            assert await asyncio.gather(*(c.call("echo", [i]) for i in range(300))) == list(range(300))
+            with pytest.raises(zbridge.CallTimeout):
+                await c.call("span", [1.0, "late"], timeout=0.2)
+            task = asyncio.ensure_future(c.call("interruptible", [30, str(tmp_path / "m")], timeout=60))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await c.call("pid", timeout=10) == pid  # late replies came back: still warm
+            counters = (await c.status())["counters"]
+            assert counters["kills"] == 0 and counters["timeouts"] == 1 and counters["cancelled"] == 1
+
+    asyncio.run(main())
+
+
+def test_an_async_borrower_gets_worker_lost_when_its_daemon_dies(hub):
+    import asyncio
+
+    async def main() -> None:
+        async with zbridge.AsyncClient(hub, fallback=False) as c:
+            await c.wait_ready(timeout=30)
+            victim = await c.call("pid")
+            task = asyncio.ensure_future(c.call("span", [30, "doomed"], timeout=60))
+            for _ in range(200):
+                if (await c.status())["daemons"][0]["state"] == "busy":
+                    break
+                await asyncio.sleep(0.02)
+            os.kill(victim, signal.SIGKILL)
+            with pytest.raises(zbridge.WorkerLost, match="SIGKILL"):
+                await task
+            assert await c.call("pid", timeout=30) != victim
+
+    asyncio.run(main())

@@ -37,6 +37,8 @@ from .direct import Reply
 from .direct_async import AsyncDirectTransport
 from .errors import BridgeError, ConnectionLost, PoolUnavailable
 from .handles import AsyncHandles
+from .leased_async import AsyncLeaseTransport
+from .leasedesk import desk_path
 from .hub import start_embedded
 from .protocol import MAX_BUFFERS, encode_cancel, encode_credit, read_header
 from .wire import SMALL
@@ -61,6 +63,10 @@ class AsyncClient(ClientCore, AsyncHandles):
         self._window: asyncio.Semaphore | None = None  # made in the loop that uses it
         self._hub_route = AsyncHubTransport(self)
         self._transport: Any = self._hub_route  # where plain calls go
+        desk = desk_path(self.endpoint) if self.settings.direct and self.endpoint else None
+        if desk is not None:  # a local hub lends us its daemons (leased_async.py)
+            self._transport = AsyncLeaseTransport(desk, self.settings.max_message_size + 4096,
+                                                  self._hub_route, lambda: self._closed)
 
     # --- public API --------------------------------------------------------------------
 
@@ -118,6 +124,9 @@ class AsyncClient(ClientCore, AsyncHandles):
             if self._watcher is not None:
                 self._sock.disable_monitor()
             self._sock.close(0)
+        close = getattr(self._transport, "close", None)
+        if close is not None:  # the route's own connection (a lease desk's)
+            await close()
         if self._own_context:
             self.context.destroy(linger=0)
 

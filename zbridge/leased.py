@@ -80,36 +80,51 @@ class Desk:
             checkpoint()
 
     def _take(self) -> tuple[bytes, int | None] | None:
-        data = self.data
-        if len(data) < 4:
-            return None
-        (prefix,) = LENGTH.unpack_from(data)
-        size = prefix & ~MORE
-        if prefix & MORE or size > self.max_size:
-            raise EOFError("the desk sent a message it may not send")
-        if len(data) < 4 + size:
-            return None
-        frame, self.data = data[4:4 + size], data[4 + size:]
-        fd = self.fds.popleft() if frame[3:4] == bytes([Kind.LEASE]) and self.fds else None
-        return frame, fd
+        return take(self)
 
     def _fill(self, flags: int) -> bool:
-        try:
-            data, fds, _, _ = socket.recv_fds(self.sock, SMALL, 4, flags)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            raise EOFError(f"the desk's connection broke: {exc}") from None
-        if not data:
-            raise EOFError("the desk closed the connection")
-        self.data += data
-        self.fds.extend(fds)
-        return True
+        return fill(self, flags)
 
     def close(self) -> None:
         while self.fds:
             socket.close(self.fds.popleft())
         self.sock.close()
+
+
+def take(desk: Desk | Any) -> tuple[bytes, int | None] | None:
+    """The next whole frame a desk connection holds (and the channel a LEASE came with)."""
+    data = desk.data
+    if len(data) < 4:
+        return None
+    (prefix,) = LENGTH.unpack_from(data)
+    size = prefix & ~MORE
+    if prefix & MORE or size > desk.max_size:
+        raise EOFError("the desk sent a message it may not send")
+    if len(data) < 4 + size:
+        return None
+    frame, desk.data = data[4:4 + size], data[4 + size:]
+    fd = desk.fds.popleft() if frame[3:4] == bytes([Kind.LEASE]) and desk.fds else None
+    return frame, fd
+
+
+def fill(desk: Desk | Any, flags: int) -> bool:
+    """Read what the desk sent (and the channels attached); False if nothing was there."""
+    try:
+        data, fds, _, _ = socket.recv_fds(desk.sock, SMALL, 4, flags)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError as exc:
+        raise EOFError(f"the desk's connection broke: {exc}") from None
+    if not data:
+        raise EOFError("the desk closed the connection")
+    desk.data += data
+    desk.fds.extend(fds)
+    return True
+
+
+def report(reply: bytes) -> bytes:
+    """What a borrower tells the desk of its reply: the header and the start of the body."""
+    return reply[:HEADER_SIZE + REPORT]
 
 
 class LeaseTransport:
@@ -221,7 +236,7 @@ class LeaseTransport:
             expired = time.monotonic() >= deadline
             return self._settle(desk, frame, buffers, request_id, expired, timeout)
         reply, reply_buffers = got
-        desk.send(reply[:HEADER_SIZE + REPORT])
+        desk.send(report(reply))
         return reply, reply_buffers
 
     def _settle(self, desk: Desk, frame: bytes, buffers: Sequence[Any], request_id: int,
