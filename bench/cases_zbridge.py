@@ -87,6 +87,81 @@ def served(workers: int) -> Iterator[Handle]:
 
 
 @contextlib.contextmanager
+def served_route(workers: int) -> Iterator[Handle]:
+    """``zbridge serve`` with a Client that routes every call through the hub (direct=False):
+    the served path before leases, measured in the same run."""
+    with procs.private_dir() as directory:
+        endpoint = procs.ipc(directory, "hub.sock")
+        argv = procs.python_module("zbridge.cli", "serve", "--tools", TOOLS, "--workers",
+                                   str(workers), "--prewarm", "--bind", endpoint)
+        with procs.child(argv) as proc, zbridge.Client(endpoint, direct=False, **POOL) as client:
+            wait_ready(client, workers, proc)
+            yield client_handle(client, hub_pid=proc.pid)
+
+
+PROCESSES, THREADS = 4, 2  # client processes x caller threads each, against one served hub
+
+
+def _process_caller(endpoint: str, payload: Any, start_at: float, seconds: float, warmup: int,
+                    out: Any) -> None:
+    """One client process (spawned): THREADS threads calling from ``start_at`` (wall clock)
+    for ``seconds``; their call durations go to ``out``."""
+    import threading
+    import time
+    from .timing import timed_loop
+    with zbridge.Client(endpoint, **POOL) as client:
+        def caller(into: list[list[int]]) -> None:
+            call = functools.partial(client.call, "noop", [payload])
+            timed_loop(call, count=warmup)
+            time.sleep(max(0.0, start_at - time.time()))
+            into.append(timed_loop(call, until_ns=clock() + int(seconds * 1e9)))
+        results: list[list[int]] = []
+        threads = [threading.Thread(target=caller, args=(results,)) for _ in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    out.put([d for r in results for d in r])
+
+
+def processes_throughput(handle: Handle, case: Case) -> Sample:
+    """PROCESSES client processes x THREADS threads calling one served hub, whose endpoint
+    the handle's caller answers (``served_for_processes``); calls/s over their window."""
+    import multiprocessing
+    import time
+    endpoint = handle.make_caller(None)()  # this target's caller answers its endpoint
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    start_at = time.time() + 3.0  # every process started and warm by then
+    workers = [context.Process(target=_process_caller,
+                               args=(endpoint, make_payload(case.payload_bytes), start_at,
+                                     case.seconds, case.warmup, out))
+               for _ in range(PROCESSES)]
+    for worker in workers:
+        worker.start()
+    try:
+        durations = [d for _ in workers for d in out.get(timeout=60 + case.seconds)]
+    finally:
+        for worker in workers:
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+    return Sample(durations, elapsed_ns=int(case.seconds * 1e9))
+
+
+@contextlib.contextmanager
+def served_for_processes(workers: int) -> Iterator[Handle]:
+    """``zbridge serve`` whose clients are other processes (``processes_throughput``)."""
+    with procs.private_dir() as directory:
+        endpoint = procs.ipc(directory, "hub.sock")
+        argv = procs.python_module("zbridge.cli", "serve", "--tools", TOOLS, "--workers",
+                                   str(workers), "--prewarm", "--bind", endpoint)
+        with procs.child(argv) as proc, zbridge.Client(endpoint, **POOL) as client:
+            wait_ready(client, workers, proc)
+            yield Handle(lambda payload: lambda: endpoint, lambda: {"hub": [proc.pid]})
+
+
+@contextlib.contextmanager
 def json_lines(argv: list[str], what: str) -> Iterator[tuple[subprocess.Popen, Handle]]:
     """A child that answers JSON-RPC lines on stdin/stdout: a line in, a line out."""
     with procs.child(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
@@ -221,6 +296,13 @@ def targets(profile: Profile) -> list[Target]:
                (latency_case("zbridge.serve", profile, workers=1), *memory_cases(1))),
         Target("zbridge.serve.w2", lambda: served(2),
                tuple(throughput_cases("zbridge.serve.w2", profile, workers=2, callers=(8,)))),
+        # the served path before leases (every call through the hub), in the same run
+        Target("zbridge.serve.hub", lambda: served_route(1),
+               (latency_case("zbridge.serve.hub", profile, workers=1),)),
+        Target(f"zbridge.serve.w2.p{PROCESSES}x{THREADS}", lambda: served_for_processes(2),
+               (replace(throughput_cases(f"zbridge.serve.w2/p{PROCESSES}x{THREADS}", profile, workers=2,
+                                         callers=(PROCESSES * THREADS,))[0],
+                        name=f"zbridge.serve.w2/p{PROCESSES}x{THREADS}", measure=processes_throughput),)),
         Target("zbridge.stdio", stdio_daemon,
                (latency_case("zbridge.stdio", profile, workers=1),
                 *sweep_cases("zbridge.stdio", profile, workers=1))),

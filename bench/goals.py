@@ -34,6 +34,11 @@ GOALS = (
     Goal(f"{W1}.recycle{RECYCLE} p99 <= 2 x {W1} p99 (respawns do not stall callers)",
          (f"{W1}.recycle{RECYCLE}", "p99_us"), (W1, "p99_us"), 2.0, True),
     Goal(f"{W1} p99 <= 3 x its p50", (W1, "p99_us"), (W1, "p50_us"), 3.0, True),
+    # issue 21: served clients borrow daemons (leases)
+    Goal(f"zbridge.serve p50 <= 1.2 x {W1} p50",
+         ("zbridge.serve", "p50_us"), (W1, "p50_us"), 1.2, True),
+    Goal(f"zbridge.serve.w2/p4x2 calls/s >= 1.5 x {PPE}.w2/c8 calls/s (4 client processes x 2 threads)",
+         ("zbridge.serve.w2/p4x2", "calls_per_s"), (f"{PPE}.w2/c8", "calls_per_s"), 1.5, False),
     Goal("zbridge.serve p50 <= 1.3 x floor.zmq_proxy p50",
          ("zbridge.serve", "p50_us"), ("floor.zmq_proxy", "p50_us"), 1.3, True),
     Goal(f"zbridge.serve.w2/c8 calls/s >= 0.5 x {PROXY_W2C8} calls/s",

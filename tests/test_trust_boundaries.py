@@ -115,7 +115,7 @@ def test_admitted_client_holding_connections_cannot_abort_the_hub(tmp_path):
             except zbridge.BridgeError:
                 return False
         assert wait_until(new_client_served, timeout=20), log.read_text()[-3000:]
-        assert "accepting new connections again" in log.read_text()
+        assert wait_until(lambda: "accepting new connections again" in log.read_text(), timeout=10)
         victim.close()
 
 

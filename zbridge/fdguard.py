@@ -46,7 +46,7 @@ log = logging.getLogger("zbridge.hub")
 
 BACKLOG = 16            # pending connections a listener keeps (libzmq's default is 100)
 BURST = 32              # connections a listener may accept between an event and the pause
-PER_DAEMON = 6          # the hub's fds per daemon: pipes, backend and heartbeat connections
+PER_DAEMON = 7          # the hub's fds per daemon: pipes, channel, backend and heartbeat connections
 METRICS_CONNECTIONS = 16  # the metrics endpoint's own cap (zbridge/scrape.py)
 SPARE = 24              # logging, /proc reads, sockets made for events
 CHECK_INTERVAL = 1.0    # while paused: how often to count open fds again

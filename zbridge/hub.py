@@ -737,10 +737,14 @@ class Hub:
         served = 0
         if desk.fileno() in ready or (desk.paused_until and now >= desk.paused_until):
             served += desk.fileno() in ready
-            desk.paused_until = 0.0
+            if desk.paused_until:  # its pause is over: poll the listener again
+                self._poller.register(desk.fileno(), select.POLLIN)
+                desk.paused_until = 0.0
             for fd in desk.accept(now):
                 self._poller.register(fd, select.POLLIN)
                 ready[fd] = _POLLIN  # its first message may be there already
+            if desk.paused_until:  # out of room: the listener is not polled until then
+                self.forget_fd(desk.fileno())
         for fd in [fd for fd in ready if fd in desk.borrowers]:
             desk.on_readable(fd, now)
             served += 1

@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from .calls import closed_while_waiting
-from .errors import BridgeError, CallTimeout, Cancelled, WorkerLost
+from .errors import BridgeError, CallTimeout, Cancelled, ConnectionLost, WorkerLost
 from .leasedesk import FLAG_EXPIRED
 from .protocol import HEADER_SIZE, Kind, decode_lease, encode_cancel, encode_error, read_header
 from .shield import checkpoint, protected
@@ -172,11 +172,13 @@ class LeaseTransport:
             try:
                 desk.send(frame, buffers)
                 return self._await(desk, frame, buffers, request_id, deadline, timeout)
-            except EOFError as exc:  # the hub went away (or broke the connection)
+            except EOFError as exc:  # the hub went away, or dropped the connection
                 self._drop(desk)
                 if self.closed():
                     raise closed_while_waiting() from None
-                raise WorkerLost(f"the hub's lease desk went away during the call: {exc}") from None
+                raise ConnectionLost(
+                    f"the hub at {self.path} dropped the connection while the call was in flight "
+                    f"(e.g. a message over its max_message_size: {exc}); it may have run") from None
             except BaseException:  # Ctrl-C: the desk hears of it, the reply is the hub's to read
                 self._send_quietly(desk, encode_cancel(request_id))
                 raise

@@ -16,7 +16,7 @@ import socket
 import time
 from typing import Any, Callable, Sequence
 
-from .errors import BridgeError, CallTimeout, WorkerLost
+from .errors import BridgeError, CallTimeout, ConnectionLost, WorkerLost
 from .leased import RETRY, SETTLE, Reply, fill, report, take
 from .leasedesk import FLAG_EXPIRED
 from .protocol import Kind, decode_lease, encode_cancel, encode_error, read_header
@@ -141,7 +141,9 @@ class AsyncLeaseTransport:
                 return got, ()
             return await self._borrow(desk, fd, got, frame, buffers, request_id, deadline, timeout)
         except EOFError as exc:
-            raise WorkerLost(f"the hub's lease desk went away during the call: {exc}") from None
+            raise ConnectionLost(
+                f"the hub at {self.path} dropped the connection while the call was in flight "
+                f"(e.g. a message over its max_message_size: {exc}); it may have run") from None
         except asyncio.CancelledError:  # the task was cancelled: so is the call
             desk.waiting.pop(request_id, None)
             desk.given_up[request_id] = (frame, tuple(buffers))

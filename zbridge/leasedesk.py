@@ -119,11 +119,14 @@ class LeaseDesk:
     # --- the hub's poll ----------------------------------------------------------------
 
     def accept(self, now: float) -> list[int]:
-        """New borrowers' fds, for the hub to poll."""
+        """New borrowers' fds, for the hub to poll. Near the hub's file limit (its fd guard
+        says so) nothing is accepted for a moment: ``paused_until``."""
         fds: list[int] = []
-        if now < self.paused_until:
-            return fds
+        guard = self.hub.fd_guard
         while True:
+            if guard is not None and not guard.room():
+                self.paused_until = now + PAUSE
+                return fds
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -132,6 +135,8 @@ class LeaseDesk:
                 self.paused_until = now + PAUSE
                 log.warning("lease desk: not accepting for %.1fs: %s", PAUSE, exc)
                 return fds
+            if guard is not None:
+                guard.accepted(sock.fileno())
             ident = PREFIX + str(next(self._numbers)).encode()
             borrower = Borrower(self, sock, ident, self.max_size)
             self.borrowers[sock.fileno()] = borrower
