@@ -75,28 +75,31 @@ def async_embedded(workers: int) -> Iterator[Handle]:
 
 
 @contextlib.contextmanager
-def served(workers: int) -> Iterator[Handle]:
-    """``zbridge serve`` in its own process, on an ipc endpoint in a private directory."""
+def serving(workers: int, **client_options: Any) -> Iterator[tuple[str, subprocess.Popen, zbridge.Client]]:
+    """``zbridge serve`` in its own process, on an ipc endpoint in a private directory, with
+    a ready Client: (endpoint, process, client)."""
     with procs.private_dir() as directory:
         endpoint = procs.ipc(directory, "hub.sock")
         argv = procs.python_module("zbridge.cli", "serve", "--tools", TOOLS, "--workers",
                                    str(workers), "--prewarm", "--bind", endpoint)
-        with procs.child(argv) as proc, zbridge.Client(endpoint, **POOL) as client:
+        with procs.child(argv) as proc, zbridge.Client(endpoint, **POOL, **client_options) as client:
             wait_ready(client, workers, proc)
-            yield client_handle(client, hub_pid=proc.pid)
+            yield endpoint, proc, client
+
+
+@contextlib.contextmanager
+def served(workers: int) -> Iterator[Handle]:
+    """``zbridge serve``; a local Client borrows its daemons (leases)."""
+    with serving(workers) as (_, proc, client):
+        yield client_handle(client, hub_pid=proc.pid)
 
 
 @contextlib.contextmanager
 def served_route(workers: int) -> Iterator[Handle]:
     """``zbridge serve`` with a Client that routes every call through the hub (direct=False):
     the served path before leases, measured in the same run."""
-    with procs.private_dir() as directory:
-        endpoint = procs.ipc(directory, "hub.sock")
-        argv = procs.python_module("zbridge.cli", "serve", "--tools", TOOLS, "--workers",
-                                   str(workers), "--prewarm", "--bind", endpoint)
-        with procs.child(argv) as proc, zbridge.Client(endpoint, direct=False, **POOL) as client:
-            wait_ready(client, workers, proc)
-            yield client_handle(client, hub_pid=proc.pid)
+    with serving(workers, direct=False) as (_, proc, client):
+        yield client_handle(client, hub_pid=proc.pid)
 
 
 PROCESSES, THREADS = 4, 2  # client processes x caller threads each, against one served hub
@@ -152,13 +155,8 @@ def processes_throughput(handle: Handle, case: Case) -> Sample:
 @contextlib.contextmanager
 def served_for_processes(workers: int) -> Iterator[Handle]:
     """``zbridge serve`` whose clients are other processes (``processes_throughput``)."""
-    with procs.private_dir() as directory:
-        endpoint = procs.ipc(directory, "hub.sock")
-        argv = procs.python_module("zbridge.cli", "serve", "--tools", TOOLS, "--workers",
-                                   str(workers), "--prewarm", "--bind", endpoint)
-        with procs.child(argv) as proc, zbridge.Client(endpoint, **POOL) as client:
-            wait_ready(client, workers, proc)
-            yield Handle(lambda payload: lambda: endpoint, lambda: {"hub": [proc.pid]})
+    with serving(workers) as (endpoint, proc, _):
+        yield Handle(lambda payload: lambda: endpoint, lambda: {"hub": [proc.pid]})
 
 
 @contextlib.contextmanager

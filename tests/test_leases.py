@@ -101,11 +101,13 @@ def test_queued_borrowers_are_lent_the_daemon_in_order(hub, tmp_path):
     assert log.read_text().split() == [str(i) for i in range(4)]
 
 
-def test_a_large_request_is_written_by_the_borrower_itself(hub):
-    payload = os.urandom(300_000)  # over 64 KiB: the lease asks the client to send it
+def test_large_requests_take_the_hubs_zero_copy_route_and_small_ones_borrow_again(hub):
+    payload = os.urandom(300_000)  # a buffer frame: the hub forwards it without a copy
     with client(hub) as c:
         assert c.call("echo", [payload]) == payload
+        assert c.call("echo", ["x" * 100_000]) == "x" * 100_000  # in band, over 64 KiB
         assert c.call("echo", ["small"]) == "small"
+        assert c._transport._local.desk is not None
 
 
 def test_leased_and_routed_clients_share_one_pool(hub):
@@ -215,3 +217,57 @@ def test_an_async_borrower_gets_worker_lost_when_its_daemon_dies(hub):
             assert await c.call("pid", timeout=30) != victim
 
     asyncio.run(main())
+
+
+def test_the_desk_protocol_as_written_in_protocol_md(hub):
+    """A client of the desk written from PROTOCOL.md §15 alone: REQUEST, LEASE with the
+    channel attached (`send` for a request over 64 KiB), the reply on the channel, the
+    report, and a REPLY verdict for a call it gives up on."""
+    import socket as sockets
+    import struct
+
+    import msgpack
+
+    def frame(kind: int, id: int, body, flags: int = 0, timeout_ms: int = 10_000) -> bytes:
+        return struct.pack("!2sBBB3xIQ", b"ZB", 2, kind, flags, timeout_ms, id) + msgpack.packb(body)
+
+    def message(data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + data
+
+    def read(sock):
+        head = sock.recv(4, sockets.MSG_WAITALL)
+        (size,) = struct.unpack(">I", head)
+        data = sock.recv(size, sockets.MSG_WAITALL)
+        return data
+
+    desk = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    desk.connect(hub[len("ipc://"):] + ".lease")
+    desk.settimeout(10)
+    try:
+        big = "y" * 100_000
+        request = frame(1, 7, {"method": "echo", "params": [big]})
+        desk.sendall(message(request))
+        data, fds, _, _ = sockets.recv_fds(desk, 4 + 200, 1)
+        (size,) = struct.unpack(">I", data[:4])
+        lease = data[4:4 + size]
+        assert lease[3] == 10 and struct.unpack("!Q", lease[12:20])[0] == 7 and len(fds) == 1
+        assert msgpack.unpackb(lease[20:]) == {"daemon": "w1", "send": True}
+        with sockets.socket(fileno=fds[0]) as channel:
+            channel.settimeout(10)
+            channel.sendall(message(request))  # ours to send: over 64 KiB
+            reply = read(channel)
+        assert reply[3] == 2 and msgpack.unpackb(reply[20:]) == {"result": big}
+        desk.sendall(message(reply[:20 + 64]))  # the report frees the daemon
+        # a call given up on: CANCEL with flag bit 0 (its deadline passed), then the verdict
+        desk.sendall(message(frame(1, 8, {"method": "span", "params": [1.0, "slow"]})))
+        data, fds, _, _ = sockets.recv_fds(desk, 4 + 200, 1)
+        for fd in fds:
+            sockets.close(fd)  # never read: the hub reads the late reply
+        desk.sendall(message(frame(7, 8, {}, flags=0x01, timeout_ms=0)))
+        verdict = read(desk)
+        assert verdict[3] == 2 and msgpack.unpackb(verdict[20:])["error"]["code"] == -32001
+    finally:
+        desk.close()
+    with client(hub) as c:
+        assert c.call("echo", ["still warm"], timeout=10) == "still warm"
+        assert c.status()["counters"]["kills"] == 0

@@ -12,7 +12,9 @@ that stops waiting (its deadline, a cancel, Ctrl-C) stops reading first, then te
 desk, whose hub reads the late reply itself.
 
 A hub without a desk (another version, a tcp endpoint, ``direct=False``) is called the
-usual way (``fallback``: the client's ``HubTransport``).
+usual way (``fallback``: the client's ``HubTransport``), and so is a request over 64 KiB or
+with buffer frames: the hub forwards those without a copy, where the desk would read the
+request whole only to lend a daemon.
 """
 
 from __future__ import annotations
@@ -43,12 +45,7 @@ class Desk:
     """One thread's connection to the desk: frames in, and the channels attached to them."""
 
     def __init__(self, path: str, max_size: int) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.connect(path)
-        except OSError:
-            self.sock.close()
-            raise
+        self.sock = connect(path)
         self.out = Channel(self.sock, max_size)  # for sending (its framing)
         self.max_size = max_size
         self.data = b""
@@ -89,6 +86,17 @@ class Desk:
         while self.fds:
             socket.close(self.fds.popleft())
         self.sock.close()
+
+
+def connect(path: str) -> socket.socket:
+    """A connection to the desk at ``path``; OSError if there is none."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def take(desk: Desk | Any) -> tuple[bytes, int | None] | None:
@@ -158,8 +166,8 @@ class LeaseTransport:
         return desk
 
     def roundtrip(self, frame: bytes, buffers: Sequence[Any], timeout: float) -> Reply:
-        desk = self._desk()
-        if desk is None:
+        desk = None if buffers or len(frame) > SMALL else self._desk()
+        if desk is None:  # no desk, or a large request: the hub forwards it without a copy
             reply: Reply = self.fallback.roundtrip(frame, buffers, timeout)
             return reply
         leased: Reply = self.io(self._roundtrip, desk, frame, buffers, timeout)

@@ -17,10 +17,10 @@ import time
 from typing import Any, Callable, Sequence
 
 from .errors import BridgeError, CallTimeout, ConnectionLost, WorkerLost
-from .leased import RETRY, SETTLE, Reply, fill, report, take
+from .leased import RETRY, SETTLE, Reply, connect, fill, report, take
 from .leasedesk import FLAG_EXPIRED
 from .protocol import Kind, decode_lease, encode_cancel, encode_error, read_header
-from .wire import LENGTH, Channel, chunks
+from .wire import LENGTH, SMALL, Channel, chunks
 
 _DONTWAIT = socket.MSG_DONTWAIT
 Message = tuple[bytes, "int | None"]
@@ -30,12 +30,7 @@ class AsyncDesk:
     """The loop's connection to the desk."""
 
     def __init__(self, path: str, max_size: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.connect(path)
-        except OSError:
-            self.sock.close()
-            raise
+        self.sock = connect(path)
         self.sock.setblocking(False)
         self.max_size = max_size
         self.loop = loop
@@ -124,8 +119,8 @@ class AsyncLeaseTransport:
         return self.desk
 
     async def roundtrip(self, frame: bytes, buffers: Sequence[Any], timeout: float) -> Reply:
-        desk = self._desk()
-        if desk is None:
+        desk = None if buffers or len(frame) > SMALL else self._desk()
+        if desk is None:  # no desk, or a large request: the hub forwards it without a copy
             reply: Reply = await self.fallback.roundtrip(frame, buffers, timeout)
             return reply
         request_id = read_header(frame).id
