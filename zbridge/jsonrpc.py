@@ -50,13 +50,6 @@ def notification_object(method: str, params: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "method": method, "params": params}
 
 
-def request_object(id: Any, method: str, params: Any = None) -> dict[str, Any]:
-    obj: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
-    if params is not None:
-        obj["params"] = params
-    return obj
-
-
 def encode_line(obj: Any) -> bytes:
     """JSON text on one line; raises TypeError/ValueError if obj is not JSON-encodable."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
