@@ -102,15 +102,15 @@ def lend(hub: Hub, job: Job) -> None:
     and gives up the daemon."""
     if job.extra or len(job.frame) > SMALL:
         job.owner_sends = True  # it may take a while: the owner's own time, not ours
-    elif not send_request(hub, job):
+    elif not send_request(hub, job, bool(hub.broker.queued)):  # more waiting: more to come soon
         return
     job.owner.wake(job)
 
 
 def send_request(hub: Hub, job: Job, lone: bool = False) -> bool:
-    """A leased request on its daemon's channel (``lone``: its caller is the only one out,
-    so the daemon may wait for the next request awake); False (and the broker told) if
-    the daemon's end is gone."""
+    """A leased request on its daemon's channel (``lone``: another request is likely to
+    follow at once, from a lone caller calling back to back or from the queue, so the
+    daemon may wait for it awake); False (and the broker told) if the daemon's end is gone."""
     try:
         job.channel.send(add_flags(job.frame, FLAG_LONE) if lone else job.frame, job.extra)
     except OSError:
