@@ -515,8 +515,10 @@ class Broker:
         return self._lose(daemon, "unreachable (its socket refused a message)") + self._dispatch(now)
 
     def _requeue(self, job: Job, extra: tuple[Any, ...]) -> None:
-        """A dispatched job that never left goes back in front of the queue."""
+        """A dispatched job that never left goes back in front of the queue (an owner's
+        lease, if it had one, is void: it gets a new one)."""
         job.state, job.daemon, job.extra = JobState.QUEUED, None, extra
+        job.channel, job.sent, job.owner_sends = None, False, False
         self.queue.appendleft(job)
         self.queued += 1
         self.queued_bytes += job.size
