@@ -237,3 +237,16 @@ def test_queued_callers_are_lent_daemons_in_order_of_arrival(bridge_factory, bas
     assert [f.result(timeout=30) for f in futures] == [str(i) for i in range(5)]
     assert first.result(timeout=30)["nonce"] == "first"
     assert log.read_text().split() == [str(i) for i in range(5)]  # the order they ran in
+
+
+def test_a_channel_that_refuses_the_request_sends_the_call_to_another_daemon(bridge_factory, basic_tools):
+    """The request never left (the daemon's channel refused it): the broker puts the call
+    back in front of the queue, gives up that daemon, and another one serves it."""
+    import socket as sockets
+    bridge = bridge_factory(basic_tools, workers=2, prewarm=True)
+    bridge.wait_ready()
+    broken = next(iter(bridge.hub.broker.daemons.values()))
+    broken.channel.sock.shutdown(sockets.SHUT_WR)  # every send on it now fails
+    assert [bridge.call("echo", [i], timeout=30) for i in range(6)] == list(range(6))
+    counters = bridge.status()["counters"]
+    assert counters["lost"] == 0 and counters["completed"] == 6 and counters["kills"] >= 1
