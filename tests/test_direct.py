@@ -243,10 +243,11 @@ def test_a_channel_that_refuses_the_request_sends_the_call_to_another_daemon(bri
     """The request never left (the daemon's channel refused it): the broker puts the call
     back in front of the queue, gives up that daemon, and another one serves it."""
     import socket as sockets
-    bridge = bridge_factory(basic_tools, workers=2, prewarm=True)
-    bridge.wait_ready()
-    broken = next(iter(bridge.hub.broker.daemons.values()))
-    broken.channel.sock.shutdown(sockets.SHUT_WR)  # every send on it now fails
-    assert [bridge.call("echo", [i], timeout=30) for i in range(6)] == list(range(6))
-    counters = bridge.status()["counters"]
-    assert counters["lost"] == 0 and counters["completed"] == 6 and counters["kills"] >= 1
+    for workers in (2, 1):  # another daemon idle; none left, so the call waits for a new one
+        bridge = bridge_factory(basic_tools, workers=workers, prewarm=True)
+        bridge.wait_ready()
+        broken = next(iter(bridge.hub.broker.daemons.values()))
+        broken.channel.sock.shutdown(sockets.SHUT_WR)  # every send on it now fails
+        assert [bridge.call("echo", [i], timeout=30) for i in range(6)] == list(range(6))
+        counters = bridge.status()["counters"]
+        assert counters["lost"] == 0 and counters["completed"] == 6 and counters["kills"] >= 1
