@@ -318,3 +318,11 @@ def test_the_cli_scales_reloads_and_dumps_stacks(tmp_path):
         out = zb("reload", "--endpoint", endpoint)
         assert out.returncode == 1 and "reload aborted" in out.stderr and "SyntaxError" in out.stderr
         assert zb("scale", "1", "--wait", "--endpoint", endpoint).returncode == 0
+
+
+def test_status_says_a_reload_is_under_way():
+    from zbridge.cli import format_status
+    info = {"hub_pid": 1, "endpoint": "ipc:///x", "workers": 2, "queue_depth": 0, "daemons": [],
+            "counters": {}, "reload": {"generation": 3, "phase": "rolling", "replaced": 1, "left": 1,
+                                       "started_ago_s": 0.4}}
+    assert "reload to generation 3: rolling, 1 replaced, 1 old daemon(s) left" in format_status(info)

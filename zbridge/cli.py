@@ -370,6 +370,10 @@ def format_status(info: Mapping[str, Any]) -> str:
         lines += [f"  {r['ago_s']:8.1f}s ago  {r['id']} pid {r['pid']}: {r['reason']}" for r in restarts[-10:]]
     if info.get("last_start_error"):
         lines.append(f"last start error: {info['last_start_error'].splitlines()[0]}")
+    reload = info.get("reload")
+    if reload:
+        lines.append(f"reload to generation {reload['generation']}: {reload['phase']}, "
+                     f"{reload['replaced']} replaced, {reload['left']} old daemon(s) left")
     c = info.get("counters", {})
     lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     return "\n".join(lines)
