@@ -68,7 +68,7 @@ class Kind(IntEnum):
     CANCEL = 7      # client -> hub: cancel request `id`; hub -> daemon (heartbeat socket): interrupt it
     PARTIAL = 8     # daemon -> hub -> client: one item of a streamed result
     CREDIT = 9      # client -> hub -> daemon: the consumer can take `n` more items
-    CONTROL = 10    # client -> hub: scale, reload or stacks (capability "control"); one REPLY
+    CONTROL = 11    # client -> hub: scale, reload or stacks (capability "control"); one REPLY
 
 
 _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", re.IGNORECASE)
@@ -146,7 +146,7 @@ def capabilities(pickle: bool = False) -> list[str]:
     (a REQUEST's ``trace`` member), and ``pickle`` (REQUEST flag bit 4) only where the
     daemons decode pickle bodies. A later feature that changes what a client receives
     is listed here and takes effect only for a client that asks for it. ``control``: the
-    CONTROL message (kind 10: scale, reload, stacks), which an older hub refuses."""
+    CONTROL message (kind 11: scale, reload, stacks), which an older hub refuses."""
     return ["stream", "prewarm", "trace", "control"] + (["pickle"] if pickle else [])
 
 

@@ -21,8 +21,9 @@ OUT = Path(__file__).with_name("vectors.json")
 PROTOCOL = 2
 HEADER = struct.Struct("!2sBBB3xIQ")
 KINDS = {1: "REQUEST", 2: "REPLY", 3: "READY", 4: "HEARTBEAT", 5: "DISCONNECT", 6: "STATUS",
-         7: "CANCEL", 8: "PARTIAL", 9: "CREDIT", 10: "CONTROL"}
-REQUEST, REPLY, READY, HEARTBEAT, DISCONNECT, STATUS, CANCEL, PARTIAL, CREDIT, CONTROL = range(1, 11)
+         7: "CANCEL", 8: "PARTIAL", 9: "CREDIT", 11: "CONTROL"}
+REQUEST, REPLY, READY, HEARTBEAT, DISCONNECT, STATUS, CANCEL, PARTIAL, CREDIT = range(1, 10)
+CONTROL = 11  # (10 is LEASE, on the lease desk only)
 IDEMPOTENT, RETIRE, STREAM, PREWARM, PICKLE = 0x01, 0x02, 0x04, 0x08, 0x10
 TIMEOUT = 10_000  # ms: every call's deadline unless a case is about deadlines
 U64 = 2**64 - 1
