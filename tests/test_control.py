@@ -212,6 +212,16 @@ def test_stacks_show_the_frame_of_a_tool_stuck_in_sleep(tmp_path, bridge_factory
     assert bridge.call("work", [1, str(tmp_path / "runs.log")]) == 1  # the daemon was not hurt
 
 
+def test_stacks_only_where_tracebacks_are_shown_and_control_only_with_a_pool(bridge_factory, basic_tools):
+    bridge = bridge_factory(basic_tools, workers=1, prewarm=True, expose_tracebacks="false")
+    bridge.wait_ready()
+    with pytest.raises(zbridge.InvalidRequest, match="no tracebacks"):
+        bridge.stacks("w1")
+    without = bridge_factory(basic_tools, pool_enabled=False)
+    with pytest.raises(zbridge.PoolUnavailable, match="disabled"):
+        without.reload()
+
+
 def test_stacks_of_a_daemon_from_another_host_are_refused(tmp_path, bridge_factory, basic_tools):
     from zbridge.security import keygen, load_keypair, load_public, make_client
     keygen(str(tmp_path / "hub"), "hub")
