@@ -88,6 +88,9 @@ def _env_expose() -> bool | None:
 @click.option("--channel", type=int, default=None, hidden=True,
               help="File descriptor of our end of the channel an embedded hub's callers use "
                    "(set by that hub).")
+@click.option("--stacks-dir", default=None, hidden=True,
+              help="Directory where SIGUSR2 dumps every thread's stack, to stacks-<pid>.txt "
+                   "(set by the hub that spawns us, for `zbridge stacks`).")
 @click.option("--log-level", default="INFO", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one JSON record per stderr line (set by the hub that spawns us).")
@@ -95,7 +98,7 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
          lifeline: bool, max_message_size: int, heartbeat: str | None, heartbeat_interval: float,
          heartbeat_misses: int, exit_on_hub_loss: bool, max_rss_mb: int, curve_secret: str,
          curve_server_key: str, expose_tracebacks: bool | None, allow_pickle: bool,
-         channel: int | None, log_level: str, log_format: str) -> None:
+         channel: int | None, stacks_dir: str | None, log_level: str, log_format: str) -> None:
     """Keep tools warm and serve calls to them."""
     if bool(endpoint) + stdio + stdio_msgpack != 1:
         raise click.UsageError("give exactly one of --connect ENDPOINT or --stdio")
@@ -131,7 +134,7 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
     run_worker(tools, lifeline, WorkerOptions(
         endpoint, identity.encode(), max_message_size, heartbeat,
         heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks, on_silence,
-        channel=channel), structured=log_format == "json")
+        channel=channel, stacks_dir=stacks_dir), structured=log_format == "json")
 
 
 def _allow_pickle(endpoint: str, heartbeat: str | None) -> None:
@@ -145,7 +148,10 @@ def _allow_pickle(endpoint: str, heartbeat: str | None) -> None:
 
 def run_worker(tools: tuple[str, ...], lifeline: bool, options: WorkerOptions,
                structured: bool = False) -> None:
+    from zbridge.stacks import arm
+
     from . import worker
+    arm(options.stacks_dir)  # first: a start-up hook that hangs can be looked at too
 
     def hub_lost(why: str = "") -> None:
         if why:

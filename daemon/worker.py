@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence, cast
 
 import zmq
 
-from zbridge import __version__
+from zbridge import __version__, stacks
 from zbridge import context as call_context
 from zbridge.errors import BridgeError, Cancelled, InternalError, Interrupted
 from zbridge.execution import Executor, as_items
@@ -63,6 +63,7 @@ class WorkerOptions:
     expose_tracebacks: bool = True
     on_silence: OnSilence = OnSilence.RECONNECT
     channel: int | None = None  # fd of our end of the channel an embedded hub's callers use
+    stacks_dir: str | None = None  # where SIGUSR2 dumps our stacks (zbridge/stacks.py)
 
 
 def _dealer(context: zmq.Context[Any], options: WorkerOptions) -> zmq.Socket[Any]:
@@ -140,6 +141,7 @@ def _over_rss(limit_mb: int) -> bool:
 def serve(registry: Registry, options: WorkerOptions, on_hub_lost: Callable[[str], None]) -> None:
     """Start, then serve connection after connection until told to go; a lost link is
     tried again with capped backoff (``OnSilence.RECONNECT``), or ends in ``on_hub_lost``."""
+    stacks.arm(options.stacks_dir)  # (done already, unless this process was forked after it)
     executor = Executor(registry, options.expose_tracebacks)
     channel = open_channel(options.channel, options.max_message)
     activity = Activity()

@@ -8,7 +8,7 @@ EXPORTED = {
     "__version__", "tool", "startup", "current_call", "register_type", "Bridge", "Client", "AsyncBridge", "AsyncClient",
     "BridgeError", "DidNotRun", "MayHaveRun", "Interrupted",
     "CallTimeout", "Cancelled", "ConnectionLost", "InternalError", "InvalidParams",
-    "InvalidRequest", "Overloaded", "ParseError", "PoolUnavailable", "ToolError",
+    "InvalidRequest", "Overloaded", "ParseError", "PoolUnavailable", "ReloadFailed", "ToolError",
     "ToolNotFound", "WorkerLost",
 }
 

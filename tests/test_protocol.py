@@ -103,7 +103,7 @@ def test_other_unreadable_headers_are_refused_with_id_0_in_this_version(frame):
 
 
 def test_capabilities():
-    assert protocol.capabilities() == ["stream", "prewarm", "trace"]
+    assert protocol.capabilities() == ["stream", "prewarm", "trace", "control"]
     assert "pickle" in protocol.capabilities(pickle=True)
 
 

@@ -86,7 +86,7 @@ def test_the_same_connection_is_served_once_it_speaks_version_2(hub):
         [frame] = read_one_message(sock)
         status = msgpack.unpackb(frame[HEADER.size:], raw=False)["result"]
         assert status["protocol"] == 2
-        assert status["capabilities"] == ["stream", "prewarm", "trace", "lease"]  # an ipc hub lends daemons
+        assert status["capabilities"] == ["stream", "prewarm", "trace", "control", "lease"]  # an ipc hub lends daemons
         sock.send(HEADER.pack(b"ZB", 2, REQUEST, 0, 10_000, 1) + msgpack.packb(
             {"method": "add", "params": [1, 2]}))
         [frame] = read_one_message(sock)

@@ -18,6 +18,7 @@ from .errors import (  # noqa: E402
     Overloaded,
     ParseError,
     PoolUnavailable,
+    ReloadFailed,
     ToolError,
     ToolNotFound,
     WorkerLost,
@@ -38,7 +39,7 @@ __all__ = [
     "__version__", "tool", "startup", "current_call", "register_type", "Bridge", "Client", "AsyncBridge", "AsyncClient",
     "BridgeError", "DidNotRun", "MayHaveRun", "Interrupted",
     "CallTimeout", "Cancelled", "ConnectionLost", "InternalError", "InvalidParams",
-    "InvalidRequest", "Overloaded", "ParseError", "PoolUnavailable", "ToolError",
+    "InvalidRequest", "Overloaded", "ParseError", "PoolUnavailable", "ReloadFailed", "ToolError",
     "ToolNotFound", "WorkerLost",
 ]
 

@@ -20,6 +20,7 @@ import zmq
 import zmq.asyncio
 
 from . import plans, presence
+from .admin import AsyncControl
 from .calls import (
     HUB_GRACE,
     STREAM_WINDOW,
@@ -46,7 +47,7 @@ from .statusmap import Status
 from .tools import tool_specs
 
 
-class AsyncClient(ClientCore, AsyncHandles):
+class AsyncClient(ClientCore, AsyncHandles, AsyncControl):
     """Await calls on a hub at ``endpoint`` (as started by ``zbridge serve``)."""
 
     def __init__(self, endpoint: str | None = None, *, tools: Any = None,

@@ -29,9 +29,10 @@ import math
 from logging import INFO, WARNING
 import random
 from collections import deque
+from dataclasses import replace
 from typing import Any, Callable
 
-from . import health
+from . import health, rollout
 from .actions import Action, Answered, Interrupt, Kill, Lease, Note, Spawn, ToClient, ToDaemon
 from .backoff import restart_delay
 from .config import Settings
@@ -39,6 +40,7 @@ from .errors import (
     BridgeError,
     CallTimeout,
     Cancelled,
+    InvalidParams,
     InvalidRequest,
     Overloaded,
     PoolUnavailable,
@@ -49,7 +51,7 @@ from .pickling import foreign_pickle
 from .pickling import remote_error as pickle_refused_remote
 from .protocol import (EXIT_LOAD_FAILED, FLAG_PICKLE, FLAG_RETIRE, FLAG_STREAM, HEADER_SIZE, REQUEST_FLAGS,
                        Header, Kind, encode_cancel, encode_credit, encode_disconnect, encode_error,
-                       encode_heartbeat, peek_error_code, peek_method, read_header, too_large,
+                       encode_heartbeat, encode_result, peek_error_code, peek_method, read_header, too_large,
                        without_flags)
 from .state import (EXIT_KINDS, SHUTTING_DOWN, Daemon, DaemonState, Job, JobState, Process, _secret_ident,
                     first_line, last_line)
@@ -105,6 +107,8 @@ class Broker:
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self.tools = ToolTable()
         self.exits = dict.fromkeys(EXIT_KINDS, 0)  # daemon exits by kind, shutdown aside
+        self.generation = 0                          # reloads asked for (rollout.py)
+        self.reloading: rollout.Reload | None = None
 
     # --- answering calls: the only ways a job ends -------------------------------------
 
@@ -299,13 +303,15 @@ class Broker:
             return []
         actions: list[Action] = []
         while self._live() - self._retiring() < self.wanted:
-            n = next(self._names)
-            ident = self._new_ident(n)
-            self.daemons[ident] = Daemon(ident, now, name=f"w{n}")
-            self.counters["spawns"] += 1
-            actions.append(Spawn(ident))
-            actions.append(Note("daemon_spawn", INFO, {"daemon": f"w{n}"}))
+            actions += self._spawn(now)[1]
         return actions
+
+    def _spawn(self, now: float) -> tuple[Daemon, list[Action]]:
+        n = next(self._names)
+        ident = self._new_ident(n)
+        daemon = self.daemons[ident] = Daemon(ident, now, name=f"w{n}", generation=self.generation)
+        self.counters["spawns"] += 1
+        return daemon, [Spawn(ident), Note("daemon_spawn", INFO, {"daemon": f"w{n}"})]
 
     # --- daemon events -----------------------------------------------------------------
 
@@ -331,7 +337,7 @@ class Broker:
         note = Note("daemon_ready", INFO, {"daemon": daemon.name, "pid": daemon.pid,
                                            "startup_s": round(now - daemon.spawned, 6),
                                            "tools": len(daemon.tools)})
-        return [note] + self._finish_retirements() + self._dispatch(now)
+        return [note] + self._finish_retirements() + self._dispatch(now) + self._roll(now)
 
     def _ready_again(self, daemon: Daemon, now: float) -> list[Action]:
         """A daemon that says READY again has reconnected (a remote one after a network
@@ -395,14 +401,17 @@ class Broker:
 
     # --- replacing daemons -------------------------------------------------------------
 
-    def _retire(self, daemon: Daemon, reason: str, now: float) -> list[Action]:
-        """Replace a healthy daemon: it keeps serving until its replacement is ready."""
+    def _retire(self, daemon: Daemon, reason: str, now: float, kind: str = "recycled") -> list[Action]:
+        """Replace a healthy daemon (``kind``: its exit kind; recycled, or scaled and
+        reloaded for ``set_workers`` and ``reload``): it keeps serving until the others
+        cover what is wanted (its replacement is ready), then leaves once idle."""
         if daemon.retiring or self.closing:
             return []
-        daemon.retiring = reason
-        self.counters["recycled"] += 1
-        note = Note("daemon_recycle", INFO, {"daemon": daemon.name, "pid": daemon.pid, "reason": reason,
-                                             "calls": daemon.calls})
+        daemon.retiring, daemon.retire_kind = reason, kind
+        if kind == "recycled":
+            self.counters["recycled"] += 1
+        note = Note("daemon_recycle" if kind == "recycled" else "daemon_retire", INFO,
+                    {"daemon": daemon.name, "pid": daemon.pid, "reason": reason, "calls": daemon.calls})
         return [note] + self._finish_retirements() + self._scale(now)
 
     def _finish_retirements(self) -> list[Action]:
@@ -412,7 +421,7 @@ class Broker:
         actions: list[Action] = []
         for daemon in list(self.daemons.values()):
             if daemon.retiring and daemon.state is DaemonState.IDLE and active >= self.wanted:
-                actions += self._let_go(daemon, daemon.retiring, "recycled")
+                actions += self._let_go(daemon, daemon.retiring, daemon.retire_kind)
         return actions
 
     def _let_go(self, daemon: Daemon, reason: str, kind: str) -> list[Action]:
@@ -470,7 +479,8 @@ class Broker:
                              "spawned": daemon.spawned, "reason": reason})
         if daemon.kill_reason is None and not self.closing:
             actions += self._count_failure(daemon, now, detail, code, tail, held_call)
-        return [note] + actions + self._fail_hopeless(now) + self._dispatch(now) + self._scale(now)
+        return [note] + actions + self._fail_hopeless(now) + self._dispatch(now) + self._scale(now) + \
+            self._roll(now)
 
     def _exit_note(self, daemon: Daemon, reason: str, code: int | None, now: float,
                    job: Job | None) -> Note:
@@ -489,7 +499,7 @@ class Broker:
                   "calls": daemon.calls}
         if job is not None and job.state is JobState.RUNNING:
             fields["request_id"], fields["tool"] = job.id, job.tool
-        planned = kind in ("recycled", "idle", "stopped")
+        planned = kind in ("recycled", "idle", "stopped", "scaled", "reloaded")
         return Note("daemon_exit", INFO if planned else WARNING, fields)
 
     def _exit_detail(self, cause: str, code: int | None, tail: str) -> str:
@@ -731,7 +741,7 @@ class Broker:
                                                              "hard": False}))
                 actions.append(Kill(daemon.ident, daemon.note, False))
         return actions + self.probe_quiet_streams(now) + self._fail_hopeless(now) + \
-            self._finish_retirements() + self._scale(now)
+            self._finish_retirements() + self._scale(now) + self._roll(now)
 
     def _judge_silence(self, daemon: Daemon, silent: str, now: float) -> list[Action]:
         """A silent daemon whose process runs is busy (a tool holding the GIL starves the
@@ -838,6 +848,101 @@ class Broker:
             soonest = min(soonest, self.spawn_allowed_at)
         return None if soonest == math.inf else max(0.0, soonest - now)
 
+    # --- live control: scale and reload (zbridge/rollout.py) ------------------------------
+
+    def set_workers(self, n: int, now: float) -> list[Action]:
+        """``zbridge scale N``: the pool keeps ``n`` daemons from now on. Up: the new ones
+        start now. Down: the extras retire (those not serving yet first, then stale, idle,
+        busy ones): an idle one leaves at once, a busy one after its running call, never
+        during it. InvalidParams for a size the pool cannot have."""
+        if n < 1 and not self.remote_ok:
+            raise InvalidParams("workers must be at least 1 (0 only for a hub whose daemons "
+                                "connect from other hosts: daemon_bind)")
+        refusal = self._not_serving()
+        if refusal is not None:
+            raise refusal
+        was = self.s.workers
+        self.s = replace(self.s, workers=n, min_workers=min(self.s.min_workers, n))
+        self.wanted = n
+        probe = self.reloading.probe if self.reloading is not None else None
+        kept = [d for d in rollout.staying(self.daemons.values()) if d is not probe]
+        for daemon in self.daemons.values():  # growing again: keep those an earlier scale let go
+            if len(kept) < n and daemon.retiring and daemon.retire_kind == "scaled" \
+                    and daemon.state is not _STOPPING:
+                daemon.retiring, daemon.retire_kind = None, "recycled"
+                kept.append(daemon)
+        actions: list[Action] = [Note("pool_scaled", INFO, {"workers": n, "was": was})]
+        for daemon in rollout.leavers(kept, len(kept) - n):
+            actions += self._retire(daemon, f"the pool was scaled to {n} workers", now, "scaled")
+        return actions + self._finish_retirements() + self._scale(now)
+
+    def reload(self, client: bytes, id: int, now: float) -> list[Action]:
+        """``zbridge reload``: replace every spawned daemon by one that loads the tools
+        afresh. One new daemon starts first; only once it is READY do the old ones retire,
+        one at a time, each after its running call (``_roll``). If it cannot start, the
+        reload is aborted and the old daemons serve on. ``client`` gets one REPLY (call
+        ``id``) when all old daemons are gone, or the error. A reload asked for during
+        another starts over from a new daemon, and answers both callers."""
+        refusal = self._not_serving()
+        if refusal is not None:
+            return [ToClient(client, encode_error(id, refusal))]
+        self.generation += 1
+        reload = self.reloading or rollout.Reload(self.generation, now, None)
+        reload.generation = self.generation
+        reload.waiters.append((client, id))
+        self.reloading = reload
+        self.wanted = max(self.wanted, len(rollout.staying(self.daemons.values())))  # keep its size
+        reload.probe, actions = self._spawn(now)  # beyond wanted: the old ones serve meanwhile
+        return [Note("reload_start", INFO, {"generation": self.generation,
+                                            "daemons": len(rollout.old(self.daemons.values(), reload))})] + actions
+
+    def _roll(self, now: float) -> list[Action]:
+        """Move a reload on (after a READY, an exit, a tick): abort it if its first new
+        daemon died before READY; else retire the next old daemon once the previous one is
+        gone; answer it when none is left."""
+        reload = self.reloading
+        if reload is None:
+            return []
+        probe = reload.probe
+        if probe is not None:
+            if self.daemons.get(probe.ident) is not probe:  # it exited before READY
+                return self._end_reload(now, rollout.failed(
+                    self.last_start_error or self._exit_reason(probe), self.start_cause, self.last_start_tail))
+            if probe.ready_at is None:
+                return []  # still starting (or being killed after start_timeout: its exit decides)
+            reload.probe = None
+        old = rollout.old(self.daemons.values(), reload)
+        if not old:
+            return self._end_reload(now)
+        if any(d.retiring or d.state is _STOPPING for d in old):
+            return []  # one at a time: the one leaving goes first
+        reload.replaced += 1
+        return self._retire(rollout.leavers(old, 1)[0], f"reload to generation {reload.generation}",
+                            now, "reloaded")
+
+    def _exit_reason(self, daemon: Daemon) -> str | None:
+        return next((h["reason"] for h in reversed(self.history) if h["id"] == daemon.name), None)
+
+    def _not_serving(self) -> BridgeError | None:
+        """Why the pool takes no control now (closing, broken), or None."""
+        if self.closing:
+            return SHUTTING_DOWN()
+        if self.broken is not None:
+            return PoolUnavailable(f"the pool is broken: {self.broken}", {"cause": "broken"})
+        return None
+
+    def _end_reload(self, now: float, error: BridgeError | None = None) -> list[Action]:
+        """Answer every caller of the reload in progress (if any) and forget it."""
+        reload, self.reloading = self.reloading, None
+        if reload is None:
+            return []
+        if error is None:
+            body = rollout.result(reload, now)
+            actions: list[Action] = [Note("reload_done", INFO, body)]
+            return actions + [ToClient(client, encode_result(id, body)) for client, id in reload.waiters]
+        actions = [Note("reload_failed", WARNING, {"generation": reload.generation, "error": error.message})]
+        return actions + [ToClient(client, encode_error(id, error)) for client, id in reload.waiters]
+
     # --- shutdown and status -----------------------------------------------------------
 
     def close(self) -> list[Action]:
@@ -846,7 +951,7 @@ class Broker:
         self.wanted = 0
         actions = [self._answer_error(job, SHUTTING_DOWN()) for job in self._queued_jobs()]
         self.queue.clear()
-        return actions
+        return actions + self._end_reload(0.0, SHUTTING_DOWN())
 
     def abandon_running(self, reason: str) -> list[Action]:
         """Answer every still-running call (used when the drain time is up)."""
@@ -877,6 +982,8 @@ class Broker:
                           "spawned_ago_s": round(now - h["spawned"], 3)} for h in self.history],
             "exits": dict(self.exits),
             "tools": self.tools.status(),
+            "generation": self.generation,
+            "reload": rollout.status(self.reloading, self.daemons.values(), now),
         }
 
     def _daemon_status(self, d: Daemon, now: float) -> dict[str, Any]:
@@ -894,6 +1001,7 @@ class Broker:
             "last_beat_age_s": round(now - d.last_beat, 3) if d.last_beat is not None else None,
             "unresponsive": d.vouched_at is not None,
             "retiring": d.retiring,
+            "generation": d.generation,
         }
         if self.expose_errors:
             status["routing_id"] = d.ident.decode(errors="replace")

@@ -1,4 +1,5 @@
-"""The ``zbridge`` command: ``serve``, ``call``, ``status``.
+"""The ``zbridge`` command: ``serve``, ``call``, ``status``; ``scale``, ``reload`` and
+``stacks`` (live control, ``zbridge/cli_control.py``).
 
 Every option can also come from a ``ZBRIDGE_*`` variable (click's envvar support); the
 pool settings are generated from ``zbridge.config.Settings`` so the table has one source.
@@ -369,6 +370,10 @@ def format_status(info: Mapping[str, Any]) -> str:
         lines += [f"  {r['ago_s']:8.1f}s ago  {r['id']} pid {r['pid']}: {r['reason']}" for r in restarts[-10:]]
     if info.get("last_start_error"):
         lines.append(f"last start error: {info['last_start_error'].splitlines()[0]}")
+    reload = info.get("reload")
+    if reload:
+        lines.append(f"reload to generation {reload['generation']}: {reload['phase']}, "
+                     f"{reload['replaced']} replaced, {reload['left']} old daemon(s) left")
     c = info.get("counters", {})
     lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     return "\n".join(lines)
@@ -455,5 +460,14 @@ def keygen(directory: str, name: str, force: bool) -> None:
     click.echo(f"public key: {public}\nsecret key: {secret}")
 
 
-if __name__ == "__main__":
-    main()
+def _add_control_commands() -> None:
+    from .cli_control import reload, scale, stacks  # (it imports this module's options)
+    for command in (scale, reload, stacks):
+        main.add_command(command)
+
+
+if __name__ == "__main__":  # `python -m zbridge.cli`: the module itself has every command
+    from zbridge.cli import main as _main
+    _main()
+else:
+    _add_control_commands()

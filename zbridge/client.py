@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import zmq
 
 from . import fanout, plans, presence, shield
+from .admin import SyncControl
 from .calls import (
     HUB_GRACE,
     STREAM_WINDOW,
@@ -51,7 +52,7 @@ SUBMIT_THREADS = 32
 CLOSE_WAIT = 5.0  # seconds close() waits for other threads to leave their zmq calls
 
 
-class Client(ClientCore, SyncHandles):
+class Client(ClientCore, SyncHandles, SyncControl):
     """A connection to a hub at ``endpoint`` (as started by ``zbridge serve``)."""
 
     def __init__(self, endpoint: str | None = None, *, tools: Any = None,

@@ -100,7 +100,8 @@ def ipc_path(endpoint: str) -> str | None:
 
 def remove_private_dir(directory: str) -> None:
     """Remove our own files, then the directory; never anything we did not create."""
-    ours = [os.path.join(directory, pattern) for pattern in ("*.sock", "*.key", "*.key_secret")]
+    ours = [os.path.join(directory, pattern)  # (stacks-*: daemons' stack dumps, zbridge/stacks.py)
+            for pattern in ("*.sock", "*.key", "*.key_secret", "stacks-*.txt", "stacks-*.txt.new")]
     for path in [p for pattern in ours for p in glob.glob(pattern)] + [os.path.join(directory, PID_FILE)]:
         try:
             os.unlink(path)

@@ -14,6 +14,8 @@
     │   ├── Cancelled (-32005)           the call was cancelled
     │   └── ConnectionLost (-32006)      the hub dropped this client's connection mid-call
     ├── ToolError (-32000)               the tool ran and raised; .data has type, message, traceback
+    ├── ReloadFailed (-32007)            a reload was aborted: the new tools did not start, and
+    │                                    the daemons already running serve on (their old code)
     └── InternalError (-32603)           zbridge failed (e.g. the result cannot be encoded)
 
     Interrupted (a BaseException)        raised *inside a tool* when its caller cancels it, so a
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BridgeError", "DidNotRun", "MayHaveRun", "Interrupted", "ParseError", "InvalidRequest", "ToolNotFound", "InvalidParams",
     "InternalError", "ToolError", "CallTimeout", "WorkerLost", "Overloaded",
-    "PoolUnavailable", "Cancelled", "ConnectionLost", "error_from_wire", "error_class_for",
+    "PoolUnavailable", "Cancelled", "ConnectionLost", "ReloadFailed", "error_from_wire", "error_class_for",
 ]
 
 
@@ -143,11 +145,18 @@ class ConnectionLost(MayHaveRun):
     code = -32006
 
 
+class ReloadFailed(BridgeError):
+    """``reload()`` was aborted: the first daemon with the new tools did not start (the
+    message names why; ``data.cause`` is ``load_failed`` or ``start_failed``, or ``closing``
+    when the hub stopped first). The daemons already running keep serving their old code."""
+    code = -32007
+
+
 _BY_CODE: dict[int, type[BridgeError]] = {
     cls.code: cls
     for cls in (ParseError, InvalidRequest, ToolNotFound, InvalidParams, InternalError,
                 ToolError, CallTimeout, WorkerLost, Overloaded, PoolUnavailable, Cancelled,
-                ConnectionLost)
+                ConnectionLost, ReloadFailed)
 }
 
 

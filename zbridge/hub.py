@@ -43,6 +43,7 @@ from .actions import Action, Answered, Interrupt, Kill, Lease, Note, Spawn, ToCl
 from . import forks
 from .broker import Broker
 from .config import Settings
+from .control import Controls
 from .direct import lend
 from .endpoints import (
     check_bindable,
@@ -196,12 +197,14 @@ class Hub:
             self.supervisor = Supervisor(
                 daemon_command(settings, self.backend_endpoint, self.heartbeat_endpoint, tools,
                                self.security.local_daemon_args +
-                               ["--expose-tracebacks" if expose else "--no-expose-tracebacks"] + pickle),
+                               ["--expose-tracebacks" if expose else "--no-expose-tracebacks"] + pickle +
+                               ["--stacks-dir", self.private_dir]),
                 self._notify_exit, stop_timeout=settings.stop_timeout,
                 channels=settings.max_message_size + 4096 if self.direct else 0)
             # daemons not spawned by us are admitted only where they can connect at all
             self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind),
                                  probe=self.supervisor.process_state, expose_errors=expose)
+            self.control = Controls(self)  # scale, reload, stacks
             self._bind()
             path = desk_path(frontend)
             if lending and path is not None:
@@ -274,6 +277,10 @@ class Hub:
         if not self._stopped.is_set():
             self._post(b"exit", ident, b"" if code is None else str(code).encode(),
                        tail.encode(errors="replace"))
+
+    def send_later(self, client: bytes, frame: bytes) -> None:
+        """From another thread: ``frame`` to ``client``, sent by the hub thread."""
+        self._post(b"reply", client, frame)
 
     def request_stop(self, drain_timeout: float = 10.0) -> None:
         """Ask the loop to drain (running calls may finish for drain_timeout) and stop."""
@@ -505,9 +512,11 @@ class Hub:
             if header.flags & FLAG_PREWARM:
                 self._apply(self._decide(self.broker.prewarm, now))
             self._apply([ToClient(client, encode_result(header.id, self.status(now)))])
+        elif kind is Kind.CONTROL:  # scale, reload, stacks (zbridge/control.py)
+            self.control.on_message(client, header, frame, now)
         else:
             self._send_error(client, header.id, InvalidRequest(
-                f"clients may send REQUEST, CREDIT, CANCEL or STATUS, not {kind.name}"))
+                f"clients may send REQUEST, CREDIT, CANCEL, STATUS or CONTROL, not {kind.name}"))
 
     def _send_error(self, client: bytes, id: int, error: BridgeError) -> None:
         self._apply([ToClient(client, encode_error(id, error))])
@@ -578,11 +587,14 @@ class Hub:
     def _on_event(self, now: float) -> None:
         frames = self.events.recv_multipart()
         if frames[0] == b"exit":
+            self.control.daemon_exited(frames[1])
             code = int(frames[2]) if frames[2] else None
             self._apply(self._decide(self.broker.daemon_exited, frames[1], now, describe_exit(code), code,
                                      frames[3].decode(errors="replace")))
         elif frames[0] == b"stop":
             self.begin_stop(float(frames[1]), now)
+        elif frames[0] == b"reply":
+            self._apply([ToClient(frames[1], frames[2])])
 
     def begin_stop(self, drain_timeout: float, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

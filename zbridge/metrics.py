@@ -14,7 +14,7 @@ prefix, base units, ``_total`` counters), plus prometheus_client's ``process_*``
     zbridge_queue_depth                          calls waiting for a daemon
     zbridge_daemons{state}                       daemons by state
     zbridge_restarts_total{reason}               daemon exits: crashed, start_failed, killed,
-                                                 recycled, idle, lost
+                                                 recycled, idle, lost, scaled, reloaded
     zbridge_daemon_rss_bytes{daemon}             resident memory per daemon (from heartbeats)
     zbridge_hub_loop_lag_seconds                 worst late timer wake-up of the hub loop
                                                  in the last snapshot interval

@@ -69,6 +69,7 @@ class Kind(IntEnum):
     PARTIAL = 8     # daemon -> hub -> client: one item of a streamed result
     CREDIT = 9      # client -> hub -> daemon: the consumer can take `n` more items
     LEASE = 10      # hub -> a local borrower (the lease desk): a daemon's channel is yours for call `id`
+    CONTROL = 11    # client -> hub: scale, reload or stacks (capability "control"); one REPLY
 
 
 _TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", re.IGNORECASE)
@@ -143,11 +144,12 @@ def refusal(frame: bytes | memoryview, error: BridgeError) -> bytes:
 def capabilities(pickle: bool = False, lease: bool = False) -> list[str]:
     """What a client of this version may ask for, per message (STATUS ``capabilities``):
     ``stream`` (REQUEST flag bit 2 and CREDIT), ``prewarm`` (STATUS flag bit 3), ``trace``
-    (a REQUEST's ``trace`` member), ``pickle`` (REQUEST flag bit 4) only where the
-    daemons decode pickle bodies, ``lease`` where a lease desk lends daemons to local
-    clients (PROTOCOL.md §15). A later feature that changes what a client receives
-    is listed here and takes effect only for a client that asks for it."""
-    return ["stream", "prewarm", "trace"] + (["pickle"] if pickle else []) + (["lease"] if lease else [])
+    (a REQUEST's ``trace`` member), ``control`` (the CONTROL message, kind 11: scale,
+    reload, stacks, which an older hub refuses), ``pickle`` (REQUEST flag bit 4) only where
+    the daemons decode pickle bodies, ``lease`` where a lease desk lends daemons to local
+    clients (PROTOCOL.md §15). A later feature that changes what a client receives is listed
+    here and takes effect only for a client that asks for it."""
+    return ["stream", "prewarm", "trace", "control"] + (["pickle"] if pickle else []) + (["lease"] if lease else [])
 
 
 def packb(obj: Any) -> bytes:
@@ -493,3 +495,52 @@ def without_flags(frame: bytes | memoryview, flags: int) -> bytes:
 
 def encode_status_request(id: int, prewarm: bool = False) -> bytes:
     return pack_header(Kind.STATUS, id, 0, FLAG_PREWARM if prewarm else 0) + _packb_plain(None)
+
+
+# --- live control (capability "control") --------------------------------------------------
+
+CONTROL_OPS = ("scale", "reload", "stacks")
+MAX_WORKERS = 1024  # a typo in `zbridge scale` must not start thousands of processes
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A CONTROL message: ``scale`` to ``workers`` daemons, ``reload`` the tools, or dump
+    the ``stacks`` of ``daemon`` (its status id, "w3", or its pid)."""
+    id: int
+    op: str
+    workers: int = 0
+    daemon: str | int = ""
+
+
+def encode_control(id: int, op: str, *, workers: int | None = None,
+                   daemon: str | int | None = None) -> bytes:
+    body: dict[str, Any] = {"op": op}
+    if workers is not None:
+        body["workers"] = workers
+    if daemon is not None:
+        body["daemon"] = daemon
+    return pack_header(Kind.CONTROL, id) + _packb_plain(body)
+
+
+def decode_control(frame: bytes, header: Header) -> Control:
+    """The CONTROL in ``frame``: InvalidRequest for a body that is not one, InvalidParams
+    for an op's argument of the right type but out of range."""
+    body = unpackb(body_of(frame), max_size=64 * 1024, values=False)
+    op = body.get("op") if isinstance(body, dict) else None
+    if op not in CONTROL_OPS:
+        raise InvalidRequest(f"a control body is a map whose 'op' is one of {', '.join(CONTROL_OPS)}, "
+                             f"not {op!r:.40}")
+    if op == "scale":
+        workers = body.get("workers")
+        if not isinstance(workers, int) or isinstance(workers, bool):
+            raise InvalidRequest("scale needs 'workers', an integer")
+        if not 0 <= workers <= MAX_WORKERS:
+            raise InvalidParams(f"workers must be from 0 to {MAX_WORKERS}, not {workers}")
+        return Control(header.id, op, workers=workers)
+    if op == "stacks":
+        daemon = body.get("daemon")
+        if isinstance(daemon, bool) or not isinstance(daemon, (str, int)) or daemon == "":
+            raise InvalidRequest("stacks needs 'daemon': a daemon's status id (\"w3\") or its pid")
+        return Control(header.id, op, daemon=daemon)
+    return Control(header.id, op)

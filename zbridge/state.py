@@ -11,8 +11,9 @@ from typing import Any
 from .errors import PoolUnavailable
 from .stats import ToolStats
 
-# why daemons end, as a small fixed set (restarts_total{reason}); "stopped" is shutdown
-EXIT_KINDS = ("crashed", "start_failed", "killed", "recycled", "idle", "lost")
+# why daemons end, as a small fixed set (restarts_total{reason}); "stopped" is shutdown;
+# "scaled" and "reloaded": let go by `zbridge scale` and `zbridge reload`
+EXIT_KINDS = ("crashed", "start_failed", "killed", "recycled", "idle", "lost", "scaled", "reloaded")
 
 
 class JobState(str, Enum):
@@ -91,6 +92,8 @@ class Daemon:
     rss: int | None = None
     call_limit: int | None = None
     retiring: str | None = None      # to be replaced: leaves once capacity allows
+    retire_kind: str = "recycled"    # its exit kind once it leaves (scaled, reloaded: rollout.py)
+    generation: int = 0              # the pool's reload count when it was spawned (rollout.py)
     exit_kind: str | None = None     # why it is going, one of EXIT_KINDS, when the hub decided
     channel: Any = None              # its exclusive channel (``wire.Channel``), if spawned with one
     interrupt_at: float | None = None  # when to ask its stale call to stop again (interrupt)

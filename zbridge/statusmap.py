@@ -23,6 +23,7 @@ class DaemonStatus(TypedDict):
     last_beat_age_s: float | None
     unresponsive: bool           # beats overdue, process running (a tool holding the GIL)
     retiring: str | None
+    generation: NotRequired[int]  # reloads before it was spawned (older hubs: absent)
     routing_id: NotRequired[str]  # only where tracebacks are exposed (local callers)
 
 
@@ -51,6 +52,15 @@ class ToolStatus(TypedDict):
     run_s: Quantiles
 
 
+class ReloadStatus(TypedDict):
+    """A reload in progress (``zbridge reload``)."""
+    generation: int
+    phase: str                   # checking (its first new daemon is starting), rolling
+    replaced: int                # old daemons retired so far
+    left: int                    # old daemons still running
+    started_ago_s: float
+
+
 class Status(TypedDict):
     workers: int
     queue_depth: int
@@ -69,6 +79,8 @@ class Status(TypedDict):
     protocol: int
     capabilities: list[str]      # what a client may ask for (docs/PROTOCOL.md §10)
     max_message_size: int
+    generation: NotRequired[int]           # reloads asked for (older hubs: absent)
+    reload: NotRequired[ReloadStatus | None]  # the reload in progress, if any
     pool_enabled: NotRequired[bool]  # False (and little else) when the pool is disabled
 
 

@@ -161,6 +161,12 @@ class Supervisor:
                 self._terminate(proc, grace=1.0)
             _signal_group(proc.popen, signal.SIGKILL)  # grandchildren that outlived the daemon
 
+    def reload_template(self) -> None:
+        """A reload begins (``zbridge reload``): daemons started from now on must load the
+        tools afresh. Nothing to do here, where every daemon is a fresh process; a
+        supervisor that forks daemons from a preloaded template rebuilds the template, so
+        that no daemon spawned after this returns comes from the old one."""
+
     def fds(self) -> list[int]:
         """The file descriptors that keep daemons tied to this process (lifelines and
         channels), for a forked child to let go of (``zbridge/forks.py``)."""

@@ -21,12 +21,13 @@ OUT = Path(__file__).with_name("vectors.json")
 PROTOCOL = 2
 HEADER = struct.Struct("!2sBBB3xIQ")
 KINDS = {1: "REQUEST", 2: "REPLY", 3: "READY", 4: "HEARTBEAT", 5: "DISCONNECT", 6: "STATUS",
-         7: "CANCEL", 8: "PARTIAL", 9: "CREDIT"}
+         7: "CANCEL", 8: "PARTIAL", 9: "CREDIT", 11: "CONTROL"}
 REQUEST, REPLY, READY, HEARTBEAT, DISCONNECT, STATUS, CANCEL, PARTIAL, CREDIT = range(1, 10)
+CONTROL = 11  # (10 is LEASE, on the lease desk only)
 IDEMPOTENT, RETIRE, STREAM, PREWARM, PICKLE = 0x01, 0x02, 0x04, 0x08, 0x10
 TIMEOUT = 10_000  # ms: every call's deadline unless a case is about deadlines
 U64 = 2**64 - 1
-BASE_CAPABILITIES = ["stream", "prewarm", "trace"]
+BASE_CAPABILITIES = ["stream", "prewarm", "trace", "control"]
 CAPABILITIES = BASE_CAPABILITIES + ["lease"]  # the reference hubs serve ipc endpoints: a lease desk (§15)
 
 HUBS = {
@@ -43,6 +44,12 @@ HUBS = {
                "about": "one daemon that sets the retire flag on every reply (RSS over 1 MB)"},
     "pickle": {"args": ["--workers", "1", "--serializer", "pickle"],
                "about": "one daemon that decodes pickle bodies: STATUS lists the pickle capability"},
+    "scale": {"args": ["--workers", "1"],
+              "about": "one daemon (at first): only the scale case changes its size"},
+    "stacks": {"args": ["--workers", "1", "--prewarm"],
+               "about": "one daemon, w1, from the start: only the stacks case uses it"},
+    "reload": {"args": ["--workers", "2", "--prewarm"],
+               "about": "two daemons, w1 and w2, from the start: only the reload case uses it"},
 }
 READINESS = {"interval_ms": 100, "within_ms": 30000,
              "about": "a hub is ready once a STATUS sent on a fresh connection is answered"}
@@ -734,7 +741,7 @@ def status() -> None:
               "current_call": typed("int", "nil"), "call_age_s": typed("float", "int", "nil"),
               "tools": typed("array"), "rss": typed("int", "nil"),
               "last_beat_age_s": typed("float", "int", "nil"), "unresponsive": typed("bool"),
-              "retiring": typed("str", "nil")}
+              "retiring": typed("str", "nil"), "generation": typed("int")}
     case("status_fields", "Status: the REPLY result map",
          send(req(1, "echo", ["warm"])), expect(ok(1, "warm")),
          send(frame(STATUS, 7, None)),
@@ -746,7 +753,8 @@ def status() -> None:
                        "daemons": {"$min_len": 1, "$each": daemon | {"routing_id": typed("str")}},
                        "restarts": {"$each": {"id": typed("str"), "pid": typed("int", "nil"),
                                               "reason": typed("str"), "ago_s": typed("float", "int")}},
-                       "endpoint": typed("str"), "hub_pid": typed("int")})))
+                       "endpoint": typed("str"), "hub_pid": typed("int"),
+                       "generation": typed("int"), "reload": None})))
     case("status_prewarm", "Flags: STATUS with bit 3 (prewarm) starts every daemon up to workers",
          send(frame(STATUS, 1, None, flags=PREWARM)),
          expect(ok(1, {"daemons": {"$min_len": 2}})))
@@ -776,6 +784,50 @@ def status() -> None:
          poll_status({"counters": {"dropped_replies": {"$gte": 1}}}), hub="small")
 
 
+def control() -> None:
+    def op(id: int, body) -> bytes:
+        return frame(CONTROL, id, body)
+    case("control_bodies_refused", "Control: a CONTROL body that is not a known op with its "
+         "arguments is -32600, an argument out of range -32602, both with the header's id; "
+         "nothing changes",
+         send(op(1, {})), expect(err(1, -32600)),
+         send(op(2, {"op": "restart"})), expect(err(2, -32600)),
+         send(op(3, {"op": "scale"})), expect(err(3, -32600)),
+         send(op(4, {"op": "scale", "workers": "2"})), expect(err(4, -32600)),
+         send(op(5, {"op": "scale", "workers": 1025})), expect(err(5, -32602)),
+         send(op(6, {"op": "stacks"})), expect(err(6, -32600)),
+         send(op(7, {"op": "stacks", "daemon": "w999"})), expect(err(7, -32602, message=contains("w999"))),
+         send(op(8, None)), expect(err(8, -32600)),
+         poll_status({"workers": 2}))
+    case("control_scale", "Control: scale answers at once with the new and the old size; "
+         "STATUS workers shows it and the daemons follow (up: started now; down: the extras leave)",
+         send(op(1, {"op": "scale", "workers": 3})), expect(ok(1, {"workers": 3, "was": 1})),
+         poll_status({"workers": 3, "daemons": {"$len": 3, "$each": {"state": "idle"}}}, within_ms=30000),
+         send(op(2, {"op": "scale", "workers": 1})), expect(ok(2, {"workers": 1, "was": 3})),
+         poll_status({"workers": 1, "daemons": {"$len": 1}, "exits": {"scaled": 2}}, within_ms=30000),
+         hub="scale")
+    case("control_stacks", "Control: stacks of a busy daemon (by its STATUS id) is its threads' "
+         "Python stacks, the tool's frame among them; the running call is not disturbed",
+         send(req(1, "span", [1.0, "held"])),
+         poll_status({"daemons": {"$len": 1, "$each": {"id": "w1", "state": "busy"}}}, within_ms=30000),
+         send(op(2, {"op": "stacks", "daemon": "w1"})),
+         expect(ok(2, {"daemon": "w1", "pid": typed("int"), "stacks": contains(" in span")})),
+         expect(ok(1, {"nonce": "held"}), within_ms=10000),
+         hub="stacks")
+    case("control_reload", "Control: reload answers once every daemon was replaced, one at a "
+         "time, each after its running call (whose REPLY comes first); STATUS then shows the "
+         "new generation on every daemon",
+         poll_status({"daemons": {"$len": 2, "$each": {"state": "idle"}}}, within_ms=30000),
+         send(req(1, "span", [0.5, "kept"])),
+         poll_status({"daemons": {"$len": 2}, "queue_depth": 0, "counters": {"accepted": 1}}),
+         send(op(2, {"op": "reload"})),
+         expect(ok(1, {"nonce": "kept"}),
+                ok(2, {"generation": 1, "replaced": 2, "took_s": typed("float", "int")}), within_ms=60000),
+         poll_status({"generation": 1, "reload": None,
+                      "daemons": {"$len": 2, "$each": {"generation": 1, "state": "idle"}}}),
+         hub="reload")
+
+
 def _untagged_floats(node, path: str = "$") -> list[str]:
     """Where a bare JSON float would be written (every float must be tagged $float)."""
     if isinstance(node, float):
@@ -790,7 +842,7 @@ def _untagged_floats(node, path: str = "$") -> list[str]:
 def build() -> dict:
     CASES.clear()
     for group in (calls, values, extensions, buffers, ids, flags, versions, headers, bodies,
-                  deadlines, cancels, credits, status):
+                  deadlines, cancels, credits, status, control):
         group()
     names = [c["name"] for c in CASES]
     assert len(names) == len(set(names)), "case names must be unique"

@@ -13,3 +13,5 @@ def add(a: int, b: int = 0) -> int:
 add("one", 2)  # E: wrong argument type, kept through the decorator
 name: int = zbridge.Bridge().call  # E: a method is not an int
 zbridge.Bridge(tools="t").call(42)  # E: the tool name is a str
+zbridge.Bridge(tools="t").scale("2")  # E: workers is an int
+zbridge.Bridge(tools="t").stacks(1.5)  # E: a daemon is its id or pid

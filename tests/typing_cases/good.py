@@ -28,6 +28,10 @@ def main() -> None:
             print(item)
         status = bridge.status()
         print(result, status["daemons"])
+        workers: int = bridge.scale(2)["workers"]
+        replaced: int = bridge.reload(timeout=60.0)["replaced"]
+        stacks: str = bridge.stacks("w1") + bridge.stacks(1234)
+        print(workers, replaced, stacks, status.get("generation"))
     try:
         zbridge.Client().call("add", [1])
     except zbridge.DidNotRun as exc:
@@ -46,3 +50,6 @@ async def amain() -> None:
         await task
         async for item in bridge.astream("count", [2]):
             print(item, value)
+        scaled = await bridge.scale(1)
+        reloaded = await bridge.reload()
+        print(scaled["was"], reloaded["took_s"], await bridge.stacks("w1"))
