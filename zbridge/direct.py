@@ -111,12 +111,12 @@ def send_request(hub: Hub, job: Job, lone: bool = False) -> bool:
     """A leased request on its daemon's channel (``lone``: another request is likely to
     follow at once, from a lone caller calling back to back or from the queue, so the
     daemon may wait for it awake); False (and the broker told) if the daemon's end is gone."""
+    channel, daemon = job.channel, job.daemon or b""  # as lent now (a failure voids the lease)
     try:
-        job.channel.send(add_flags(job.frame, FLAG_LONE) if lone else job.frame, job.extra)
+        channel.send(add_flags(job.frame, FLAG_LONE) if lone else job.frame, job.extra)
     except OSError:
         with hub.guard:
-            actions = hub.broker.daemon_unreachable(job.daemon or b"", job.frame, time.monotonic(),
-                                                    job.extra)
+            actions = hub.broker.daemon_unreachable(daemon, job.frame, time.monotonic(), job.extra)
         carry_out(hub, actions, None)
         job.owner.wake(job)
         return False
