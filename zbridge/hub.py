@@ -61,6 +61,7 @@ from .protocol import (FLAG_PREWARM, MAX_BUFFERS, VERSION, Kind, capabilities, d
 from .security import HubSecurity
 from .shield import Guard, mark_internal
 from .state import Job, describe_exit
+from .preload import Plan
 from .supervisor import Supervisor
 from .wire import SMALL
 
@@ -195,7 +196,8 @@ class Hub:
                                self.security.local_daemon_args +
                                ["--expose-tracebacks" if expose else "--no-expose-tracebacks"] + pickle),
                 self._notify_exit, stop_timeout=settings.stop_timeout,
-                channels=settings.max_message_size + 4096 if direct else 0)
+                channels=settings.max_message_size + 4096 if direct else 0,
+                preload=Plan.for_settings(settings))
             # daemons not spawned by us are admitted only where they can connect at all
             self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind),
                                  probe=self.supervisor.process_state, expose_errors=expose)
@@ -769,6 +771,8 @@ class Hub:
         status["protocol"] = VERSION
         status["capabilities"] = capabilities(self.settings.serializer == "pickle")
         status["max_message_size"] = self.settings.max_message_size
+        if self.supervisor.template is not None:
+            status["preload"] = self.supervisor.template.status()
         return status
 
     def publish_snapshot(self, now: float | None = None) -> dict[str, Any]:

@@ -51,6 +51,14 @@ class ToolStatus(TypedDict):
     run_s: Quantiles
 
 
+class PreloadStatus(TypedDict):
+    """The template daemons are forked from (``preload``)."""
+    state: str                   # absent, starting, ready, refused
+    pid: int | None
+    refusal: str | None          # why it never forks (threads alive after start-up)
+    failures: int                # templates in a row that failed or died soon after ready
+
+
 class Status(TypedDict):
     workers: int
     queue_depth: int
@@ -70,6 +78,7 @@ class Status(TypedDict):
     capabilities: list[str]      # what a client may ask for (docs/PROTOCOL.md §10)
     max_message_size: int
     pool_enabled: NotRequired[bool]  # False (and little else) when the pool is disabled
+    preload: NotRequired[PreloadStatus]  # only with preload (since issue 21)
 
 
 def disabled(workers: int) -> Status:
