@@ -41,7 +41,7 @@ from .statusmap import PreloadStatus
 
 log = logging.getLogger("zbridge.hub")
 
-FORK_TIMEOUT = 10.0   # seconds a ready template may take to answer a FORK before it counts as stuck
+FORK_TIMEOUT = 5.0    # seconds a ready template may take to answer a FORK before it counts as stuck
 TAIL_LINES = 40
 IDENT = b"template"   # how the template's stderr lines are tagged
 
@@ -376,11 +376,11 @@ class Template:
     def _ask(self, gen: _Generation, child: Forked) -> None:
         """Send a FORK (under the lock). If the template is gone, its end fails the child."""
         gen.asked[child.ident] = child
-        try:
+        try:  # never blocks: a full socket means a stuck template, and the FORK's wait says so
             socket.send_fds(gen.control, [preload.fork(child.ident.decode(), child.channel_fd is not None)],
-                            child.theirs)
+                            child.theirs, socket.MSG_DONTWAIT)
         except OSError:
-            pass  # the reader is about to see the template's end
+            pass  # the template is gone (the reader sees its end) or stuck (spawn's wait)
 
     def _refuse(self, gen: _Generation, reason: str) -> None:
         """Never fork from a template again (logged once); who waited is spawned now."""
