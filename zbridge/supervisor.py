@@ -34,7 +34,8 @@ from .preload import Plan
 from .procinfo import run_state
 from .state import Process as ProcessState
 from .state import describe_exit
-from .template import Forked, Template
+from .forked import Forked
+from .template import Template
 from .wire import Channel
 
 __all__ = ["Supervisor", "describe_exit"]
