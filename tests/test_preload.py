@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import zbridge
-from helpers import TOOLSETS, daemon_pids, served, status_kib, wait_until
+from helpers import TOOLSETS, ZBRIDGE, daemon_pids, served, status_kib, wait_until
 
 TOOLS = str(TOOLSETS / "preloaded.py")
 
@@ -214,6 +214,9 @@ def test_served_hub_with_preload_forks_and_leaves_nothing_when_killed(tmp_path):
             assert template is not None and parent_of(template) == proc.pid
             assert all(parent_of(pid) == template for pid in daemons(client))
             ours = set(daemons(client)) | {template}
+        shown = subprocess.run([*ZBRIDGE, "status", "--endpoint", endpoint], capture_output=True,
+                               text=True, timeout=30)
+        assert f"preload: template ready, pid {template}" in shown.stdout, shown.stderr
         proc.kill()                                # lifelines: no hub, no template, no daemon
         proc.wait()
         assert wait_until(lambda: not (ours & daemon_pids()), timeout=10)

@@ -369,6 +369,9 @@ def format_status(info: Mapping[str, Any]) -> str:
         lines += [f"  {r['ago_s']:8.1f}s ago  {r['id']} pid {r['pid']}: {r['reason']}" for r in restarts[-10:]]
     if info.get("last_start_error"):
         lines.append(f"last start error: {info['last_start_error'].splitlines()[0]}")
+    if info.get("preload"):  # daemons are forked from a template (issue 21)
+        p = info["preload"]
+        lines.append(f"preload: template {p['state']}, pid {p['pid']}" + (f": {p['refusal']}" if p["refusal"] else ""))
     c = info.get("counters", {})
     lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     return "\n".join(lines)
