@@ -142,6 +142,29 @@ def test_a_killed_template_is_rebuilt_and_later_daemons_are_forked_again(startup
     assert startups(startup_log) == [first, second]
 
 
+def test_a_reload_retires_the_template_and_new_daemons_come_from_a_new_one(startup_log):
+    """What ``zbridge reload`` asks of the supervisor (``reload_template``) before it starts
+    new daemons: none of them may come from the old template, which leaves with its daemons."""
+    with zbridge.Bridge(TOOLS, workers=2, prewarm=True, preload=True, fallback=False) as bridge:
+        bridge.wait_ready(30, count=2)
+        old_template, old = template_pid(bridge), daemons(bridge)
+        bridge._hub.supervisor.reload_template()
+        os.kill(old[0], signal.SIGKILL)            # its replacement waits for a new template
+        assert wait_until(lambda: len(daemons(bridge)) == 2 and old[0] not in daemons(bridge), timeout=20)
+        new_template = template_pid(bridge)
+        assert new_template not in (None, old_template)
+        replacement = (set(daemons(bridge)) - set(old)).pop()
+        assert parent_of(replacement) == new_template
+        assert old_template in daemon_pids()       # it still reports its last daemon's exit
+        os.kill(old[1], signal.SIGKILL)
+        assert wait_until(lambda: old_template not in daemon_pids())  # then it leaves
+        assert wait_until(lambda: len(daemons(bridge)) == 2 and old[1] not in daemons(bridge))
+        assert all(parent_of(pid) == new_template for pid in daemons(bridge))
+        exits = [e for e in bridge.status()["restarts"] if e["pid"] == old[1]]
+        assert exits and exits[0]["reason"] == "killed by SIGKILL"
+    assert startups(startup_log) == [old_template, new_template]
+
+
 def test_a_template_with_threads_refuses_to_fork_says_why_and_the_pool_still_serves(
         monkeypatch, caplog, startup_log):
     monkeypatch.setenv("ZBRIDGE_TEST_STARTUP_THREAD", "model-prefetch")

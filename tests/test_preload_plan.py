@@ -100,3 +100,13 @@ def test_control_messages_round_trip_and_refuse_garbage():
 def test_the_threads_refusal_names_the_threads():
     reason = preload.threads_reason(["model-prefetch", "ThreadPoolExecutor-0_0"])
     assert "2 thread(s)" in reason and "'model-prefetch'" in reason and "ThreadPoolExecutor-0_0" in reason
+
+
+def test_a_reload_makes_the_next_template_a_first_one_again():
+    p = plan()
+    p.spawn(0.0)
+    p.refuse("1 thread(s) alive")                  # the old code started a thread
+    p.reload()
+    assert p.spawn(1.0) == (How.DEFER, True)       # new code: a new template, waited for
+    p.ready(2.0)
+    assert p.spawn(2.1) == (How.FORK, False) and p.refusal is None

@@ -32,6 +32,8 @@ forked daemon must own ride with its FORK as ``SCM_RIGHTS`` (``socket.send_fds``
 * A template with threads alive (a library's thread pool: forking would copy their locks
   but not the threads) is *refused* for good: one clear error naming the threads, and
   every daemon is spawned the ordinary way.
+* A reload (new tools code) retires the template: it forks no more and leaves once the
+  daemons forked from it have; the next one is built from the new code as a first one.
 """
 
 from __future__ import annotations
@@ -173,6 +175,12 @@ class Plan:
                               self.backoff_base, self.backoff_cap, rng=self.rng)
         self.start_allowed_at = now + delay
         return delay if was_ready else None
+
+    def reload(self) -> None:
+        """New tools code (``zbridge reload``): the next template is a first one again (its
+        daemons wait for it, and fail as it fails), refused or not before."""
+        self.state, self.ever_ready, self.failures = TemplateState.ABSENT, False, 0
+        self.start_allowed_at, self.ready_at, self.refusal = 0.0, None, None
 
     def rebuild_due(self, now: float) -> bool:
         """An eager rebuild's timer fired: start one unless something else did meanwhile."""

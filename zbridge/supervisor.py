@@ -172,6 +172,14 @@ class Supervisor:
         _signal_group(proc.popen, signal.SIGKILL)  # also reaps grandchildren left in the group
         proc.popen.wait()
 
+    def reload_template(self) -> None:
+        """A reload begins (``zbridge reload``): daemons started from now on must load the
+        tools afresh. Every spawned daemon is a fresh process already; with ``preload``, the
+        template is retired, and daemons spawned from now on are forked from a new one
+        (``Template.reload``), so none spawned after this returns comes from the old code."""
+        if self.template is not None:
+            self.template.reload()
+
     def stop_all(self) -> None:
         """Close every lifeline (daemons exit by themselves), then TERM/KILL stragglers;
         the template last (it reports its daemons' exits)."""

@@ -59,6 +59,10 @@ class _Generation:
     asked: dict[bytes, Forked] = field(default_factory=dict)        # FORK sent, no answer yet
     children: dict[bytes, Forked] = field(default_factory=dict)     # forked, not ended yet
     abandoned: bool = False   # being killed: its end is no news, and nothing more is asked of it
+    retired: bool = False     # old code (a reload): forks no more, leaves after its daemons
+
+    def idle(self) -> bool:
+        return not (self.pending or self.asked or self.children)
 
 
 class Template:
@@ -107,11 +111,29 @@ class Template:
                 if child in gen.pending:
                     gen.pending.remove(child)
                     child.finish(-sig, "stopped before its template was ready")
-                    if not gen.pending and self.plan.state is TemplateState.STARTING:
+                    if gen.idle() and (gen.retired or self.plan.state is TemplateState.STARTING):
                         # the broker gave up on the start (start_timeout): it was the template's
                         self._abandon(gen, "no daemon waits for it any more")
                 elif gen.asked.get(child.ident) is child:
                     child.kill_signal = sig  # sent as soon as its pid is known
+
+    def reload(self) -> None:
+        """The tools' code changed: daemons spawned from now on come from a new template
+        (waiting for it, as for the first); the current one forks what it was already
+        asked for, reports its daemons' exits, and leaves once they have."""
+        with self.lock:
+            self.plan.reload()
+            gen, self.current = self.current, None
+            if gen is not None and not gen.abandoned:
+                gen.retired = True
+                _note(logging.INFO, "template_retire", pid=gen.proc.pid, reason="reload")
+                self._leave_if_done(gen)
+
+    def _leave_if_done(self, gen: _Generation) -> None:
+        """A retired template with no daemon left to fork or report: its lifeline closes."""
+        if gen.retired and gen.idle() and gen.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                gen.proc.stdin.close()
 
     def close(self) -> None:
         """The pool is stopping: no more forks, deferred daemons never start. Templates
@@ -242,7 +264,8 @@ class Template:
             if refusal:
                 self._refuse(gen, str(refusal))
                 return
-            self.plan.ready(time.monotonic())
+            if not gen.retired:
+                self.plan.ready(time.monotonic())
             _note(logging.INFO, "template_ready", pid=gen.proc.pid,
                   startup_s=round(time.monotonic() - gen.started, 6))
             waiting, gen.pending = gen.pending, []
@@ -256,6 +279,7 @@ class Template:
             self._refuse(gen, str(message.get("reason")))
         elif event == "exit" and ident in gen.children:
             gen.children.pop(ident).finish(int(str(message["status"])))
+            self._leave_if_done(gen)
 
     def _ask(self, gen: _Generation, child: Forked) -> None:
         """Send a FORK (under the lock). If the template is gone, its end fails the child."""
@@ -268,7 +292,7 @@ class Template:
 
     def _refuse(self, gen: _Generation, reason: str) -> None:
         """Never fork from a template again (logged once); who waited is spawned now."""
-        if self.plan.state is not TemplateState.REFUSED:
+        if self.current is gen and self.plan.state is not TemplateState.REFUSED:
             self.plan.refuse(reason)
             _note(logging.WARNING, "preload_refused", pid=gen.proc.pid, reason=reason)
         waiting = gen.pending + list(gen.asked.values())
