@@ -55,13 +55,13 @@ from .fdguard import FdGuard, guard_hub
 from .logs import configure as configure_logs
 from .logs import note_text
 from .pickling import refuse_remote
+from .preload import Plan
 from .protocol import (FLAG_PREWARM, MAX_BUFFERS, VERSION, Kind, capabilities, decode_credit, decode_heartbeat,
                        decode_ready, encode_cancel, encode_error, encode_heartbeat, encode_result,
                        read_header, refusal)
 from .security import HubSecurity
 from .shield import Guard, mark_internal
 from .state import Job, describe_exit
-from .preload import Plan
 from .supervisor import Supervisor
 from .wire import SMALL
 
