@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 
-from . import cases_floor, cases_peers, cases_pipe_start, cases_zbridge, goals, meta, plot, report
+from . import cases_floor, cases_peers, cases_pipe_start, cases_preload, cases_zbridge, goals, meta, plot, report
 from .cases import Target
 from .profiles import Profile, choose
 from .runner import run
@@ -38,7 +38,7 @@ def all_targets(profile: Profile) -> list[Target]:
     """zbridge, floor and peer targets alternating, so neighbours in a round differ in kind
     (the pipe cold starts alternate their zbridge and floor starts within one target)."""
     groups = [cases_zbridge.targets(profile), cases_floor.targets(profile), cases_peers.targets(profile),
-              cases_pipe_start.targets(profile)]
+              cases_pipe_start.targets(profile), cases_preload.targets(profile)]
     return [t for t in itertools.chain.from_iterable(itertools.zip_longest(*groups)) if t is not None]
 
 

@@ -126,9 +126,14 @@ def startup_memory_table(result_rows: list[dict]) -> str:
             body.append([r["name"], f"{r['p50_us'] / 1e3:,.1f} ms", f"{r['max_us'] / 1e3:,.1f} ms",
                          num(r["timed_calls"]), num(r["spread_pct"], ".0f", "%")])
         elif r["kind"] == MEMORY:
-            body.append([r["name"] + " (RSS)", f"{r['rss_kib'] / 1024:.1f} MiB", "-",
+            body.append([f"{r['name']} ({memory_kind(r['name'])})", f"{r['rss_kib'] / 1024:.1f} MiB", "-",
                          str(r["repeats"]), num(r["spread_pct"], ".0f", "%")])
     return table(headers, body)
+
+
+def memory_kind(name: str) -> str:
+    """What a memory row measures: PSS or USS (``zbridge.preload.*``), else RSS."""
+    return "PSS" if ".pss" in name else "USS" if ".uss" in name else "RSS"
 
 
 def goals_lines(goals: list[dict]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -20,6 +21,8 @@ from .stdio import run as run_stdio
 
 
 if TYPE_CHECKING:
+    from zbridge.tools import Registry
+
     from .worker import WorkerOptions
 
 
@@ -91,6 +94,9 @@ def _env_expose() -> bool | None:
 @click.option("--stacks-dir", default=None, hidden=True,
               help="Directory where SIGUSR2 dumps every thread's stack, to stacks-<pid>.txt "
                    "(set by the hub that spawns us, for `zbridge stacks`).")
+@click.option("--template", type=int, default=None, hidden=True,
+              help="File descriptor of a control socket: load the tools once, then fork daemons "
+                   "on request (set by a hub with preload; daemon/template.py).")
 @click.option("--log-level", default="INFO", envvar="ZBRIDGE_LOG_LEVEL", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one JSON record per stderr line (set by the hub that spawns us).")
@@ -98,7 +104,8 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
          lifeline: bool, max_message_size: int, heartbeat: str | None, heartbeat_interval: float,
          heartbeat_misses: int, exit_on_hub_loss: bool, max_rss_mb: int, curve_secret: str,
          curve_server_key: str, expose_tracebacks: bool | None, allow_pickle: bool,
-         channel: int | None, stacks_dir: str | None, log_level: str, log_format: str) -> None:
+         channel: int | None, stacks_dir: str | None, template: int | None, log_level: str,
+         log_format: str) -> None:
     """Keep tools warm and serve calls to them."""
     if bool(endpoint) + stdio + stdio_msgpack != 1:
         raise click.UsageError("give exactly one of --connect ENDPOINT or --stdio")
@@ -106,7 +113,7 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
         expose_tracebacks = _env_expose()
     if expose_tracebacks is None:
         expose_tracebacks = expose_default(endpoint)
-    configure_process(log_level, log_format, f"zbridge-daemon[{os.getpid()}] %(levelname)s %(message)s")
+    configure_process(log_level, log_format, "zbridge-daemon[%(process)d] %(levelname)s %(message)s")
     protocol_out = isolate_stdout()  # before tools load: imports may print too
     if stdio:
         run_stdio(tools, protocol_out, expose_tracebacks)
@@ -131,10 +138,14 @@ def main(endpoint: str | None, stdio: bool, stdio_msgpack: bool, tools: tuple[st
     on_silence = (OnSilence.IGNORE if lifeline else
                   OnSilence.EXIT if exit_on_hub_loss else OnSilence.RECONNECT)
     assert endpoint is not None  # exactly one of --connect and --stdio was given
-    run_worker(tools, lifeline, WorkerOptions(
+    options = WorkerOptions(
         endpoint, identity.encode(), max_message_size, heartbeat,
         heartbeat_interval, heartbeat_misses, max_rss_mb, curve, expose_tracebacks, on_silence,
-        channel=channel, stacks_dir=stacks_dir), structured=log_format == "json")
+        channel=channel, stacks_dir=stacks_dir)
+    if template is not None:  # each forked daemon gets its own routing id and channel
+        from .template import run as run_template
+        run_template(tools, options, template, structured=log_format == "json")
+    run_worker(tools, lifeline, options, structured=log_format == "json")
 
 
 def _allow_pickle(endpoint: str, heartbeat: str | None) -> None:
@@ -149,29 +160,35 @@ def _allow_pickle(endpoint: str, heartbeat: str | None) -> None:
 def run_worker(tools: tuple[str, ...], lifeline: bool, options: WorkerOptions,
                structured: bool = False) -> None:
     from zbridge.stacks import arm
-
-    from . import worker
     arm(options.stacks_dir)  # first: a start-up hook that hangs can be looked at too
-
-    def hub_lost(why: str = "") -> None:
-        if why:
-            logging.getLogger("zbridge.daemon").warning("%s; exiting", why)
-        remove_if_orphaned(options.endpoint)
-        os._exit(0)
-
-    def lifeline_lost() -> None:  # EOF is also how a hub stops us: exit quietly
-        remove_if_orphaned(options.endpoint)
-        kill_own_group()  # what our tools started must not outlive the hub with ppid 1
-        os._exit(0)
-
     if lifeline:
-        watch_lifeline(lifeline_lost)
+        watch_lifeline(functools.partial(lifeline_lost, options.endpoint))
     try:
         registry = load(tools)
     except BaseException as exc:  # noqa: BLE001 - the hub reads this from our stderr
         report_load_failure(exc, structured)
         os._exit(EXIT_LOAD_FAILED)
-    worker.serve(registry, options, hub_lost)
+    serve_loaded(registry, options)
+
+
+def serve_loaded(registry: Registry, options: WorkerOptions) -> None:
+    """Serve the hub with tools already loaded (here, or in the template we were forked from)."""
+    from . import worker
+    worker.serve(registry, options, functools.partial(hub_lost, options.endpoint))
+
+
+def hub_lost(endpoint: str, why: str = "") -> None:
+    if why:
+        logging.getLogger("zbridge.daemon").warning("%s; exiting", why)
+    remove_if_orphaned(endpoint)
+    os._exit(0)
+
+
+def lifeline_lost(endpoint: str) -> None:
+    """EOF on the lifeline: the hub is gone, or it stops us that way: exit quietly."""
+    remove_if_orphaned(endpoint)
+    kill_own_group()  # what our tools started must not outlive the hub with ppid 1
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ settings.load_profile("ci")
 # Tests that start no process and open no socket: `python -m pytest -m pure` runs in seconds.
 PURE = {"test_broker.py", "test_protocol.py", "test_jsonrpc.py", "test_policy_config.py",
         "test_plans.py", "test_stats.py", "test_api.py", "test_handle_params.py", "test_httperrors.py",
-        "test_codec.py", "test_rollout.py"}
+        "test_codec.py", "test_rollout.py", "test_preload_plan.py"}
 
 
 # Long end-to-end groups, run by .ci/run after the main suite (`python -m pytest -m slow`).

@@ -154,9 +154,10 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def status_kib(pid: int, field: str) -> int:
-    """A kB field of /proc/PID/status (VmRSS, VmHWM...)."""
-    with open(f"/proc/{pid}/status") as f:
+def status_kib(pid: int, field: str, file: str = "status") -> int:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM...), or of another such file
+    (``smaps_rollup``: Pss, Private_Dirty...)."""
+    with open(f"/proc/{pid}/{file}") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])

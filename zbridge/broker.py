@@ -452,8 +452,9 @@ class Broker:
         return [self._answer_error(job, WorkerLost(
             f"daemon {daemon.name} (pid {daemon.pid}) was lost during the call: {reason}"))]
 
-    def daemon_spawned(self, ident: bytes, pid: int, channel: Any = None) -> list[Action]:
-        """The daemon's process started (``channel``: its own, if it has one)."""
+    def daemon_spawned(self, ident: bytes, pid: int | None, channel: Any = None) -> list[Action]:
+        """The daemon's process started (``channel``: its own, if it has one; ``pid`` None:
+        it waits for its template to fork it, and READY will say)."""
         daemon = self.daemons.get(ident)
         if daemon is None:
             return []

@@ -374,6 +374,9 @@ def format_status(info: Mapping[str, Any]) -> str:
     if reload:
         lines.append(f"reload to generation {reload['generation']}: {reload['phase']}, "
                      f"{reload['replaced']} replaced, {reload['left']} old daemon(s) left")
+    if info.get("preload"):  # daemons are forked from a template (issue 21)
+        p = info["preload"]
+        lines.append(f"preload: template {p['state']}, pid {p['pid']}" + (f": {p['refusal']}" if p["refusal"] else ""))
     c = info.get("counters", {})
     lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     return "\n".join(lines)

@@ -44,6 +44,7 @@ class Settings:
     max_rss_mb: int = _setting(0, "Replace a daemon whose RSS exceeds this after a call (0: never).")
     max_message_size: int = _setting(DEFAULT_MAX_MESSAGE, "Largest request or reply in bytes: its body and buffer frames together.")
     pool_enabled: bool = _setting(True, "Use warm daemons; false runs each call in a fresh --stdio subprocess.")
+    preload: bool = _setting(False, "Fork daemons from a template process that loaded the tools and ran the start-up hooks once: read-only memory shared, replacements serving in milliseconds (see Preloaded daemons).")
     direct: bool = _setting(True, "Plain calls borrow an idle daemon and talk to it over its own channel, the hub only deciding (an embedded Bridge; a Client of a local zbridge serve, which lends its daemons through its lease desk); false routes every call through the hub.")
     fallback: bool = _setting(True, "Use a one-shot subprocess when the pool cannot serve a call that never ran.")
     retries: int = _setting(2, "Retries of idempotent calls that met WorkerLost.")

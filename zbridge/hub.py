@@ -57,6 +57,7 @@ from .leasedesk import LeaseDesk, desk_path
 from .logs import configure as configure_logs
 from .logs import note_text
 from .pickling import refuse_remote
+from .preload import Plan
 from .protocol import (FLAG_PREWARM, MAX_BUFFERS, VERSION, Kind, capabilities, decode_credit, decode_heartbeat,
                        decode_ready, encode_cancel, encode_error, encode_heartbeat, encode_result,
                        read_header, refusal)
@@ -200,7 +201,8 @@ class Hub:
                                ["--expose-tracebacks" if expose else "--no-expose-tracebacks"] + pickle +
                                ["--stacks-dir", self.private_dir]),
                 self._notify_exit, stop_timeout=settings.stop_timeout,
-                channels=settings.max_message_size + 4096 if self.direct else 0)
+                channels=settings.max_message_size + 4096 if self.direct else 0,
+                preload=Plan.for_settings(settings))
             # daemons not spawned by us are admitted only where they can connect at all
             self.broker = Broker(settings, remote_ok=bool(settings.daemon_bind),
                                  probe=self.supervisor.process_state, expose_errors=expose)
@@ -819,6 +821,8 @@ class Hub:
         status["protocol"] = VERSION
         status["capabilities"] = capabilities(self.settings.serializer == "pickle", self.desk is not None)
         status["max_message_size"] = self.settings.max_message_size
+        if self.supervisor.template is not None:
+            status["preload"] = self.supervisor.template.status()
         return status
 
     def publish_snapshot(self, now: float | None = None) -> dict[str, Any]:

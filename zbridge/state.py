@@ -118,8 +118,8 @@ def last_line(text: str) -> str:
 
 
 def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "still running"
+    if returncode is None:  # a forked daemon that outlived its template (its parent)
+        return "exit status unknown"
     if returncode < 0:
         try:
             return f"killed by {signal.Signals(-returncode).name}"

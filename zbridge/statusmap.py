@@ -61,6 +61,14 @@ class ReloadStatus(TypedDict):
     started_ago_s: float
 
 
+class PreloadStatus(TypedDict):
+    """The template daemons are forked from (``preload``)."""
+    state: str                   # absent, starting, ready, refused
+    pid: int | None
+    refusal: str | None          # why it never forks (threads alive after start-up)
+    failures: int                # templates in a row that failed or died soon after ready
+
+
 class Status(TypedDict):
     workers: int
     queue_depth: int
@@ -82,6 +90,7 @@ class Status(TypedDict):
     generation: NotRequired[int]           # reloads asked for (older hubs: absent)
     reload: NotRequired[ReloadStatus | None]  # the reload in progress, if any
     pool_enabled: NotRequired[bool]  # False (and little else) when the pool is disabled
+    preload: NotRequired[PreloadStatus]  # only with preload (since issue 21)
 
 
 def disabled(workers: int) -> Status:

@@ -9,6 +9,12 @@ its own end of a ``socketpair`` (``--channel FD``): the exclusive channel on whi
 in this process lend it requests (``zbridge/direct.py``). When a daemon exits, its channel
 is shut down here too, so a caller waiting on it wakes at once even if a process the tool
 forked still holds the daemon's end.
+
+With ``preload`` (a ``preload.Plan``), daemons are forked from a template process that
+loaded the tools once (``template.py``); a forked daemon is held as a ``template.Forked``,
+which the code below uses as it uses a ``Popen``: the same lifeline, stderr, kills and exit
+report. When the template cannot fork (starting again, refused), ``spawn`` falls back to
+the ordinary way here.
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .daemonlog import daemon_args, forward
+from .preload import Plan
 from .procinfo import run_state
 from .state import Process as ProcessState
 from .state import describe_exit
+from .forked import Forked
+from .template import Template
 from .wire import Channel
 
 __all__ = ["Supervisor", "describe_exit"]
@@ -39,7 +48,7 @@ Notify = Callable[[bytes, "int | None", str], None]  # (daemon id, exit status, 
 @dataclass
 class Process:
     ident: bytes
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | Forked
     channel: Channel | None = None
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     reported: bool = False
@@ -47,7 +56,8 @@ class Process:
 
 class Supervisor:
     def __init__(self, command: list[str], notify: Notify, *, stop_timeout: float = 5.0,
-                 env: dict[str, str] | None = None, channels: int = 0) -> None:
+                 env: dict[str, str] | None = None, channels: int = 0,
+                 preload: Plan | None = None) -> None:
         self.command = command
         self.notify = notify
         self.stop_timeout = stop_timeout
@@ -55,19 +65,19 @@ class Supervisor:
         self.channels = channels  # 0: none; else the largest frame a channel carries
         self.procs: dict[bytes, Process] = {}
         self._lock = threading.Lock()
+        self.template = None if preload is None else Template(
+            command + ["--lifeline"] + daemon_args(), self._env, preload, self._spawn_forked)
 
-    def spawn(self, ident: bytes) -> tuple[int, Channel | None]:
-        """Start a daemon: its pid, and its channel (if ``channels``)."""
-        env = dict(os.environ if self.env is None else self.env, PYTHONUNBUFFERED="1")
-        command = self.command + ["--identity", ident.decode(), "--lifeline"] + daemon_args()
+    def spawn(self, ident: bytes) -> tuple[int | None, Channel | None]:
+        """Start a daemon: its pid (None while it waits for the template to fork it), and
+        its channel (if ``channels``)."""
         ours = theirs = None
         if self.channels:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            command += ["--channel", str(theirs.fileno())]
         try:
-            popen = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                start_new_session=True, env=env, pass_fds=(theirs.fileno(),) if theirs else ())
+            forked = self.template.spawn(ident, theirs) if self.template is not None else None
+            child = forked or self._popen(ident, subprocess.PIPE, subprocess.PIPE,
+                                          None if theirs is None else theirs.fileno())
         except BaseException:
             if ours is not None:
                 ours.close()
@@ -76,19 +86,34 @@ class Supervisor:
             if theirs is not None:
                 theirs.close()
         channel = Channel(ours, self.channels) if ours is not None else None
-        proc = Process(ident, popen, channel)
+        proc = Process(ident, child, channel)
         with self._lock:
             self.procs[ident] = proc
         threading.Thread(target=self._watch, args=(proc,), daemon=True,
                          name=f"zbridge-watch-{ident.decode()}").start()
-        return popen.pid, channel
+        return child.pid, channel
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ if self.env is None else self.env, PYTHONUNBUFFERED="1")
+
+    def _popen(self, ident: bytes, stdin: int, stderr: int, channel: int | None) -> subprocess.Popen[bytes]:
+        command = self.command + ["--identity", ident.decode(), "--lifeline"] + daemon_args()
+        if channel is not None:
+            command += ["--channel", str(channel)]
+        return subprocess.Popen(
+            command, stdin=stdin, stdout=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=True, env=self._env(), pass_fds=() if channel is None else (channel,))
+
+    def _spawn_forked(self, child: Forked) -> subprocess.Popen[bytes]:
+        """A daemon the template was to fork, started the ordinary way with its ends."""
+        return self._popen(child.ident, child.theirs[0], child.theirs[1], child.channel_fd)
 
     def _watch(self, proc: Process) -> None:
         """Forward stderr; at EOF the process is exiting: wait for it and report."""
-        pid = proc.popen.pid
         assert proc.popen.stderr is not None  # spawned with stderr=PIPE
         for raw in proc.popen.stderr:
-            proc.tail.append(forward(proc.ident, pid, raw.decode(errors="replace").rstrip("\n")))
+            line = raw.decode(errors="replace").rstrip("\n")
+            proc.tail.append(forward(proc.ident, proc.popen.pid or 0, line))
         proc.popen.wait()
         self._report(proc)
 
@@ -103,6 +128,8 @@ class Supervisor:
                 proc.channel.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        if isinstance(proc.popen, Forked) and proc.popen.note:  # why it never ran: the template's words
+            proc.tail.extend(proc.popen.note.splitlines())
         self.notify(proc.ident, proc.popen.returncode, "\n".join(proc.tail))
 
     def reap(self) -> None:
@@ -118,6 +145,8 @@ class Supervisor:
         proc = self.procs.get(ident)
         if proc is None:
             return None
+        if proc.popen.pid is None:  # waiting for the template to fork it
+            return ProcessState.RUNNING
         state = run_state(proc.popen.pid)
         if state is None or state in "ZX":
             return ProcessState.GONE
@@ -143,8 +172,19 @@ class Supervisor:
         _signal_group(proc.popen, signal.SIGKILL)  # also reaps grandchildren left in the group
         proc.popen.wait()
 
+    def reload_template(self) -> None:
+        """A reload begins (``zbridge reload``): daemons started from now on must load the
+        tools afresh. Every spawned daemon is a fresh process already; with ``preload``, the
+        template is retired, and daemons spawned from now on are forked from a new one
+        (``Template.reload``), so none spawned after this returns comes from the old code."""
+        if self.template is not None:
+            self.template.reload()
+
     def stop_all(self) -> None:
-        """Close every lifeline (daemons exit by themselves), then TERM/KILL stragglers."""
+        """Close every lifeline (daemons exit by themselves), then TERM/KILL stragglers;
+        the template last (it reports its daemons' exits)."""
+        if self.template is not None:
+            self.template.close()
         with self._lock:
             procs = list(self.procs.values())
         for proc in procs:
@@ -160,17 +200,13 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 self._terminate(proc, grace=1.0)
             _signal_group(proc.popen, signal.SIGKILL)  # grandchildren that outlived the daemon
-
-    def reload_template(self) -> None:
-        """A reload begins (``zbridge reload``): daemons started from now on must load the
-        tools afresh. Nothing to do here, where every daemon is a fresh process; a
-        supervisor that forks daemons from a preloaded template rebuilds the template, so
-        that no daemon spawned after this returns comes from the old one."""
+        if self.template is not None:
+            self.template.stop(self.stop_timeout)
 
     def fds(self) -> list[int]:
         """The file descriptors that keep daemons tied to this process (lifelines and
         channels), for a forked child to let go of (``zbridge/forks.py``)."""
-        fds = []
+        fds = [] if self.template is None else self.template.fds()
         for proc in list(self.procs.values()):
             for stream in (proc.popen.stdin, proc.popen.stderr, proc.channel):
                 try:
@@ -181,7 +217,10 @@ class Supervisor:
         return fds
 
 
-def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
+def _signal_group(popen: subprocess.Popen[bytes] | Forked, sig: int) -> None:
+    if isinstance(popen, Forked):
+        popen.signal_group(sig)
+        return
     try:
         os.killpg(popen.pid, sig)  # start_new_session made pid the group id
     except (ProcessLookupError, PermissionError):
