@@ -23,7 +23,7 @@ PURE = {"test_broker.py", "test_protocol.py", "test_jsonrpc.py", "test_policy_co
 
 
 # Long end-to-end groups, run by .ci/run after the main suite (`python -m pytest -m slow`).
-SLOW = {"test_chaos.py", "test_conformance.py", "test_webbench.py"}
+SLOW = {"test_chaos.py", "test_conformance.py", "test_webbench.py", "test_hot_path.py", "test_latency.py"}
 
 
 def pytest_collection_modifyitems(items):
