@@ -102,7 +102,7 @@ def lend(hub: Hub, job: Job) -> None:
     and gives up the daemon."""
     if job.extra or len(job.frame) > SMALL:
         job.owner_sends = True  # it may take a while: the owner's own time, not ours
-    elif not send_request(hub, job, bool(hub.broker.queued)):  # more waiting: more to come soon
+    elif not send_request(hub, job, True):  # it waited for a daemon: more are likely to come soon
         return
     job.owner.wake(job)
 
